@@ -1,0 +1,298 @@
+//! proxy.yaml: the schema, its validation into types that cannot hold a bad
+//! value, and loading from disk.
+//!
+//! Parsing is two steps, as in sozu: serde fills the loose [`raw`] structs
+//! (`deny_unknown_fields`, so a typo is an error, with line and column), then
+//! [`validate`] checks every field and every cross-field rule, collecting all
+//! problems with their field paths so `switchyard check` can print them at once.
+
+mod raw;
+mod validate;
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::balance::Strategy;
+pub use values::Cidr;
+
+/// Admin listener address when the config names none: loopback only, so
+/// the admin API is never exposed by accident.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Largest accepted instance weight. Weighted round-robin precomputes one
+/// schedule slot per unit of weight, so this bounds that schedule.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A validated proxy configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Traffic listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin API listener.
+    pub admin: AdminConfig,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client IP.
+    pub trusted_proxies: Vec<Cidr>,
+    /// How long a shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Routes in the order written; the router picks the most specific.
+    pub routes: Vec<RouteConfig>,
+    /// Upstream services by name.
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+}
+
+/// A traffic listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// A name for logs and status (`listeners[N]` when not given).
+    pub name: String,
+    /// Where to accept connections.
+    pub address: SocketAddr,
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where the admin API listens (loopback by default).
+    pub address: SocketAddr,
+}
+
+/// Which request hosts a route matches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostMatch {
+    /// Any host.
+    Any,
+    /// Exactly this host (lower case, no port).
+    Exact(String),
+    /// Hosts ending in this suffix, which starts with a dot: `*.example.com`
+    /// is stored as `.example.com` and matches `a.example.com` but not
+    /// `example.com`.
+    Suffix(String),
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("*"),
+            HostMatch::Exact(host) => f.write_str(host),
+            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+/// One route: requests matching host and path prefix go to `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Host to match.
+    pub host: HostMatch,
+    /// Path prefix to match, starting with `/`; matched at segment
+    /// boundaries (`/api` matches `/api` and `/api/x`, not `/apix`).
+    pub path_prefix: String,
+    /// Remove the prefix from the path before forwarding.
+    pub strip_prefix: bool,
+    /// The service that serves matching requests.
+    pub service: ServiceName,
+}
+
+/// An upstream service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// How an instance is picked per request.
+    pub strategy: Strategy,
+    /// Limit on establishing a TCP connection to an instance.
+    pub connect_timeout: Duration,
+    /// Limit from sending a request until the response headers arrive.
+    pub request_timeout: Duration,
+    /// Total tries per request (first try included) when connecting fails;
+    /// each retry goes to a different instance.
+    pub max_attempts: NonZeroU32,
+    /// The instances listed in the file.
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// Defaults for a service's settings.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Default connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default time allowed until response headers.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default tries per request.
+    pub const MAX_ATTEMPTS: u32 = 3;
+    /// Default shutdown drain time.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// Stable id within the service (the address when not given).
+    pub id: InstanceId,
+    /// Where the instance listens.
+    pub address: SocketAddr,
+    /// Relative share of traffic, 1..=[`MAX_WEIGHT`].
+    pub weight: NonZeroU32,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// Free-form key/value metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(name: &str) -> Self {
+                Self(Arc::from(name))
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name of an upstream service.
+    ServiceName
+);
+name_type!(
+    /// The id of an instance, unique within its service.
+    InstanceId
+);
+
+/// One problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path such as `services.api.instances[2].weight`; empty for the
+    /// document as a whole.
+    pub path: String,
+    /// What is wrong, in plain words.
+    pub message: String,
+    /// Line and column (1-based) for syntax and type errors.
+    pub location: Option<(u64, u64)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((line, column)) = self.location {
+            write!(f, "line {line}, column {column}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config.
+    #[error("{path} is not a valid config:\n{errors}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Every problem found.
+        errors: ConfigErrors,
+    },
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<(Config, String), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    })?;
+    Ok((config, text))
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let raw = parse_raw(text).map_err(|e| ConfigErrors(vec![e]))?;
+    validate::validate(raw)
+}
+
+fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError {
+            path: String::new(),
+            message: "the config is empty; at least one listener is required".into(),
+            location: None,
+        });
+    }
+    // serde_path_to_error tracks where in the document the error happened;
+    // serde-saphyr knows the line and column. Keep both.
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = e.path().to_string();
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let inner = e.without_snippet();
+        let location = inner.location().map(|l| (l.line(), l.column()));
+        let mut message = inner.to_string();
+        // The location is shown in front; drop serde-saphyr's own suffix.
+        if let Some((line, column)) = location {
+            let suffix = format!(" at line {line}, column {column}");
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message.truncate(stripped.len());
+            }
+        }
+        ConfigError {
+            path: if path == "." { String::new() } else { path },
+            message,
+            location,
+        }
+    })
+}

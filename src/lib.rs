@@ -1,0 +1,10 @@
+//! switchyard: an edge reverse proxy with client-side load balancing.
+//!
+//! Data flows one way: sources (proxy.yaml, later the admin API and Consul)
+//! change the [`registry::Registry`], which publishes an immutable
+//! [`registry::Snapshot`] through one atomic swap; the [`proxy`] only reads
+//! snapshots. State that must outlive a swap (in-flight counts, connection
+//! pools) is keyed by instance and shared between snapshots.
+
+pub mod balance;
+pub mod config;
