@@ -8,3 +8,11 @@
 
 pub mod balance;
 pub mod config;
+pub mod registry;
+pub mod router;
+pub mod upstream;
+pub mod proxy;
+pub mod admin;
+pub mod demo;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,154 @@
+//! The response body sent to clients, and what happens when an upstream
+//! response body ends: the in-flight count drops, the connection goes back
+//! to the pool (only if the body was read to the end), and the access-log
+//! event is written with the bytes sent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::access_log::AccessLog;
+use crate::registry::InFlightGuard;
+use crate::upstream::{Pool, Sender};
+
+/// A response body: streamed from an upstream, or a message of our own.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// Streamed from an upstream.
+    Upstream(UpstreamBody),
+    /// Written by the proxy (errors, admin API).
+    Message(Full<Bytes>),
+}
+
+impl ProxyBody {
+    /// A body of our own.
+    pub fn message(text: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Message(Full::new(text.into()))
+    }
+}
+
+/// An upstream response body with its bookkeeping.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    completion: Option<Completion>,
+}
+
+/// Done once, when the body ends or is dropped.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) _in_flight: InFlightGuard,
+    pub(crate) connection: Option<(Sender, Arc<Pool>)>,
+    pub(crate) log: Option<Box<AccessLog>>,
+    pub(crate) bytes: u64,
+}
+
+impl Completion {
+    fn finish(mut self, complete: bool) {
+        if complete {
+            if let Some((sender, pool)) = self.connection.take() {
+                pool.checkin(sender);
+            }
+        }
+        if let Some(log) = self.log.take() {
+            log.emit(self.bytes, complete);
+        }
+    }
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, completion: Completion) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            completion: Some(completion),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(completion) = self.completion.take() {
+            completion.finish(complete);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Dropped before the end was seen: the client went away, unless the
+        // body was empty and never polled.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(c) = self.completion.as_mut() {
+                    c.bytes += len;
+                }
+                // hyper stops polling a body that says it has ended, so the
+                // end must be noticed here, not on the next poll.
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Poll::Ready(None) => self.finish(true),
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Message(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(body) => body.is_end_stream(),
+            ProxyBody::Message(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(body) => body.size_hint(),
+            ProxyBody::Message(full) => full.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Header rules of a forwarding proxy: hop-by-hop removal (RFC 9110
+//! §7.6.1), `X-Forwarded-*`, the client IP behind trusted proxies, and the
+//! request id.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+
+use crate::config::Cidr;
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the non-standard ones still seen in the wild.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop fields, including every field named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether `ip` is one of the trusted proxies.
+pub fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
+    trusted.iter().any(|net| net.contains(ip))
+}
+
+/// The client's IP: the socket peer, or, when the peer is a trusted proxy,
+/// the right-most address in `X-Forwarded-For` that is not itself trusted
+/// (addresses left of it could have been written by the client).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    // Later header lines were appended later: walk them, and each line's
+    // entries, from the right.
+    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            if !is_trusted(ip, trusted) {
+                return ip;
+            }
+            client = ip;
+        }
+    }
+    client
+}
+
+/// Adds the `X-Forwarded-*` fields for a request from `peer`.
+///
+/// `X-Forwarded-For` gets the peer appended. Proto and Host are set from
+/// what this proxy saw, unless a trusted proxy in front already set them.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let peer_text = peer.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if peer_trusted || !existing.is_empty() => format!("{existing}, {peer_text}"),
+        _ => peer_text,
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        // Several X-Forwarded-For lines are folded into the one we write.
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` if it sent one, otherwise
+/// a new random 128-bit id, which is then added to the request.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        if !id.is_empty() {
+            return id.clone();
+        }
+    }
+    let id = format!("{:032x}", fastrand::u128(..));
+    // Hex digits are always a valid header value.
+    let value = HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID.clone(), value.clone());
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed_fields() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn client_ip_behind_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // An untrusted peer's header is ignored.
+        let stranger: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+        // Several header lines are one list.
+        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "10.0.0.9")]);
+        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // Garbage stops the walk at the last trusted hop.
+        let h = headers(&[("x-forwarded-for", "junk, 10.0.0.9")]);
+        assert_eq!(client_ip(proxy, &h, &trusted), "10.0.0.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_and_set() {
+        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let host = HeaderValue::from_static("shop.test");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, "http", Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http", "an untrusted peer cannot set the proto");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+    }
+
+    #[test]
+    fn request_id_is_kept_or_made() {
+        let mut h = headers(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h), "abc");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+    }
+}

@@ -1,0 +1,308 @@
+//! The request path: route, pick, forward, retry, answer.
+//!
+//! A request loads the current snapshot once and uses only it, so a reload
+//! in the middle of a request changes nothing for that request. Failures
+//! become responses in one place ([`error_response`]).
+
+mod access_log;
+mod body;
+mod error;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, HOST};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+pub use access_log::TARGET as ACCESS_LOG_TARGET;
+use access_log::AccessLog;
+pub use body::{ProxyBody, UpstreamBody};
+use body::Completion;
+pub use error::ProxyError;
+
+use crate::balance::hash_ip;
+use crate::registry::{Registry, ServiceSnapshot, Snapshot};
+use crate::router::host_without_port;
+use crate::upstream::ConnectError;
+
+/// A reused keep-alive connection can turn out closed just as a request is
+/// handed to it; the request was not sent, so it goes on a fresh
+/// connection. This bounds how often that can happen per attempt.
+const STALE_CONNECTION_RETRIES: u32 = 3;
+
+/// The proxy service shared by every connection of a listener.
+pub struct Proxy {
+    registry: Arc<Registry>,
+    scheme: &'static str,
+}
+
+/// What the request path learnt, for the access log.
+struct Outcome {
+    service: Option<String>,
+    instance: Option<String>,
+    upstream_time: Option<Duration>,
+}
+
+impl Proxy {
+    /// A proxy reading snapshots from `registry`, for a listener speaking
+    /// `scheme` (`http` or `https`, for `X-Forwarded-Proto`).
+    pub fn new(registry: Arc<Registry>, scheme: &'static str) -> Proxy {
+        Proxy { registry, scheme }
+    }
+
+    /// Handles one request from `peer`. Never fails: errors are responses.
+    pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snapshot = self.registry.snapshot();
+        let request_id = headers::ensure_request_id(request.headers_mut());
+        let client_ip = headers::client_ip(peer.ip(), request.headers(), &snapshot.trusted_proxies);
+        let log = access_log::enabled().then(|| AccessLog {
+            method: request.method().clone(),
+            host: request_host(&request).unwrap_or_default().to_string(),
+            path: request.uri().path().to_string(),
+            status: 0,
+            service: None,
+            instance: None,
+            upstream_time: None,
+            started,
+            request_id: request_id.clone(),
+            client_ip,
+        });
+        let mut outcome = Outcome {
+            service: None,
+            instance: None,
+            upstream_time: None,
+        };
+        let result = self
+            .forward(&snapshot, request, peer, client_ip, &mut outcome)
+            .await;
+        let log = log.map(|mut log| {
+            log.service = outcome.service;
+            log.instance = outcome.instance;
+            log.upstream_time = outcome.upstream_time;
+            Box::new(log)
+        });
+        let mut response = match result {
+            Ok((response, mut completion)) => {
+                let (mut parts, body) = response.into_parts();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(mut log) = log {
+                    log.status = parts.status.as_u16();
+                    completion.log = Some(log);
+                }
+                Response::from_parts(parts, ProxyBody::Upstream(UpstreamBody::new(body, completion)))
+            }
+            Err(error) => {
+                let response = error_response(&error);
+                if let Some(mut log) = log {
+                    log.status = response.status().as_u16();
+                    log.emit(0, true);
+                }
+                response
+            }
+        };
+        response
+            .headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        response
+    }
+
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        client_ip: std::net::IpAddr,
+        outcome: &mut Outcome,
+    ) -> Result<(Response<Incoming>, Completion), ProxyError> {
+        let host = request_host(&request).map(host_without_port).unwrap_or("");
+        let Some(route) = snapshot.router.find(host, request.uri().path()) else {
+            return Err(ProxyError::NoRoute {
+                host: host.to_string(),
+                path: request.uri().path().to_string(),
+            });
+        };
+        let service = &snapshot.services[route.service];
+        outcome.service = Some(service.name.to_string());
+
+        let (mut parts, body) = request.into_parts();
+        // The Host header an HTTP/1.1 upstream needs; HTTP/2 clients send
+        // the authority in the URI instead.
+        let host_value = match parts.headers.get(HOST) {
+            Some(host) => Some(host.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let path = route.upstream_path(parts.uri.path());
+        if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
+            parts.uri = origin_form(path, parts.uri.query())?;
+        }
+        parts.version = Version::HTTP_11;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
+        headers::add_forwarded(&mut parts.headers, peer.ip(), peer_trusted, self.scheme, host_value.as_ref());
+        if let Some(host) = host_value {
+            parts.headers.insert(HOST, host);
+        }
+        let request = Request::from_parts(parts, body);
+
+        send_with_retries(service, request, hash_ip(client_ip), outcome).await
+    }
+}
+
+/// Tries instances until one accepts the connection, at most
+/// `max_attempts` times, each on an instance not tried before. Once the
+/// request has been handed to a connection it is never sent again.
+async fn send_with_retries(
+    service: &ServiceSnapshot,
+    mut request: Request<Incoming>,
+    client_hash: u64,
+    outcome: &mut Outcome,
+) -> Result<(Response<Incoming>, Completion), ProxyError> {
+    let attempts = service.max_attempts.get();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error: Option<ConnectError> = None;
+    for attempt in 1..=attempts {
+        let Some(index) = service
+            .balancer
+            .pick_excluding(client_hash, &service.instances, &tried)
+        else {
+            break;
+        };
+        let instance = &service.instances[index];
+        outcome.instance = Some(instance.id.to_string());
+        let in_flight = instance.state.stats.start_request();
+        let pool = &instance.state.pool;
+
+        let mut stale = 0;
+        let mut connection = match pool.checkout(service.connect_timeout).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::warn!(
+                    service = %service.name,
+                    instance = %instance.id,
+                    attempt,
+                    %error,
+                    "connect failed"
+                );
+                tried.push(index);
+                last_error = Some(error);
+                continue;
+            }
+        };
+        loop {
+            let sent = Instant::now();
+            let response = tokio::time::timeout(
+                service.request_timeout,
+                connection.sender.try_send_request(request),
+            )
+            .await;
+            match response {
+                Ok(Ok(response)) => {
+                    outcome.upstream_time = Some(sent.elapsed());
+                    let completion = Completion {
+                        _in_flight: in_flight,
+                        connection: Some((connection.sender, Arc::clone(pool))),
+                        log: None,
+                        bytes: 0,
+                    };
+                    return Ok((response, completion));
+                }
+                Err(_elapsed) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        service: service.name.clone(),
+                        timeout: service.request_timeout,
+                    })
+                }
+                Ok(Err(mut error)) => match error.take_message() {
+                    // Not sent: the pooled connection had been closed.
+                    Some(unsent) if connection.reused && stale < STALE_CONNECTION_RETRIES => {
+                        stale += 1;
+                        request = unsent;
+                        connection = match pool.checkout(service.connect_timeout).await {
+                            Ok(connection) => connection,
+                            Err(error) => {
+                                tried.push(index);
+                                last_error = Some(error);
+                                break;
+                            }
+                        };
+                    }
+                    Some(unsent) => {
+                        request = unsent;
+                        tried.push(index);
+                        last_error = None;
+                        tracing::warn!(service = %service.name, instance = %instance.id, error = %error.error(), "request not sent");
+                        break;
+                    }
+                    None => {
+                        let error = error.into_error();
+                        tracing::warn!(
+                            service = %service.name,
+                            instance = %instance.id,
+                            %error,
+                            "upstream failed after the request was sent"
+                        );
+                        return Err(ProxyError::UpstreamFailed {
+                            service: service.name.clone(),
+                            detail: error.to_string(),
+                        });
+                    }
+                },
+            }
+        }
+    }
+    if tried.is_empty() {
+        return Err(ProxyError::NoInstance {
+            service: service.name.clone(),
+        });
+    }
+    Err(ProxyError::ConnectFailed {
+        service: service.name.clone(),
+        attempts: tried.len() as u32,
+        timed_out: matches!(last_error, Some(ConnectError::Timeout { .. })),
+        detail: last_error.map_or_else(|| "connection closed before the request was sent".into(), |e| e.to_string()),
+    })
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute
+/// form) or the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .host()
+        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let path_and_query = match query {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .map_err(|_| ProxyError::BadRequest {
+        reason: "the request target is not a valid path",
+    })?;
+    Ok(Uri::from(path_and_query))
+}
+
+/// The response for a failed request: the status and a plain-words body.
+pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    text_response(error.status(), format!("switchyard: {error}\n"))
+}
+
+/// A plain-text response with `status`.
+pub fn text_response(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::message(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
