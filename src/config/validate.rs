@@ -47,7 +47,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             format!("{path}.address"),
             parse_socket_addr(&listener.address),
         ) {
-            if !bound.insert(address) {
+            // Port 0 asks the OS for a free port, so it never clashes.
+            if address.port() != 0 && !bound.insert(address) {
                 errors.push(
                     format!("{path}.address"),
                     format!("{address} is already used by another listener"),
@@ -66,7 +67,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .map_or(DEFAULT_ADMIN_ADDRESS, |a| a.address.as_str());
     let admin_address = errors.check("admin.address", parse_socket_addr(admin_text));
     if let Some(address) = admin_address {
-        if bound.contains(&address) {
+        if address.port() != 0 && bound.contains(&address) {
             errors.push(
                 "admin.address",
                 format!("{address} is also a traffic listener; the admin API needs its own port"),

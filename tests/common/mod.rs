@@ -1,0 +1,161 @@
+//! Shared helpers for the integration tests: real upstream servers and real
+//! proxies on 127.0.0.1 with OS-picked ports, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use switchyard::server::Running;
+use tokio::net::TcpListener;
+
+/// An echo upstream (the demo's) named `name` on an OS-picked port.
+pub async fn echo(name: &str) -> SocketAddr {
+    switchyard::demo::start_echo(name, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("start echo upstream")
+}
+
+/// An upstream answering every request with `handler`.
+pub async fn upstream<H, F>(handler: H) -> SocketAddr
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let response = handler(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A config with one listener and the admin API on OS-picked ports, and
+/// the given `routes:` and `services:` YAML (top-level keys).
+pub fn config(rest: &str) -> switchyard::config::Config {
+    let text = format!(
+        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{rest}"
+    );
+    switchyard::config::parse(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
+}
+
+/// Starts a proxy in this process.
+pub async fn proxy(rest: &str) -> Running {
+    switchyard::server::start(config(rest)).await.expect("start proxy")
+}
+
+/// The base URL of the proxy's first listener.
+pub fn base(running: &Running) -> String {
+    format!("http://{}", running.listeners()[0].address)
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response read whole.
+pub struct Got {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    /// The `x-served-by` header of an echo upstream.
+    pub fn served_by(&self) -> String {
+        self.headers
+            .get("x-served-by")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The value of a header line `  name: value` in an echo body.
+    pub fn echoed(&self, name: &str) -> Option<String> {
+        let prefix = format!("  {name}: ");
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// The echoed path.
+    pub fn echoed_path(&self) -> String {
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix("path: ").map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// Sends `request` and reads the whole response (with a 10 s limit).
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, request: Request<Full<Bytes>>) -> Got {
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("response within 10s")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// GET `url` with extra headers.
+pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(client, request.body(Full::default()).unwrap()).await
+}
+
+/// How many of `n` GETs to `url` each upstream served, in order.
+pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<String>) {
+    let client = client();
+    let mut counts = HashMap::new();
+    let mut order = Vec::with_capacity(n);
+    for _ in 0..n {
+        let got = get(&client, url, &[]).await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        *counts.entry(got.served_by()).or_default() += 1;
+        order.push(got.served_by());
+    }
+    (counts, order)
+}
+
+/// Shared handle to stop slow upstreams.
+pub type Flag = Arc<tokio::sync::Notify>;
