@@ -26,7 +26,11 @@ pub struct AdminState {
 
 impl AdminState {
     /// State for the admin API of one running proxy.
-    pub fn new(registry: Arc<Registry>, listeners: Vec<BoundListener>, admin_address: SocketAddr) -> AdminState {
+    pub fn new(
+        registry: Arc<Registry>,
+        listeners: Vec<BoundListener>,
+        admin_address: SocketAddr,
+    ) -> AdminState {
         AdminState {
             registry,
             listeners,

@@ -41,7 +41,10 @@ pub async fn start_echo(name: &str, address: SocketAddr) -> std::io::Result<Sock
     Ok(bound)
 }
 
-async fn echo(name: Arc<str>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(
+    name: Arc<str>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = request.into_parts();
     // Count the body without keeping it, so large uploads use no memory.
     let mut body_bytes: u64 = 0;
@@ -57,7 +60,10 @@ async fn echo(name: Arc<str>, request: Request<Incoming>) -> Result<Response<Ful
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     );
     for (header, value) in &parts.headers {
-        text.push_str(&format!("  {header}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        text.push_str(&format!(
+            "  {header}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
     if let Ok(value) = http::HeaderValue::from_str(&name) {

@@ -6,13 +6,13 @@
 //! snapshots. State that must outlive a swap (in-flight counts, connection
 //! pools) is keyed by instance and shared between snapshots.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod demo;
+pub mod proxy;
 pub mod registry;
 pub mod router;
-pub mod upstream;
-pub mod proxy;
-pub mod admin;
-pub mod demo;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;

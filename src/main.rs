@@ -93,7 +93,10 @@ fn check(path: &Path) -> ExitCode {
 
 fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
     let config = if demo && !path.exists() {
-        tracing::info!("{} not found; using the shipped demo config", path.display());
+        tracing::info!(
+            "{} not found; using the shipped demo config",
+            path.display()
+        );
         config::parse(SHIPPED_CONFIG).context("the shipped proxy.yaml is invalid")?
     } else {
         config::load(path)?.0
@@ -125,7 +128,9 @@ async fn start_demo_upstreams(config: &Config) -> anyhow::Result<()> {
             if started.insert(instance.address) {
                 switchyard::demo::start_echo(instance.id.as_str(), instance.address)
                     .await
-                    .with_context(|| format!("cannot start demo upstream on {}", instance.address))?;
+                    .with_context(|| {
+                        format!("cannot start demo upstream on {}", instance.address)
+                    })?;
                 tracing::info!(instance = %instance.id, address = %instance.address, "demo upstream started");
             }
         }
@@ -145,10 +150,16 @@ fn print_demo_help(config: &Config, running: &switchyard::server::Running) {
             config::HostMatch::Exact(host) => format!(" -H 'Host: {host}'"),
             config::HostMatch::Suffix(suffix) => format!(" -H 'Host: demo{suffix}'"),
         };
-        println!("  curl{host} {base}{}        # service {}", route.path_prefix, route.service);
+        println!(
+            "  curl{host} {base}{}        # service {}",
+            route.path_prefix, route.service
+        );
     }
     println!("  for i in 1 2 3 4 5 6; do curl -s {base}/ | head -1; done   # watch the rotation");
-    println!("  curl http://{}/admin/status   # the admin API\n", running.admin_address());
+    println!(
+        "  curl http://{}/admin/status   # the admin API\n",
+        running.admin_address()
+    );
     println!("Stop with Ctrl-C.\n");
 }
 

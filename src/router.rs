@@ -80,7 +80,10 @@ impl Router {
             list.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         };
         router.exact.values_mut().for_each(by_prefix_length);
-        router.suffix.iter_mut().for_each(|(_, l)| by_prefix_length(l));
+        router
+            .suffix
+            .iter_mut()
+            .for_each(|(_, l)| by_prefix_length(l));
         by_prefix_length(&mut router.any);
         router
             .suffix
@@ -175,7 +178,11 @@ mod tests {
         assert_eq!(service(&r, "other.org", "/apix"), Some(0));
         assert_eq!(service(&r, "a.example.com", "/api"), Some(2));
         assert_eq!(service(&r, "a.eu.example.com", "/"), Some(3));
-        assert_eq!(service(&r, "example.com", "/"), Some(0), "*.x does not match x");
+        assert_eq!(
+            service(&r, "example.com", "/"),
+            Some(0),
+            "*.x does not match x"
+        );
         assert_eq!(service(&r, "shop.example.com", "/cart/1"), Some(4));
         assert_eq!(service(&r, "SHOP.Example.com", "/cart/1"), Some(4));
         // The exact host has no route for /about: fall through to *.example.com.

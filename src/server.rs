@@ -113,17 +113,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             address,
         });
         let proxy = Arc::new(Proxy::new(Arc::clone(&registry), "http"));
-        tasks.spawn(serve(listener, shutdown_rx.clone(), drain_timeout, move |request, peer| {
-            let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(request, peer).await }
-        }));
+        tasks.spawn(serve(
+            listener,
+            shutdown_rx.clone(),
+            drain_timeout,
+            move |request, peer| {
+                let proxy = Arc::clone(&proxy);
+                async move { proxy.handle(request, peer).await }
+            },
+        ));
     }
     tracing::info!(address = %admin_address, "admin API listening");
-    let admin_state = Arc::new(AdminState::new(Arc::clone(&registry), listeners.clone(), admin_address));
-    tasks.spawn(serve(admin_listener, shutdown_rx, drain_timeout, move |request, _peer| {
-        let state = Arc::clone(&admin_state);
-        async move { admin::handle(&state, request).await }
-    }));
+    let admin_state = Arc::new(AdminState::new(
+        Arc::clone(&registry),
+        listeners.clone(),
+        admin_address,
+    ));
+    tasks.spawn(serve(
+        admin_listener,
+        shutdown_rx,
+        drain_timeout,
+        move |request, _peer| {
+            let state = Arc::clone(&admin_state);
+            async move { admin::handle(&state, request).await }
+        },
+    ));
     Ok(Running {
         registry,
         listeners,
@@ -181,8 +195,14 @@ async fn serve<H, F>(
         serve_connection(&builder, &graceful, stream, peer, handler.clone());
     }
     drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain_timeout,
+            "drain timeout reached; closing remaining connections"
+        );
     }
 }
 

@@ -90,14 +90,21 @@ impl Pool {
 
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// A ready connection: the most recently used idle one, or a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
-            let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             match idle {
                 Some(sender) if sender.is_ready() => {
                     return Ok(Connection {

@@ -1,5 +1,7 @@
 //! Routing, header rules, error statuses and retries, through a real proxy.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -11,7 +13,12 @@ use http_body_util::{BodyExt, Full};
 
 #[tokio::test]
 async fn routes_by_most_specific_host_then_longest_prefix() {
-    let (any, api, wild, exact) = (echo("any").await, echo("api").await, echo("wild").await, echo("exact").await);
+    let (any, api, wild, exact) = (
+        echo("any").await,
+        echo("api").await,
+        echo("wild").await,
+        echo("exact").await,
+    );
     let proxy = proxy(&format!(
         r#"
 routes:
@@ -76,12 +83,21 @@ async fn forwards_headers_by_the_rules() {
     )
     .await;
     assert_eq!(got.status, 200);
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "te", "connection"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "connection",
+    ] {
         assert_eq!(got.echoed(gone), None, "{gone} must not reach the upstream");
     }
     assert_eq!(got.echoed("x-custom").as_deref(), Some("kept"));
     assert_eq!(got.echoed("host").as_deref(), Some("shop.test"));
-    assert_eq!(got.echoed("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        got.echoed("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(got.echoed("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(got.echoed("x-forwarded-host").as_deref(), Some("shop.test"));
     // A request id is made, sent upstream and returned.
@@ -145,9 +161,17 @@ services:
     let client = client();
     let cases = [
         ("nothing.test", 404, "no route for host `nothing.test`"),
-        ("empty.test", 503, "service `empty` has no available instance"),
+        (
+            "empty.test",
+            503,
+            "service `empty` has no available instance",
+        ),
         ("dead.test", 502, "could not connect to service `dead`"),
-        ("slow.test", 504, "service `slow` did not answer within 300ms"),
+        (
+            "slow.test",
+            504,
+            "service `slow` did not answer within 300ms",
+        ),
     ];
     for (host, status, words) in cases {
         let got = get(&client, &format!("{base}/x"), &[("host", host)]).await;
@@ -224,7 +248,9 @@ async fn http2_clients_are_served_over_h2c() {
     .await;
     // Speak HTTP/2 with prior knowledge on a plain TCP connection; the
     // :authority (h2.test) is what routes the request.
-    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -232,7 +258,9 @@ async fn http2_clients_are_served_over_h2c() {
     .await
     .unwrap();
     tokio::spawn(connection);
-    let request = Request::get("http://h2.test/two").body(Full::<Bytes>::default()).unwrap();
+    let request = Request::get("http://h2.test/two")
+        .body(Full::<Bytes>::default())
+        .unwrap();
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), http::Version::HTTP_2);
@@ -250,7 +278,12 @@ async fn admin_status_lists_services_and_instances() {
     .await;
     let client = client();
     get(&client, &format!("{}/", base(&proxy)), &[]).await;
-    let got = get(&client, &format!("http://{}/admin/status", proxy.admin_address()), &[]).await;
+    let got = get(
+        &client,
+        &format!("http://{}/admin/status", proxy.admin_address()),
+        &[],
+    )
+    .await;
     assert_eq!(got.status, 200);
     let status: serde_json::Value = serde_json::from_str(&got.body).unwrap();
     let service = &status["services"][0];
@@ -263,7 +296,15 @@ async fn admin_status_lists_services_and_instances() {
     assert_eq!(instance["metadata"]["zone"], "a");
     assert_eq!(instance["requests_total"], 1);
     assert_eq!(instance["in_flight"], 0);
-    assert_eq!(status["listeners"][0]["address"], proxy.listeners()[0].address.to_string());
-    let missing = get(&client, &format!("http://{}/nope", proxy.admin_address()), &[]).await;
+    assert_eq!(
+        status["listeners"][0]["address"],
+        proxy.listeners()[0].address.to_string()
+    );
+    let missing = get(
+        &client,
+        &format!("http://{}/nope", proxy.admin_address()),
+        &[],
+    )
+    .await;
     assert_eq!(missing.status, 404);
 }

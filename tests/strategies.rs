@@ -1,6 +1,8 @@
 //! Each strategy's distribution, measured through a real proxy in front of
 //! real upstreams.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
 mod common;
 
 use std::sync::Arc;
@@ -16,9 +18,13 @@ async fn three_echoes() -> [std::net::SocketAddr; 3] {
 }
 
 fn service(strategy: &str, instances: &[(std::net::SocketAddr, &str, u32)]) -> String {
-    let mut yaml = format!("routes:\n  - service: svc\nservices:\n  svc:\n    strategy: {strategy}\n    instances:\n");
+    let mut yaml = format!(
+        "routes:\n  - service: svc\nservices:\n  svc:\n    strategy: {strategy}\n    instances:\n"
+    );
     for (address, id, weight) in instances {
-        yaml.push_str(&format!("      - {{id: {id}, address: \"{address}\", weight: {weight}}}\n"));
+        yaml.push_str(&format!(
+            "      - {{id: {id}, address: \"{address}\", weight: {weight}}}\n"
+        ));
     }
     yaml
 }
@@ -26,13 +32,21 @@ fn service(strategy: &str, instances: &[(std::net::SocketAddr, &str, u32)]) -> S
 #[tokio::test]
 async fn round_robin_is_an_exact_rotation() {
     let [a, b, c] = three_echoes().await;
-    let proxy = proxy(&service("round_robin", &[(a, "a", 1), (b, "b", 1), (c, "c", 1)])).await;
+    let proxy = proxy(&service(
+        "round_robin",
+        &[(a, "a", 1), (b, "b", 1), (c, "c", 1)],
+    ))
+    .await;
     let (counts, order) = distribution(&format!("{}/", base(&proxy)), 300).await;
     assert_eq!((counts["a"], counts["b"], counts["c"]), (100, 100, 100));
     for window in order.chunks(3) {
         let mut sorted = window.to_vec();
         sorted.sort();
-        assert_eq!(sorted, ["a", "b", "c"], "each turn of 3 visits all three: {window:?}");
+        assert_eq!(
+            sorted,
+            ["a", "b", "c"],
+            "each turn of 3 visits all three: {window:?}"
+        );
     }
 }
 
@@ -46,8 +60,15 @@ async fn weighted_round_robin_is_exact_and_interleaved() {
     .await;
     let (counts, order) = distribution(&format!("{}/", base(&proxy)), 700).await;
     assert_eq!((counts["a"], counts["b"], counts["c"]), (500, 100, 100));
-    let longest_run = order.chunk_by(|x, y| x == y).map(<[String]>::len).max().unwrap();
-    assert!(longest_run < 5, "`a` was picked {longest_run} times in a row");
+    let longest_run = order
+        .chunk_by(|x, y| x == y)
+        .map(<[String]>::len)
+        .max()
+        .unwrap();
+    assert!(
+        longest_run < 5,
+        "`a` was picked {longest_run} times in a row"
+    );
 }
 
 #[tokio::test]
@@ -71,7 +92,9 @@ async fn least_connections_sends_new_requests_away_from_a_busy_instance() {
         async move {
             let _ = gate.acquire().await.map(|p| p.forget());
             let mut response = Response::new(Full::new(Bytes::from_static(b"slow")));
-            response.headers_mut().insert("x-served-by", "slow".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("x-served-by", "slow".parse().unwrap());
             response
         }
     })
@@ -105,20 +128,34 @@ async fn least_connections_sends_new_requests_away_from_a_busy_instance() {
     // sending until the slow one holds some.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while held() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no request reached the slow instance");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request reached the slow instance"
+        );
         let url = url.clone();
         parked.push(tokio::spawn(async move { get(&client(), &url, &[]).await }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (counts, _) = distribution(&url, 100).await;
-    assert_eq!(counts.get("slow"), None, "busy instance got requests: {counts:?}");
-    assert!(counts["fast1"] >= 25 && counts["fast2"] >= 25, "ties shared: {counts:?}");
+    assert_eq!(
+        counts.get("slow"),
+        None,
+        "busy instance got requests: {counts:?}"
+    );
+    assert!(
+        counts["fast1"] >= 25 && counts["fast2"] >= 25,
+        "ties shared: {counts:?}"
+    );
 
     release.add_permits(1_000);
     for request in parked {
         assert_eq!(request.await.unwrap().status, 200);
     }
-    assert_eq!(held(), 0, "in-flight count returns to zero when responses end");
+    assert_eq!(
+        held(),
+        0,
+        "in-flight count returns to zero when responses end"
+    );
 }
 
 #[tokio::test]
@@ -131,12 +168,18 @@ async fn ip_hash_keeps_clients_and_moves_only_the_removed_instances_clients() {
     let proxy = proxy(&format!("{trusted}{}", service("ip_hash", &instances))).await;
     let url = format!("{}/", base(&proxy));
     let client = client();
-    let clients: Vec<String> = (0..200).map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1)).collect();
+    let clients: Vec<String> = (0..200)
+        .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+        .collect();
 
     let mut owner = std::collections::HashMap::new();
     for ip in &clients {
-        let first = get(&client, &url, &[("x-forwarded-for", ip)]).await.served_by();
-        let again = get(&client, &url, &[("x-forwarded-for", ip)]).await.served_by();
+        let first = get(&client, &url, &[("x-forwarded-for", ip)])
+            .await
+            .served_by();
+        let again = get(&client, &url, &[("x-forwarded-for", ip)])
+            .await
+            .served_by();
         assert_eq!(first, again, "client {ip} changed instance");
         owner.insert(ip.clone(), first);
     }
@@ -145,18 +188,24 @@ async fn ip_hash_keeps_clients_and_moves_only_the_removed_instances_clients() {
 
     // Remove i2 from the config, as a reload would.
     let remaining: Vec<_> = instances.iter().filter(|i| i.1 != "i2").cloned().collect();
-    proxy
-        .registry()
-        .apply_config(config(&format!("{trusted}{}", service("ip_hash", &remaining))));
+    proxy.registry().apply_config(config(&format!(
+        "{trusted}{}",
+        service("ip_hash", &remaining)
+    )));
     let mut moved_to = std::collections::HashSet::new();
     for ip in &clients {
-        let now = get(&client, &url, &[("x-forwarded-for", ip)]).await.served_by();
+        let now = get(&client, &url, &[("x-forwarded-for", ip)])
+            .await
+            .served_by();
         if owner[ip] == "i2" {
             moved_to.insert(now);
         } else {
             assert_eq!(owner[ip], now, "client {ip} of a remaining instance moved");
         }
     }
-    assert!(moved_to.len() >= 2, "i2's clients should spread: {moved_to:?}");
+    assert!(
+        moved_to.len() >= 2,
+        "i2's clients should spread: {moved_to:?}"
+    );
     assert!(!moved_to.contains("i2"));
 }

@@ -26,7 +26,8 @@ impl IpHash {
             .iter()
             .map(|m| u64::from(m.weight.max(1)) * VNODES_PER_WEIGHT)
             .sum();
-        let mut ring = Vec::with_capacity(usize::try_from(wanted.min(MAX_RING_POINTS)).unwrap_or(0));
+        let mut ring =
+            Vec::with_capacity(usize::try_from(wanted.min(MAX_RING_POINTS)).unwrap_or(0));
         for (index, member) in members.iter().enumerate() {
             let mut points = u64::from(member.weight.max(1)) * VNODES_PER_WEIGHT;
             if wanted > MAX_RING_POINTS {
@@ -78,7 +79,11 @@ mod tests {
         let keys = keys(10);
         let before = IpHash::new(&members(&keys, &[1; 10]));
         // Remove instance 4; the rest keep their keys but shift position.
-        let remaining: Vec<String> = keys.iter().filter(|k| !k.ends_with(".4:80")).cloned().collect();
+        let remaining: Vec<String> = keys
+            .iter()
+            .filter(|k| !k.ends_with(".4:80"))
+            .cloned()
+            .collect();
         let after = IpHash::new(&members(&remaining, &[1; 9]));
 
         let mut moved_from_removed = vec![0usize; 9];
@@ -92,9 +97,15 @@ mod tests {
             }
         }
         let moved: usize = moved_from_removed.iter().sum();
-        assert!((600..=1_400).contains(&moved), "about 1/10 should move: {moved}");
+        assert!(
+            (600..=1_400).contains(&moved),
+            "about 1/10 should move: {moved}"
+        );
         let receivers = moved_from_removed.iter().filter(|&&n| n > 0).count();
-        assert!(receivers >= 6, "moved clients should spread: {moved_from_removed:?}");
+        assert!(
+            receivers >= 6,
+            "moved clients should spread: {moved_from_removed:?}"
+        );
     }
 
     #[test]
@@ -104,7 +115,10 @@ mod tests {
         let a = IpHash::new(&members(&keys, &[1; 5]));
         let b = IpHash::new(&members(&reversed, &[1; 5]));
         for client in clients() {
-            assert_eq!(keys[a.pick(client, &[]).unwrap()], reversed[b.pick(client, &[]).unwrap()]);
+            assert_eq!(
+                keys[a.pick(client, &[]).unwrap()],
+                reversed[b.pick(client, &[]).unwrap()]
+            );
         }
     }
 

@@ -87,7 +87,10 @@ mod tests {
             counts[lc.pick(&loads, &[]).unwrap()] += 1;
         }
         assert_eq!(counts[1], 0, "the busy instance is skipped");
-        assert!((400..=600).contains(&counts[0]), "ties are shared: {counts:?}");
+        assert!(
+            (400..=600).contains(&counts[0]),
+            "ties are shared: {counts:?}"
+        );
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl FromStr for Strategy {
             .find(|s| s.as_str() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown strategy `{name}`; expected one of {}", names.join(", "))
+                format!(
+                    "unknown strategy `{name}`; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -253,7 +256,11 @@ mod tests {
                 let picked = b.pick_excluding(mix64(client), &loads, &[0, 2]).unwrap();
                 assert!(picked == 1 || picked == 3, "{strategy}: {picked}");
             }
-            assert_eq!(b.pick_excluding(1, &loads, &[0, 1, 2, 3]), None, "{strategy}");
+            assert_eq!(
+                b.pick_excluding(1, &loads, &[0, 1, 2, 3]),
+                None,
+                "{strategy}"
+            );
         }
     }
 

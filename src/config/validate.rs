@@ -92,7 +92,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut services = BTreeMap::new();
     for (name, service) in &raw.services {
         let path = format!("services.{name}");
-        let named = errors.check(path.clone(), check_name(name).map_err(|e| format!("service name {e}")));
+        let named = errors.check(
+            path.clone(),
+            check_name(name).map_err(|e| format!("service name {e}")),
+        );
         if let (Some(()), Some(service)) = (named, validate_service(&path, service, &mut errors)) {
             services.insert(ServiceName::from(name.as_str()), service);
         }
@@ -190,9 +193,9 @@ fn parse_host(host: &str) -> Result<HostMatch, String> {
         None => (false, lower.as_str()),
     };
     let valid = !name.is_empty()
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !valid {
         return Err(format!(
             "`{host}` is not a host name; write `api.example.com` or `*.example.com` (no port, no scheme)"
@@ -223,11 +226,21 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
                     Ok(d)
                 }
             });
-            errors.check(format!("{path}.{field}"), parsed).unwrap_or(default)
+            errors
+                .check(format!("{path}.{field}"), parsed)
+                .unwrap_or(default)
         }
     };
-    let connect_timeout = timeout("connect_timeout", &raw.connect_timeout, defaults::CONNECT_TIMEOUT);
-    let request_timeout = timeout("request_timeout", &raw.request_timeout, defaults::REQUEST_TIMEOUT);
+    let connect_timeout = timeout(
+        "connect_timeout",
+        &raw.connect_timeout,
+        defaults::CONNECT_TIMEOUT,
+    );
+    let request_timeout = timeout(
+        "request_timeout",
+        &raw.request_timeout,
+        defaults::REQUEST_TIMEOUT,
+    );
     let max_attempts = match &raw.retry {
         None => NonZeroU32::new(defaults::MAX_ATTEMPTS),
         Some(retry) => errors.check(
@@ -286,8 +299,10 @@ fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Opti
         },
     );
     let id = match &raw.id {
-        Some(id) => errors
-            .check(format!("{path}.id"), check_name(id).map(|()| InstanceId::from(id.as_str()))),
+        Some(id) => errors.check(
+            format!("{path}.id"),
+            check_name(id).map(|()| InstanceId::from(id.as_str())),
+        ),
         None => address.map(|a| InstanceId::from(a.to_string().as_str())),
     };
     Some(InstanceConfig {
@@ -344,7 +359,10 @@ services:
     fn accepts_a_good_config() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.admin.address.to_string(), "127.0.0.1:9901");
-        assert_eq!(config.routes[0].host, HostMatch::Suffix(".example.com".into()));
+        assert_eq!(
+            config.routes[0].host,
+            HostMatch::Suffix(".example.com".into())
+        );
         let api = config.services.values().next().unwrap();
         assert_eq!(api.strategy, Strategy::WeightedRoundRobin);
         assert_eq!(api.instances[0].weight.get(), 5);
@@ -362,8 +380,10 @@ services:
         let errors = messages(&text);
         assert_eq!(errors.len(), 4, "{errors:#?}");
         assert!(errors[0].starts_with("services.api.strategy: unknown strategy `fastest`"));
-        assert!(errors[1].starts_with("services.api.instances[0].weight: must be between 1 and 1000 (got 0)"));
-        assert!(errors[2].starts_with("services.api.instances[1].address: `localhost` is not an IP address"));
+        assert!(errors[1]
+            .starts_with("services.api.instances[0].weight: must be between 1 and 1000 (got 0)"));
+        assert!(errors[2]
+            .starts_with("services.api.instances[1].address: `localhost` is not an IP address"));
         assert!(errors[3].starts_with("routes[1].service: no service named `nope`"));
     }
 
@@ -371,9 +391,17 @@ services:
     fn unknown_field_names_path_line_and_column() {
         let errors = messages(&GOOD.replace("weight: 5", "wieght: 5"));
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("line 15, column 9: "), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("line 15, column 9: "),
+            "{}",
+            errors[0]
+        );
         assert_eq!(errors[0].matches("line").count(), 1, "{}", errors[0]);
-        assert!(errors[0].contains("services.api.instances[0]"), "{}", errors[0]);
+        assert!(
+            errors[0].contains("services.api.instances[0]"),
+            "{}",
+            errors[0]
+        );
         assert!(errors[0].contains("wieght"), "{}", errors[0]);
     }
 

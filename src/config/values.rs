@@ -14,15 +14,25 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write a whole number and a unit, e.g. `500ms`, `5s`, `2m`")
+        format!(
+            "`{text}` is not a duration; write a whole number and a unit, e.g. `500ms`, `5s`, `2m`"
+        )
     })?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" => Duration::from_secs(value),
         "m" => Duration::from_secs(value.saturating_mul(60)),
         "h" => Duration::from_secs(value.saturating_mul(3600)),
-        "" => return Err(format!("`{text}` has no unit; write e.g. `{text}s` or `{text}ms`")),
-        other => return Err(format!("unknown unit `{other}` in `{text}`; use ms, s, m or h")),
+        "" => {
+            return Err(format!(
+                "`{text}` has no unit; write e.g. `{text}s` or `{text}ms`"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
+            ))
+        }
     };
     Ok(duration)
 }

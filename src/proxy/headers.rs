@@ -96,7 +96,9 @@ pub fn add_forwarded(
 ) {
     let peer_text = peer.to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if peer_trusted || !existing.is_empty() => format!("{existing}, {peer_text}"),
+        Some(existing) if peer_trusted || !existing.is_empty() => {
+            format!("{existing}, {peer_text}")
+        }
         _ => peer_text,
     };
     if let Ok(value) = HeaderValue::try_from(forwarded_for) {
@@ -166,25 +168,49 @@ mod tests {
         let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // An untrusted peer's header is ignored.
         let stranger: IpAddr = "8.8.8.8".parse().unwrap();
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
         // Several header lines are one list.
-        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "10.0.0.9")]);
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        let h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.9"),
+        ]);
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // Garbage stops the walk at the last trusted hop.
         let h = headers(&[("x-forwarded-for", "junk, 10.0.0.9")]);
-        assert_eq!(client_ip(proxy, &h, &trusted), "10.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn forwarded_headers_are_appended_and_set() {
-        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let host = HeaderValue::from_static("shop.test");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, "http", Some(&host));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            "http",
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http", "an untrusted peer cannot set the proto");
+        assert_eq!(
+            h["x-forwarded-proto"], "http",
+            "an untrusted peer cannot set the proto"
+        );
         assert_eq!(h["x-forwarded-host"], "shop.test");
     }
 

@@ -18,10 +18,10 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-pub use access_log::TARGET as ACCESS_LOG_TARGET;
 use access_log::AccessLog;
-pub use body::{ProxyBody, UpstreamBody};
+pub use access_log::TARGET as ACCESS_LOG_TARGET;
 use body::Completion;
+pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
 use crate::balance::hash_ip;
@@ -55,7 +55,11 @@ impl Proxy {
     }
 
     /// Handles one request from `peer`. Never fails: errors are responses.
-    pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.registry.snapshot();
         let request_id = headers::ensure_request_id(request.headers_mut());
@@ -94,7 +98,10 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
-                Response::from_parts(parts, ProxyBody::Upstream(UpstreamBody::new(body, completion)))
+                Response::from_parts(
+                    parts,
+                    ProxyBody::Upstream(UpstreamBody::new(body, completion)),
+                )
             }
             Err(error) => {
                 let response = error_response(&error);
@@ -146,7 +153,13 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers);
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
-        headers::add_forwarded(&mut parts.headers, peer.ip(), peer_trusted, self.scheme, host_value.as_ref());
+        headers::add_forwarded(
+            &mut parts.headers,
+            peer.ip(),
+            peer_trusted,
+            self.scheme,
+            host_value.as_ref(),
+        );
         if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
@@ -267,7 +280,10 @@ async fn send_with_retries(
         service: service.name.clone(),
         attempts: tried.len() as u32,
         timed_out: matches!(last_error, Some(ConnectError::Timeout { .. })),
-        detail: last_error.map_or_else(|| "connection closed before the request was sent".into(), |e| e.to_string()),
+        detail: last_error.map_or_else(
+            || "connection closed before the request was sent".into(),
+            |e| e.to_string(),
+        ),
     })
 }
 

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: real upstream servers and real
 //! proxies on 127.0.0.1 with OS-picked ports, and a real HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -65,15 +65,16 @@ pub async fn dead_address() -> SocketAddr {
 /// A config with one listener and the admin API on OS-picked ports, and
 /// the given `routes:` and `services:` YAML (top-level keys).
 pub fn config(rest: &str) -> switchyard::config::Config {
-    let text = format!(
-        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{rest}"
-    );
+    let text =
+        format!("listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{rest}");
     switchyard::config::parse(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{text}"))
 }
 
 /// Starts a proxy in this process.
 pub async fn proxy(rest: &str) -> Running {
-    switchyard::server::start(config(rest)).await.expect("start proxy")
+    switchyard::server::start(config(rest))
+        .await
+        .expect("start proxy")
 }
 
 /// The base URL of the proxy's first listener.
@@ -120,7 +121,10 @@ impl Got {
 }
 
 /// Sends `request` and reads the whole response (with a 10 s limit).
-pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, request: Request<Full<Bytes>>) -> Got {
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Got {
     let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("response within 10s")
@@ -135,7 +139,11 @@ pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, request: Request<
 }
 
 /// GET `url` with extra headers.
-pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, url: &str, headers: &[(&str, &str)]) -> Got {
+pub async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Got {
     let mut request = Request::get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -159,3 +167,4 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
 
 /// Shared handle to stop slow upstreams.
 pub type Flag = Arc<tokio::sync::Notify>;
+pub mod binary;

@@ -1,0 +1,159 @@
+//! The `switchyard` command: `check`, `--help`, and SIGTERM draining.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::binary::{command, temp_dir, Process};
+use common::*;
+use http::Response;
+use http_body_util::Full;
+
+const VALID: &str = "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nroutes:\n  - service: api\nservices:\n  api:\n    strategy: round_robin\n    instances:\n      - address: 127.0.0.1:9001\n        weight: 2\n";
+
+fn check(text: &str) -> (bool, String, String) {
+    let path = temp_dir().join("proxy.yaml");
+    std::fs::write(&path, text).unwrap();
+    let output = command()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_the_shipped_one() {
+    let (ok, stdout, _) = check(VALID);
+    assert!(ok);
+    assert!(
+        stdout.contains("ok (1 listener(s), 1 route(s), 1 service(s), 1 instance(s))"),
+        "{stdout}"
+    );
+    let shipped = command()
+        .args([
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        shipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shipped.stderr)
+    );
+}
+
+#[test]
+fn check_names_the_field_of_each_broken_config() {
+    let cases = [
+        ("listeners:\n  - address: [oops\n", "line 2, column"),
+        (
+            &VALID.replace("weight: 2", "wieght: 2"),
+            "line 11, column 9: services.api.instances[0].wieght: unknown field `wieght`",
+        ),
+        (
+            &VALID.replace("127.0.0.1:9001", "127.0.0.1"),
+            "services.api.instances[0].address: `127.0.0.1` is not an IP address with a port",
+        ),
+        (
+            &VALID.replace("weight: 2", "weight: 0"),
+            "services.api.instances[0].weight: must be between 1 and 1000 (got 0)",
+        ),
+        (
+            &VALID.replace("round_robin", "fastest"),
+            "services.api.strategy: unknown strategy `fastest`",
+        ),
+        (
+            &VALID.replace("- service: api", "- service: web"),
+            "routes[0].service: no service named `web` (services defined: api)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (ok, _, stderr) = check(text);
+        assert!(!ok, "accepted:\n{text}");
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_lists_all_problems_at_once() {
+    let text = VALID
+        .replace("weight: 2", "weight: 0")
+        .replace("round_robin", "fastest")
+        .replace("- service: api", "- service: web");
+    let (ok, _, stderr) = check(&text);
+    assert!(!ok);
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let output = command()
+        .args(["check", "-c", "/nonexistent/proxy.yaml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/proxy.yaml"));
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+    ] {
+        let output = command().args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let slow = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(Full::new(Bytes::from_static(b"finished")))
+    })
+    .await;
+    let mut process = Process::start(
+        &format!(
+            "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\ndrain_timeout: 10s\nroutes:\n  - service: s\nservices:\n  s: {{instances: [{{address: \"{slow}\"}}]}}\n"
+        ),
+        &[],
+    );
+    let url = format!("http://{}/", process.listener);
+    let in_flight = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    process.signal("TERM");
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, "finished");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = process.wait_exit(Duration::from_secs(10));
+        (status, process)
+    })
+    .await
+    .unwrap();
+    let (status, process) = status;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status");
+    // No longer accepting.
+    assert!(std::net::TcpStream::connect(process.listener).is_err());
+}
