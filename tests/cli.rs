@@ -156,4 +156,28 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status");
     // No longer accepting.
     assert!(std::net::TcpStream::connect(process.listener).is_err());
+
+    // Every log line is one JSON object; the request has an access event.
+    let log = process.log.lock().unwrap().clone();
+    let events: Vec<serde_json::Value> = log
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let access = events
+        .iter()
+        .find(|e| e["target"] == "switchyard::access")
+        .expect("an access-log event");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/");
+    assert_eq!(access["service"], "s");
+    assert_eq!(access["bytes"], 8);
+    assert_eq!(access["complete"], true);
+    assert_eq!(
+        access["request_id"],
+        got.headers["x-request-id"].to_str().unwrap()
+    );
+    assert!(access["total_ms"].as_f64().unwrap() >= 800.0, "{access}");
+    assert!(access["timestamp"].as_str().unwrap().contains('T'));
+    assert!(events.iter().any(|e| e["message"] == "stopped"));
 }

@@ -17,6 +17,12 @@ const MAX_RING_POINTS: u64 = 200_000;
 pub struct IpHash {
     /// (point, instance index), sorted by point.
     ring: Vec<(u64, u32)>,
+    /// `bucket_start[b]` is the first ring position whose point has `b` as
+    /// its top `bits` bits; one extra entry holds the ring length. It turns
+    /// the binary search over the whole ring into a search over a bucket of
+    /// about one point.
+    bucket_start: Vec<u32>,
+    shift: u32,
 }
 
 impl IpHash {
@@ -45,7 +51,27 @@ impl IpHash {
         }
         // Ties (astronomically rare) are ordered by index for determinism.
         ring.sort_unstable();
-        IpHash { ring }
+        let bits = ring
+            .len()
+            .max(2)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(1, 16);
+        let shift = 64 - bits;
+        let mut bucket_start = Vec::with_capacity((1 << bits) + 1);
+        let mut position = 0;
+        for bucket in 0..(1u64 << bits) {
+            while position < ring.len() && ring[position].0 >> shift < bucket {
+                position += 1;
+            }
+            bucket_start.push(u32::try_from(position).unwrap_or(u32::MAX));
+        }
+        bucket_start.push(u32::try_from(ring.len()).unwrap_or(u32::MAX));
+        IpHash {
+            ring,
+            bucket_start,
+            shift,
+        }
     }
 
     /// The instance owning `client_hash`, or the next one clockwise that is
@@ -54,7 +80,10 @@ impl IpHash {
         if self.ring.is_empty() {
             return None;
         }
-        let start = self.ring.partition_point(|&(point, _)| point < client_hash);
+        let bucket = (client_hash >> self.shift) as usize;
+        let low = self.bucket_start[bucket] as usize;
+        let high = self.bucket_start[bucket + 1] as usize;
+        let start = low + self.ring[low..high].partition_point(|&(point, _)| point < client_hash);
         let len = self.ring.len();
         (0..len)
             .map(|step| self.ring[(start + step) % len].1 as usize)
@@ -106,6 +135,18 @@ mod tests {
             receivers >= 6,
             "moved clients should spread: {moved_from_removed:?}"
         );
+    }
+
+    #[test]
+    fn bucket_lookup_matches_a_full_binary_search() {
+        for n in [1, 3, 100] {
+            let keys = keys(n);
+            let ring = IpHash::new(&members(&keys, &vec![2; n]));
+            for client in clients().into_iter().chain([0, u64::MAX]) {
+                let full = ring.ring.partition_point(|&(p, _)| p < client) % ring.ring.len();
+                assert_eq!(ring.pick(client, &[]), Some(ring.ring[full].1 as usize));
+            }
+        }
     }
 
     #[test]
