@@ -7,10 +7,12 @@
 //! pools) is keyed by instance and shared between snapshots.
 
 pub mod admin;
+pub mod admin_client;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod proxy;
+pub mod reload;
 pub mod registry;
 pub mod router;
 pub mod server;

@@ -1,12 +1,17 @@
 //! The `switchyard` command.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use http::Method;
+use switchyard::config::history::ChangeSource;
 use switchyard::config::{self, Config};
+use switchyard::server::{LiveOptions, Running};
 use switchyard::telemetry::{self, LogFormat};
 
 /// An edge reverse proxy with client-side load balancing.
@@ -30,11 +35,70 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
-    Run,
+    Run(RunArgs),
     /// Check a config file and print every problem found (like `nginx -t`).
     Check,
-    /// Start three echo upstreams on loopback and the proxy in front of them.
+    /// Start echo upstreams on loopback and the proxy in front of them.
     Demo,
+    /// Look at and roll back the config history of a running proxy.
+    Config(ConfigArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where config versions are kept (default: `<config>.versions` next to
+    /// the config file).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How many config versions to keep.
+    #[arg(long, default_value_t = switchyard::config::history::DEFAULT_RETENTION)]
+    keep_versions: usize,
+    /// Do not reload when the config file changes (SIGHUP and the admin API
+    /// still reload).
+    #[arg(long)]
+    no_watch: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            state_dir: None,
+            keep_versions: switchyard::config::history::DEFAULT_RETENTION,
+            no_watch: false,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The admin API address (default: `admin.address` of the config file).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    #[command(subcommand)]
+    action: ConfigAction,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// List the config versions.
+    Versions,
+    /// Print the YAML of a version.
+    Show {
+        /// The version number.
+        version: u64,
+    },
+    /// Show what changed from version A to version B (default: current).
+    Diff {
+        /// The older version.
+        from: u64,
+        /// The newer version (default: the one serving now).
+        to: Option<u64>,
+    },
+    /// Make an earlier version current again (recorded as a new version).
+    Rollback {
+        /// The version to restore.
+        version: u64,
+    },
 }
 
 /// The proxy.yaml shipped with switchyard, used by `demo` when no file is
@@ -43,24 +107,41 @@ const SHIPPED_CONFIG: &str = include_str!("../proxy.yaml");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Check => check(&cli.config),
-        Command::Run | Command::Demo => {
+    let result = match &cli.command {
+        Some(Command::Check) => return check(&cli.config),
+        Some(Command::Config(args)) => runtime().and_then(|rt| rt.block_on(config_command(&cli.config, args))),
+        command => {
             if let Err(error) = telemetry::init(cli.log_format, &cli.log_level) {
                 eprintln!("switchyard: {error}");
                 return ExitCode::FAILURE;
             }
-            let demo = matches!(cli.command, Some(Command::Demo));
-            match run(&cli.config, demo) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!("{error:#}");
-                    eprintln!("switchyard: {error:#}");
-                    ExitCode::FAILURE
-                }
+            let default = RunArgs::default();
+            let (args, demo) = match command {
+                Some(Command::Run(args)) => (args, false),
+                Some(Command::Demo) => (&default, true),
+                _ => (&default, false),
+            };
+            let result = run(&cli.config, args, demo);
+            if let Err(error) = &result {
+                tracing::error!("{error:#}");
             }
+            result
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -91,30 +172,29 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn run(path: &Path, demo: bool) -> anyhow::Result<()> {
-    let config = if demo && !path.exists() {
-        tracing::info!(
-            "{} not found; using the shipped demo config",
-            path.display()
-        );
-        config::parse(SHIPPED_CONFIG).context("the shipped proxy.yaml is invalid")?
-    } else {
-        config::load(path)?.0
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        if demo {
+fn run(path: &Path, args: &RunArgs, demo: bool) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let running = if demo && !path.exists() {
+            tracing::info!("{} not found; using the shipped demo config (no live reload)", path.display());
+            let config = config::parse(SHIPPED_CONFIG).context("the shipped proxy.yaml is invalid")?;
             start_demo_upstreams(&config).await?;
-        }
-        let running = switchyard::server::start(config.clone()).await?;
+            switchyard::server::start(config).await?
+        } else {
+            if demo {
+                start_demo_upstreams(&config::load(path)?.0).await?;
+            }
+            let mut options = LiveOptions::new(path);
+            options.state_dir = args.state_dir.clone();
+            options.keep_versions = args.keep_versions;
+            options.watch = !args.no_watch;
+            switchyard::server::start_live(options).await?
+        };
         if demo {
-            print_demo_help(&config, &running);
+            print_demo_help(&running.registry().config(), &running);
         }
-        wait_for_shutdown_signal().await?;
-        tracing::info!(drain_timeout = ?config.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        wait_for_shutdown(&running).await?;
+        let drain_timeout = running.registry().config().drain_timeout;
+        tracing::info!(?drain_timeout, "shutting down: no new connections, draining in-flight requests");
         running.shutdown().await;
         tracing::info!("stopped");
         Ok(())
@@ -128,9 +208,7 @@ async fn start_demo_upstreams(config: &Config) -> anyhow::Result<()> {
             if started.insert(instance.address) {
                 switchyard::demo::start_echo(instance.id.as_str(), instance.address)
                     .await
-                    .with_context(|| {
-                        format!("cannot start demo upstream on {}", instance.address)
-                    })?;
+                    .with_context(|| format!("cannot start demo upstream on {}", instance.address))?;
                 tracing::info!(instance = %instance.id, address = %instance.address, "demo upstream started");
             }
         }
@@ -138,8 +216,8 @@ async fn start_demo_upstreams(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_demo_help(config: &Config, running: &switchyard::server::Running) {
-    let Some(listener) = running.listeners().first() else {
+fn print_demo_help(config: &Config, running: &Running) {
+    let Some(listener) = running.listeners().into_iter().next() else {
         return;
     };
     let base = format!("http://{}", listener.address);
@@ -150,20 +228,15 @@ fn print_demo_help(config: &Config, running: &switchyard::server::Running) {
             config::HostMatch::Exact(host) => format!(" -H 'Host: {host}'"),
             config::HostMatch::Suffix(suffix) => format!(" -H 'Host: demo{suffix}'"),
         };
-        println!(
-            "  curl{host} {base}{}        # service {}",
-            route.path_prefix, route.service
-        );
+        println!("  curl{host} {base}{}        # service {}", route.path_prefix, route.service);
     }
     println!("  for i in 1 2 3 4 5 6; do curl -s {base}/ | head -1; done   # watch the rotation");
-    println!(
-        "  curl http://{}/admin/status   # the admin API\n",
-        running.admin_address()
-    );
+    println!("  curl http://{}/admin/status   # the admin API\n", running.admin_address());
     println!("Stop with Ctrl-C.\n");
 }
 
-async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file.
+async fn wait_for_shutdown(running: &Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -172,9 +245,123 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                tracing::warn!("SIGHUP received; live reload is not available in this version, restart to apply changes");
-            }
+            _ = hangup.recv() => match running.reloader() {
+                // The outcome is logged and shown in the admin status.
+                Some(reloader) => { let _ = reloader.reload(ChangeSource::Signal, "SIGHUP").await; }
+                None => tracing::warn!("SIGHUP received, but this proxy runs without a config file"),
+            },
         }
     }
+}
+
+async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
+    let admin = match args.admin {
+        Some(admin) => admin,
+        None => config::load(path)
+            .map(|(config, _)| config.admin.address)
+            .with_context(|| "cannot find the admin address in the config; pass --admin ADDRESS")?,
+    };
+    let call = |method: Method, path: String| async move {
+        switchyard::admin_client::call(admin, method, &path).await.map_err(anyhow::Error::msg)
+    };
+    let (status, body) = match &args.action {
+        ConfigAction::Versions => call(Method::GET, "/admin/config/versions".into()).await?,
+        ConfigAction::Show { version } => call(Method::GET, format!("/admin/config/versions/{version}")).await?,
+        ConfigAction::Diff { from, to } => {
+            let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
+            call(Method::GET, format!("/admin/config/diff?from={from}{to}")).await?
+        }
+        ConfigAction::Rollback { version } => {
+            call(Method::POST, format!("/admin/config/rollback/{version}")).await?
+        }
+    };
+    if !status.is_success() {
+        bail!("{}", failure_text(&body));
+    }
+    match &args.action {
+        ConfigAction::Versions => print_versions(&body)?,
+        ConfigAction::Show { .. } => print!("{body}"),
+        ConfigAction::Diff { .. } => print_diff(&body),
+        ConfigAction::Rollback { version } => print_rollback(*version, &body)?,
+    }
+    Ok(())
+}
+
+fn failure_text(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(json) => json["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|| body.trim().to_string()),
+        Err(_) => body.trim().to_string(),
+    }
+}
+
+fn print_versions(body: &str) -> anyhow::Result<()> {
+    let json: serde_json::Value = serde_json::from_str(body).context("unexpected answer from the admin API")?;
+    let current = json["current"].as_u64();
+    println!("{:>3} {:>7}  {:<24}  {:<8}  {:<12}  CAUSE", "", "VERSION", "CREATED", "SOURCE", "SHA256");
+    for version in json["versions"].as_array().into_iter().flatten() {
+        let number = version["version"].as_u64().unwrap_or(0);
+        let mut cause = version["cause"].as_str().unwrap_or("").to_string();
+        if let Some(from) = version["rolled_back_from"].as_u64() {
+            cause = format!("{cause} (restores version {from})");
+        }
+        println!(
+            "{:>3} {:>7}  {:<24}  {:<8}  {:<12}  {}",
+            if Some(number) == current { "*" } else { "" },
+            number,
+            version["created_at"].as_str().unwrap_or(""),
+            version["source"].as_str().unwrap_or(""),
+            version["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+            cause
+        );
+    }
+    for broken in json["unreadable"].as_array().into_iter().flatten() {
+        println!(
+            "unreadable entry {}: {}",
+            broken["file"].as_str().unwrap_or("?"),
+            broken["problem"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+fn print_diff(diff: &str) {
+    if diff.is_empty() {
+        println!("(no differences)");
+        return;
+    }
+    let colour = std::io::stdout().is_terminal();
+    for line in diff.lines() {
+        let code = match line.as_bytes().first() {
+            _ if !colour => None,
+            Some(b'+') if !line.starts_with("+++") => Some("32"),
+            Some(b'-') if !line.starts_with("---") => Some("31"),
+            Some(b'@') => Some("36"),
+            _ => None,
+        };
+        match code {
+            Some(code) => println!("\x1b[{code}m{line}\x1b[0m"),
+            None => println!("{line}"),
+        }
+    }
+}
+
+fn print_rollback(version: u64, body: &str) -> anyhow::Result<()> {
+    let json: serde_json::Value = serde_json::from_str(body).context("unexpected answer from the admin API")?;
+    match json["result"].as_str() {
+        Some("applied") => match json["version"].as_u64() {
+            Some(new) => println!("rolled back to version {version}; it is now serving as version {new}"),
+            None => println!("rolled back to version {version} (the history could not record it)"),
+        },
+        _ => println!("version {version} is already serving; nothing changed"),
+    }
+    Ok(())
 }

@@ -1,12 +1,13 @@
-//! Listeners and the process lifecycle: bind everything first (so a bad
-//! address fails start-up as a whole), serve HTTP/1.1 and HTTP/2 (h2c) on
-//! each traffic listener and the admin API on its own, and drain on
-//! shutdown.
+//! Listeners and the process lifecycle: bind before anything changes (so a
+//! bad address fails as a whole), serve HTTP/1.1 and HTTP/2 (h2c) on each
+//! traffic listener and the admin API on its own, add and remove traffic
+//! listeners live, and drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,12 +18,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::history::History;
+use crate::config::{Config, ListenerConfig};
 use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
+use crate::reload::{self, Reloader};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Config(#[from] crate::config::LoadError),
 }
 
 /// A bound listener.
@@ -48,14 +54,170 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
+/// The traffic listeners, which reloads can add and remove.
+pub struct Listeners {
+    registry: Arc<Registry>,
+    active: Mutex<Vec<ActiveListener>>,
+    /// Listeners removed by a reload, still draining their connections.
+    draining: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct ActiveListener {
+    /// The address as configured (port 0 stays 0), which identifies it.
+    configured: SocketAddr,
+    bound: BoundListener,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Listeners bound for a config but not yet serving.
+pub struct Prepared {
+    new: Vec<(ListenerConfig, TcpListener)>,
+}
+
+impl Listeners {
+    fn new(registry: Arc<Registry>) -> Listeners {
+        Listeners {
+            registry,
+            active: Mutex::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The listeners serving now.
+    pub fn bound(&self) -> Vec<BoundListener> {
+        self.lock_active().iter().map(|l| l.bound.clone()).collect()
+    }
+
+    /// Binds every listener of `config` that is not already serving.
+    /// Nothing changes for clients until [`Listeners::commit`]; dropping
+    /// the result releases the addresses.
+    pub async fn prepare(&self, config: &Config) -> Result<Prepared, StartError> {
+        let active: Vec<SocketAddr> = self.lock_active().iter().map(|l| l.configured).collect();
+        let mut new = Vec::new();
+        for listener in &config.listeners {
+            if !active.contains(&listener.address) {
+                let bound = bind(&listener.name, listener.address).await?;
+                new.push((listener.clone(), bound));
+            }
+        }
+        Ok(Prepared { new })
+    }
+
+    /// Starts serving the prepared listeners and stops (and drains) those
+    /// that `config` no longer has.
+    pub fn commit(&self, prepared: Prepared, config: &Config) {
+        let mut active = self.lock_active();
+        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *active)
+            .into_iter()
+            .partition(|l| config.listeners.iter().any(|c| c.address == l.configured));
+        *active = kept;
+        for listener in removed {
+            tracing::info!(listener = %listener.bound.name, address = %listener.bound.address, "listener removed; draining its connections");
+            let _ = listener.stop.send(true);
+            self.draining
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(listener.task);
+        }
+        for (config, listener) in prepared.new {
+            active.push(self.spawn(config, listener));
+        }
+    }
+
+    fn spawn(&self, config: ListenerConfig, listener: TcpListener) -> ActiveListener {
+        let address = listener.local_addr().unwrap_or(config.address);
+        tracing::info!(listener = %config.name, %address, "listening");
+        let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), "http"));
+        let (stop, stopped) = watch::channel(false);
+        let registry = Arc::clone(&self.registry);
+        let task = tokio::spawn(serve(
+            listener,
+            stopped,
+            move || registry.config().drain_timeout,
+            move |request, peer| {
+                let proxy = Arc::clone(&proxy);
+                async move { proxy.handle(request, peer).await }
+            },
+        ));
+        ActiveListener {
+            configured: config.address,
+            bound: BoundListener {
+                name: config.name,
+                address,
+            },
+            stop,
+            task,
+        }
+    }
+
+    async fn shutdown(&self) {
+        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock_active())
+            .into_iter()
+            .map(|l| {
+                let _ = l.stop.send(true);
+                l.task
+            })
+            .collect();
+        tasks.append(&mut self.draining.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, Vec<ActiveListener>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Settings for running from a config file with live reload and history.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Where the version history is kept (default: `<config>.versions`
+    /// next to the file).
+    pub state_dir: Option<PathBuf>,
+    /// Versions kept.
+    pub keep_versions: usize,
+    /// Watch the file and reload when it changes.
+    pub watch: bool,
+}
+
+impl LiveOptions {
+    /// Defaults for `config_path`: history next to it, 100 versions, watched.
+    pub fn new(config_path: impl Into<PathBuf>) -> LiveOptions {
+        LiveOptions {
+            config_path: config_path.into(),
+            state_dir: None,
+            keep_versions: crate::config::history::DEFAULT_RETENTION,
+            watch: true,
+        }
+    }
+
+    /// The history directory.
+    pub fn history_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            let mut name = self
+                .config_path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "proxy.yaml".into());
+            name.push(".versions");
+            self.config_path.with_file_name(name)
+        })
+    }
+}
+
 /// A running proxy.
 pub struct Running {
     registry: Arc<Registry>,
-    listeners: Vec<BoundListener>,
+    listeners: Arc<Listeners>,
+    reloader: Option<Arc<Reloader>>,
     admin_address: SocketAddr,
-    drain_timeout: Duration,
-    shutdown: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -64,9 +226,9 @@ impl Running {
         &self.registry
     }
 
-    /// The traffic listeners as bound.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+    /// The traffic listeners as bound now.
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners.bound()
     }
 
     /// The admin API address as bound.
@@ -74,77 +236,107 @@ impl Running {
         self.admin_address
     }
 
+    /// The live-config pipeline, when started from a file.
+    pub fn reloader(&self) -> Option<&Arc<Reloader>> {
+        self.reloader.as_ref()
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain
     /// timeout) and returns when every listener is done.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.drain_timeout + Duration::from_secs(1), drain)
-            .await
-            .is_err()
-        {
-            self.tasks.abort_all();
+    pub async fn shutdown(self) {
+        for task in &self.background {
+            task.abort();
         }
+        let _ = self.admin_stop.send(true);
+        let drain_timeout = self.registry.config().drain_timeout;
+        let everything = async {
+            self.listeners.shutdown().await;
+            let _ = self.admin_task.await;
+        };
+        // Each listener stops itself at the drain timeout; this is a
+        // backstop should one not.
+        let _ = tokio::time::timeout(drain_timeout + Duration::from_secs(2), everything).await;
     }
 }
 
-/// Binds every listener of `config`, then serves until shut down.
+/// Serves `config` without a file behind it (no reload, no history).
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let mut bound = Vec::new();
-    for listener in &config.listeners {
-        bound.push((
-            listener.name.clone(),
-            bind(&listener.name, listener.address).await?,
-        ));
-    }
-    let admin_listener = bind("admin", config.admin.address).await?;
-    let admin_address = local_address(&admin_listener, config.admin.address);
-    let drain_timeout = config.drain_timeout;
+    launch(config, None).await
+}
 
-    let registry = Arc::new(Registry::new(config));
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    let mut listeners = Vec::new();
-    for (name, listener) in bound {
-        let address = local_address(&listener, SocketAddr::from(([0, 0, 0, 0], 0)));
-        tracing::info!(listener = %name, %address, "listening");
-        listeners.push(BoundListener {
-            name: name.clone(),
-            address,
-        });
-        let proxy = Arc::new(Proxy::new(Arc::clone(&registry), "http"));
-        tasks.spawn(serve(
-            listener,
-            shutdown_rx.clone(),
-            drain_timeout,
-            move |request, peer| {
-                let proxy = Arc::clone(&proxy);
-                async move { proxy.handle(request, peer).await }
-            },
-        ));
-    }
+/// Loads the config file and serves it, with reload on file change,
+/// SIGHUP (see [`Reloader::reload`]) and the admin API, and keeps the
+/// version history.
+pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
+    let (config, text) = crate::config::load(&options.config_path)?;
+    let history = match History::open(&options.history_dir(), options.keep_versions) {
+        Ok(history) => Some(history),
+        Err(error) => {
+            tracing::error!(%error, "config history unavailable; serving without it");
+            None
+        }
+    };
+    launch(config, Some((options, text, history))).await
+}
+
+async fn launch(
+    config: Config,
+    live: Option<(LiveOptions, String, Option<History>)>,
+) -> Result<Running, StartError> {
+    let registry = Arc::new(Registry::new(config.clone()));
+    let listeners = Arc::new(Listeners::new(Arc::clone(&registry)));
+    let prepared = listeners.prepare(&config).await?;
+    let admin_listener = bind("admin", config.admin.address).await?;
+    let admin_address = admin_listener.local_addr().unwrap_or(config.admin.address);
+    listeners.commit(prepared, &config);
+
+    let mut background = Vec::new();
+    let reloader = match live {
+        Some((options, text, history)) => {
+            let reloader = Arc::new(Reloader::new(
+                options.config_path.clone(),
+                Arc::clone(&registry),
+                Arc::clone(&listeners),
+                history,
+                &text,
+            ));
+            if options.watch {
+                match reload::watch_file(Arc::clone(&reloader)) {
+                    Ok(task) => background.push(task),
+                    Err(error) => tracing::error!(%error, "cannot watch the config file; reload with SIGHUP or the API"),
+                }
+            }
+            Some(reloader)
+        }
+        None => None,
+    };
+
     tracing::info!(address = %admin_address, "admin API listening");
     let admin_state = Arc::new(AdminState::new(
         Arc::clone(&registry),
-        listeners.clone(),
+        Arc::clone(&listeners),
+        reloader.clone(),
         admin_address,
     ));
-    tasks.spawn(serve(
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let drain_registry = Arc::clone(&registry);
+    let admin_task = tokio::spawn(serve(
         admin_listener,
-        shutdown_rx,
-        drain_timeout,
-        move |request, _peer| {
+        admin_stopped,
+        move || drain_registry.config().drain_timeout,
+        move |request, peer| {
             let state = Arc::clone(&admin_state);
-            async move { admin::handle(&state, request).await }
+            async move { admin::handle(&state, request, peer).await }
         },
     ));
     Ok(Running {
         registry,
         listeners,
+        reloader,
         admin_address,
-        drain_timeout,
-        shutdown,
-        tasks,
+        admin_stop,
+        admin_task,
+        background,
     })
 }
 
@@ -158,15 +350,11 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
         })
 }
 
-fn local_address(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(fallback)
-}
-
-/// Accepts connections until shutdown, then drains them.
+/// Accepts connections until told to stop, then drains them.
 async fn serve<H, F>(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    drain_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    drain_timeout: impl Fn() -> Duration,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -175,12 +363,11 @@ async fn serve<H, F>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -195,19 +382,17 @@ async fn serve<H, F>(
         serve_connection(&builder, &graceful, stream, peer, handler.clone());
     }
     drop(listener);
+    let drain_timeout = drain_timeout();
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?drain_timeout,
-            "drain timeout reached; closing remaining connections"
-        );
+        tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
     }
 }
 
 fn serve_connection<H, F>(
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,

@@ -6,6 +6,7 @@
 //! [`validate`] checks every field and every cross-field rule, collecting all
 //! problems with their field paths so `switchyard check` can print them at once.
 
+pub mod history;
 mod raw;
 mod validate;
 mod values;

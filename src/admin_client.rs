@@ -1,0 +1,45 @@
+//! A small HTTP client for the admin API, used by `switchyard config …`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Sends one request to the admin API at `admin` and returns the status and
+/// body text.
+pub async fn call(admin: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, String), String> {
+    let exchange = async {
+        let stream = TcpStream::connect(admin)
+            .await
+            .map_err(|e| format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("admin API at {admin}: {e}"))?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, admin.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad admin request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("admin API at {admin}: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("admin API at {admin}: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(60), exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("the admin API at {admin} did not answer within 60s")))
+}

@@ -1,0 +1,460 @@
+//! Live config: the reload pipeline, its triggers and its record.
+//!
+//! read → parse → validate everything → compute what changed → bind new
+//! listeners → one atomic swap of the snapshot → record the version. Any
+//! failure before the swap changes nothing: the running config keeps
+//! serving, and the error is logged, counted and shown in the admin status.
+//! Reloads run one at a time.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::config::history::{self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo};
+use crate::config::{self, Config, ConfigErrors};
+use crate::registry::Registry;
+use crate::server::{Listeners, StartError};
+
+/// Writes closer together than this are one change (editors write a file
+/// in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Why a reload or rollback did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config is not valid.
+    #[error("the config is not valid:\n{0}")]
+    Invalid(ConfigErrors),
+    /// A new listener address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] StartError),
+    /// The admin address changed.
+    #[error("admin.address cannot change while running (it is {running}, the config says {wanted}); restart to move the admin API")]
+    AdminMoved {
+        /// The running admin address.
+        running: std::net::SocketAddr,
+        /// The new one.
+        wanted: std::net::SocketAddr,
+    },
+    /// A rollback target could not be read.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// Rollback needs the history, which is unavailable.
+    #[error("the config history is unavailable")]
+    NoHistory,
+    /// The config file could not be rewritten for a rollback.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl ReloadError {
+    /// Whether the request itself was at fault (bad config, unknown
+    /// version) rather than the machine (I/O, ports).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ReloadError::Invalid(_)
+                | ReloadError::AdminMoved { .. }
+                | ReloadError::History(HistoryError::NotFound(_))
+        )
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum ReloadOutcome {
+    /// A new config is serving.
+    Applied {
+        /// Its version, when the history could record it.
+        version: Option<ConfigVersion>,
+        /// What changed, in words.
+        changes: Vec<String>,
+    },
+    /// The text is what is already serving; nothing was done.
+    Unchanged,
+}
+
+/// The last reload, for the admin status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// When it finished (RFC 3339).
+    pub at: String,
+    /// What triggered it.
+    pub source: ChangeSource,
+    /// `applied`, `unchanged` or `failed`.
+    pub result: &'static str,
+    /// The error, for a failure (or a history write that failed after an
+    /// applied change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reload counters and the last reload.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    /// The config version serving now, if recorded.
+    pub current_version: Option<ConfigVersion>,
+    /// Reloads that applied a change.
+    pub applied: u64,
+    /// Reloads that found nothing to change.
+    pub unchanged: u64,
+    /// Reloads refused.
+    pub failed: u64,
+    /// The most recent reload.
+    pub last: Option<ReloadRecord>,
+    /// Unreadable history entries.
+    pub broken_history_entries: usize,
+}
+
+/// The live-config pipeline of a running proxy.
+pub struct Reloader {
+    path: PathBuf,
+    registry: Arc<Registry>,
+    listeners: Arc<Listeners>,
+    history: Mutex<Option<History>>,
+    /// sha256 of the text serving now.
+    applied_sha: Mutex<String>,
+    status: Mutex<ReloadStatus>,
+    /// Serialises reloads: one pipeline run at a time.
+    pipeline: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    /// The pipeline for the config at `path`, which is serving `text`
+    /// already; records `text` as the start-up version.
+    pub(crate) fn new(
+        path: PathBuf,
+        registry: Arc<Registry>,
+        listeners: Arc<Listeners>,
+        mut history: Option<History>,
+        text: &str,
+    ) -> Reloader {
+        let mut status = ReloadStatus::default();
+        if let Some(history) = history.as_mut() {
+            status.broken_history_entries = history.broken().len();
+            let cause = format!("switchyard {} started (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+            match history.record(text, ChangeSource::Startup, &cause, None) {
+                Ok(Some(info)) => {
+                    tracing::info!(version = %info.version, "config version recorded");
+                    status.current_version = Some(info.version);
+                }
+                // Same text as the newest version: it is still that version.
+                Ok(None) => status.current_version = history.latest().map(|v| v.version),
+                Err(error) => tracing::error!(%error, "cannot record the start-up config version"),
+            }
+        }
+        Reloader {
+            path,
+            registry,
+            listeners,
+            history: Mutex::new(history),
+            applied_sha: Mutex::new(history::sha256_hex(text)),
+            status: Mutex::new(status),
+            pipeline: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The config file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Counters and the last reload.
+    pub fn status(&self) -> ReloadStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Every readable version, oldest first, and the unreadable entries.
+    pub fn versions(&self) -> Option<(Vec<VersionInfo>, Vec<history::BrokenEntry>)> {
+        lock(&self.history)
+            .as_ref()
+            .map(|h| (h.versions().to_vec(), h.broken().to_vec()))
+    }
+
+    /// The text of a version.
+    pub fn version_text(&self, version: ConfigVersion) -> Result<String, ReloadError> {
+        match lock(&self.history).as_ref() {
+            Some(history) => Ok(history.text(version)?),
+            None => Err(ReloadError::NoHistory),
+        }
+    }
+
+    /// Reads the file and applies it if it changed.
+    pub async fn reload(&self, source: ChangeSource, cause: &str) -> Result<ReloadOutcome, ReloadError> {
+        let _one_at_a_time = self.pipeline.lock().await;
+        let result = async {
+            let text = tokio::fs::read_to_string(&self.path)
+                .await
+                .map_err(|source| ReloadError::Read {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+            self.apply(text, source, cause, None).await
+        }
+        .await;
+        self.finish(source, cause, result)
+    }
+
+    /// Makes version `version` current again: validates it, writes it to
+    /// the config file (which stays the source of truth), applies it and
+    /// records it as a new version. Changes nothing if any step fails.
+    pub async fn rollback(&self, version: ConfigVersion, cause: &str) -> Result<ReloadOutcome, ReloadError> {
+        let _one_at_a_time = self.pipeline.lock().await;
+        let result = async {
+            let text = self.version_text(version)?;
+            self.apply(text, ChangeSource::Rollback, cause, Some(version)).await
+        }
+        .await;
+        self.finish(ChangeSource::Rollback, cause, result)
+    }
+
+    async fn apply(
+        &self,
+        text: String,
+        source: ChangeSource,
+        cause: &str,
+        rollback_of: Option<ConfigVersion>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let sha = history::sha256_hex(&text);
+        if *lock(&self.applied_sha) == sha {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        let old = self.registry.config();
+        if config.admin.address != old.admin.address {
+            return Err(ReloadError::AdminMoved {
+                running: old.admin.address,
+                wanted: config.admin.address,
+            });
+        }
+        let changes = describe_changes(&old, &config);
+        let prepared = self.listeners.prepare(&config).await?;
+        if rollback_of.is_some() {
+            // The file first: if it cannot be written, nothing has changed.
+            let path = self.path.clone();
+            let bytes = text.clone().into_bytes();
+            tokio::task::spawn_blocking(move || history::write_atomically(&path, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|source| ReloadError::Write {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+        }
+        self.registry.apply_config(config.clone());
+        self.listeners.commit(prepared, &config);
+        *lock(&self.applied_sha) = sha;
+
+        let version = self.record(&text, source, cause, rollback_of);
+        Ok(ReloadOutcome::Applied { version, changes })
+    }
+
+    /// Records an applied config. A failure here is reported but does not
+    /// undo the change: the config is serving, and ops need it to.
+    fn record(&self, text: &str, source: ChangeSource, cause: &str, rollback_of: Option<ConfigVersion>) -> Option<ConfigVersion> {
+        let mut history = lock(&self.history);
+        let history = history.as_mut()?;
+        match history.record(text, source, cause, rollback_of) {
+            Ok(Some(info)) => Some(info.version),
+            Ok(None) => history.latest().map(|v| v.version),
+            Err(error) => {
+                tracing::error!(%error, "config applied but its version could not be recorded");
+                None
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        source: ChangeSource,
+        cause: &str,
+        result: Result<ReloadOutcome, ReloadError>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let mut status = lock(&self.status);
+        let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let (outcome, error) = match &result {
+            Ok(ReloadOutcome::Applied { version, changes }) => {
+                status.applied += 1;
+                if version.is_some() {
+                    status.current_version = *version;
+                }
+                tracing::info!(
+                    source = source.as_str(),
+                    cause,
+                    version = version.map(|v| v.0),
+                    changes = %changes.join("; "),
+                    "config reloaded"
+                );
+                let error = version.is_none().then(|| "applied, but the version could not be recorded".to_string());
+                ("applied", error.filter(|_| lock(&self.history).is_some()))
+            }
+            Ok(ReloadOutcome::Unchanged) => {
+                status.unchanged += 1;
+                tracing::debug!(source = source.as_str(), cause, "config unchanged; nothing to reload");
+                ("unchanged", None)
+            }
+            Err(error) => {
+                status.failed += 1;
+                tracing::error!(source = source.as_str(), cause, "config reload refused, the running config stays: {error}");
+                ("failed", Some(error.to_string()))
+            }
+        };
+        status.last = Some(ReloadRecord {
+            at,
+            source,
+            result: outcome,
+            error,
+        });
+        result
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What differs between two configs, in words, for the reload log line.
+pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    for listener in &new.listeners {
+        if !old.listeners.iter().any(|l| l.address == listener.address) {
+            changes.push(format!("listener {} added", listener.address));
+        }
+    }
+    for listener in &old.listeners {
+        if !new.listeners.iter().any(|l| l.address == listener.address) {
+            changes.push(format!("listener {} removed", listener.address));
+        }
+    }
+    for (name, service) in &new.services {
+        match old.services.get(name) {
+            None => changes.push(format!("service {name} added")),
+            Some(before) if before != service => {
+                let mut what = Vec::new();
+                if before.strategy != service.strategy {
+                    what.push(format!("strategy {} → {}", before.strategy, service.strategy));
+                }
+                let ids = |s: &config::ServiceConfig| -> Vec<String> { s.instances.iter().map(|i| i.id.to_string()).collect() };
+                let (old_ids, new_ids) = (ids(before), ids(service));
+                let added: Vec<&String> = new_ids.iter().filter(|i| !old_ids.contains(i)).collect();
+                let removed: Vec<&String> = old_ids.iter().filter(|i| !new_ids.contains(i)).collect();
+                if !added.is_empty() {
+                    what.push(format!("instances added: {}", join(&added)));
+                }
+                if !removed.is_empty() {
+                    what.push(format!("instances removed: {}", join(&removed)));
+                }
+                if what.is_empty() {
+                    what.push("settings or instance details".into());
+                }
+                changes.push(format!("service {name} changed ({})", what.join(", ")));
+            }
+            Some(_) => {}
+        }
+    }
+    for name in old.services.keys() {
+        if !new.services.contains_key(name) {
+            changes.push(format!("service {name} removed"));
+        }
+    }
+    if old.routes != new.routes {
+        changes.push(format!("routes changed ({} → {})", old.routes.len(), new.routes.len()));
+    }
+    if old.trusted_proxies != new.trusted_proxies {
+        changes.push("trusted_proxies changed".into());
+    }
+    if old.drain_timeout != new.drain_timeout {
+        changes.push("drain_timeout changed".into());
+    }
+    changes
+}
+
+fn join(items: &[&String]) -> String {
+    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Watches the config file's directory (so saves by rename are seen) and
+/// reloads after each burst of changes to the file.
+pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()>> {
+    let path = reloader.path().to_path_buf();
+    let file_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // Reads (including our own) must not trigger a reload.
+        let relevant = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) | EventKind::Other | EventKind::Any => false,
+            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        };
+        if relevant && event.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str())) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(file = %path.display(), "watching the config file for changes");
+    Ok(tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            if !reloader.path().exists() {
+                // Mid-rename, or deleted: the next event will tell.
+                continue;
+            }
+            let cause = format!("{} changed on disk", reloader.path().display());
+            let _ = reloader.reload(ChangeSource::File, &cause).await;
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_what_changed() {
+        let old = config::parse(
+            "listeners: [{address: 127.0.0.1:1000}]\nroutes: [{service: a}]\nservices:\n  a: {instances: [{id: x, address: 127.0.0.1:1}, {id: y, address: 127.0.0.1:2}]}\n  b: {}\n",
+        )
+        .unwrap();
+        let new = config::parse(
+            "listeners: [{address: 127.0.0.1:1001}]\nroutes: [{service: a}]\nservices:\n  a: {strategy: random, instances: [{id: y, address: 127.0.0.1:2}, {id: z, address: 127.0.0.1:3}]}\n  c: {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            describe_changes(&old, &new),
+            [
+                "listener 127.0.0.1:1001 added",
+                "listener 127.0.0.1:1000 removed",
+                "service a changed (strategy round_robin → random, instances added: z, instances removed: x)",
+                "service c added",
+                "service b removed",
+            ]
+        );
+        assert!(describe_changes(&new, &new).is_empty());
+    }
+}
