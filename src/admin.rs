@@ -98,19 +98,27 @@ struct InstanceStatus {
 }
 
 /// Answers one admin request from `peer`.
-pub async fn handle(state: &AdminState, request: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+pub async fn handle(
+    state: &AdminState,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = request.method();
     match (method, segments.as_slice()) {
         (&Method::GET, ["admin", "status"]) => json_response(StatusCode::OK, &status(state)),
         (&Method::POST, ["admin", "reload"]) => {
-            let Some(reloader) = live(state) else { return not_live() };
+            let Some(reloader) = live(state) else {
+                return not_live();
+            };
             let cause = format!("POST /admin/reload from {peer}");
             reload_response(reloader.reload(ChangeSource::Api, &cause).await)
         }
         (&Method::GET, ["admin", "config", "versions"]) => {
-            let Some(reloader) = live(state) else { return not_live() };
+            let Some(reloader) = live(state) else {
+                return not_live();
+            };
             match reloader.versions() {
                 Some((versions, broken)) => json_response(
                     StatusCode::OK,
@@ -124,33 +132,40 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>, peer: Socket
             }
         }
         (&Method::GET, ["admin", "config", "versions", number]) => {
-            let Some(reloader) = live(state) else { return not_live() };
+            let Some(reloader) = live(state) else {
+                return not_live();
+            };
             match parse_version(number) {
                 Ok(version) => match reloader.version_text(version) {
                     Ok(text) => {
                         let mut response = text_response(StatusCode::OK, text);
-                        response
-                            .headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml; charset=utf-8"));
+                        response.headers_mut().insert(
+                            CONTENT_TYPE,
+                            HeaderValue::from_static("application/yaml; charset=utf-8"),
+                        );
                         response
                     }
                     Err(error) => error_response(&error),
                 },
-                Err(response) => response,
+                Err(message) => bad_request(message),
             }
         }
         (&Method::GET, ["admin", "config", "diff"]) => {
-            let Some(reloader) = live(state) else { return not_live() };
+            let Some(reloader) = live(state) else {
+                return not_live();
+            };
             diff(reloader, request.uri().query().unwrap_or(""))
         }
         (&Method::POST, ["admin", "config", "rollback", number]) => {
-            let Some(reloader) = live(state) else { return not_live() };
+            let Some(reloader) = live(state) else {
+                return not_live();
+            };
             match parse_version(number) {
                 Ok(version) => {
                     let cause = format!("rollback to version {version} requested from {peer}");
                     reload_response(reloader.rollback(version, &cause).await)
                 }
-                Err(response) => response,
+                Err(message) => bad_request(message),
             }
         }
         (_, ["admin", "status" | "config", ..]) | (_, ["admin", "reload"]) => text_response(
@@ -175,13 +190,14 @@ fn not_live() -> Response<ProxyBody> {
     )
 }
 
-fn parse_version(text: &str) -> Result<ConfigVersion, Response<ProxyBody>> {
-    text.parse().map(ConfigVersion).map_err(|_| {
-        text_response(
-            StatusCode::BAD_REQUEST,
-            format!("`{text}` is not a version number\n"),
-        )
-    })
+fn parse_version(text: &str) -> Result<ConfigVersion, String> {
+    text.parse()
+        .map(ConfigVersion)
+        .map_err(|_| format!("`{text}` is not a version number\n"))
+}
+
+fn bad_request(message: String) -> Response<ProxyBody> {
+    text_response(StatusCode::BAD_REQUEST, message)
 }
 
 fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
@@ -191,7 +207,7 @@ fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let version = match parse_version(value) {
             Ok(version) => version,
-            Err(response) => return response,
+            Err(message) => return bad_request(message),
         };
         match key {
             "from" => from = Some(version),
@@ -222,16 +238,19 @@ fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
                 .header(&format!("version {from}"), &format!("version {to}"))
                 .to_string();
             let mut response = text_response(StatusCode::OK, text);
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/x-diff; charset=utf-8"));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/x-diff; charset=utf-8"),
+            );
             response
         }
         Err(error) => error_response(&error),
     }
 }
 
-fn reload_response(result: Result<crate::reload::ReloadOutcome, ReloadError>) -> Response<ProxyBody> {
+fn reload_response(
+    result: Result<crate::reload::ReloadOutcome, ReloadError>,
+) -> Response<ProxyBody> {
     match result {
         Ok(outcome) => json_response(StatusCode::OK, &outcome),
         Err(error) => error_response(&error),
@@ -240,7 +259,9 @@ fn reload_response(result: Result<crate::reload::ReloadOutcome, ReloadError>) ->
 
 fn error_response(error: &ReloadError) -> Response<ProxyBody> {
     let status = match error {
-        ReloadError::History(crate::config::history::HistoryError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ReloadError::History(crate::config::history::HistoryError::NotFound(_)) => {
+            StatusCode::NOT_FOUND
+        }
         ReloadError::Bind(_) => StatusCode::CONFLICT,
         error if error.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -249,7 +270,10 @@ fn error_response(error: &ReloadError) -> Response<ProxyBody> {
         ReloadError::Invalid(errors) => errors.0.iter().map(ToString::to_string).collect(),
         other => vec![other.to_string()],
     };
-    json_response(status, &serde_json::json!({ "result": "failed", "errors": errors }))
+    json_response(
+        status,
+        &serde_json::json!({ "result": "failed", "errors": errors }),
+    )
 }
 
 fn status(state: &AdminState) -> Status {

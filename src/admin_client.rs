@@ -11,11 +11,15 @@ use tokio::net::TcpStream;
 
 /// Sends one request to the admin API at `admin` and returns the status and
 /// body text.
-pub async fn call(admin: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, String), String> {
+pub async fn call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, String), String> {
     let exchange = async {
-        let stream = TcpStream::connect(admin)
-            .await
-            .map_err(|e| format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)"))?;
+        let stream = TcpStream::connect(admin).await.map_err(|e| {
+            format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)")
+        })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("admin API at {admin}: {e}"))?;
@@ -41,5 +45,9 @@ pub async fn call(admin: SocketAddr, method: Method, path: &str) -> Result<(Stat
     };
     tokio::time::timeout(Duration::from_secs(60), exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("the admin API at {admin} did not answer within 60s")))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the admin API at {admin} did not answer within 60s"
+            ))
+        })
 }

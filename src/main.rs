@@ -109,7 +109,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Check) => return check(&cli.config),
-        Some(Command::Config(args)) => runtime().and_then(|rt| rt.block_on(config_command(&cli.config, args))),
+        Some(Command::Config(args)) => {
+            runtime().and_then(|rt| rt.block_on(config_command(&cli.config, args)))
+        }
         command => {
             if let Err(error) = telemetry::init(cli.log_format, &cli.log_level) {
                 eprintln!("switchyard: {error}");
@@ -175,8 +177,12 @@ fn check(path: &Path) -> ExitCode {
 fn run(path: &Path, args: &RunArgs, demo: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let running = if demo && !path.exists() {
-            tracing::info!("{} not found; using the shipped demo config (no live reload)", path.display());
-            let config = config::parse(SHIPPED_CONFIG).context("the shipped proxy.yaml is invalid")?;
+            tracing::info!(
+                "{} not found; using the shipped demo config (no live reload)",
+                path.display()
+            );
+            let config =
+                config::parse(SHIPPED_CONFIG).context("the shipped proxy.yaml is invalid")?;
             start_demo_upstreams(&config).await?;
             switchyard::server::start(config).await?
         } else {
@@ -194,7 +200,10 @@ fn run(path: &Path, args: &RunArgs, demo: bool) -> anyhow::Result<()> {
         }
         wait_for_shutdown(&running).await?;
         let drain_timeout = running.registry().config().drain_timeout;
-        tracing::info!(?drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        tracing::info!(
+            ?drain_timeout,
+            "shutting down: no new connections, draining in-flight requests"
+        );
         running.shutdown().await;
         tracing::info!("stopped");
         Ok(())
@@ -208,7 +217,9 @@ async fn start_demo_upstreams(config: &Config) -> anyhow::Result<()> {
             if started.insert(instance.address) {
                 switchyard::demo::start_echo(instance.id.as_str(), instance.address)
                     .await
-                    .with_context(|| format!("cannot start demo upstream on {}", instance.address))?;
+                    .with_context(|| {
+                        format!("cannot start demo upstream on {}", instance.address)
+                    })?;
                 tracing::info!(instance = %instance.id, address = %instance.address, "demo upstream started");
             }
         }
@@ -228,10 +239,16 @@ fn print_demo_help(config: &Config, running: &Running) {
             config::HostMatch::Exact(host) => format!(" -H 'Host: {host}'"),
             config::HostMatch::Suffix(suffix) => format!(" -H 'Host: demo{suffix}'"),
         };
-        println!("  curl{host} {base}{}        # service {}", route.path_prefix, route.service);
+        println!(
+            "  curl{host} {base}{}        # service {}",
+            route.path_prefix, route.service
+        );
     }
     println!("  for i in 1 2 3 4 5 6; do curl -s {base}/ | head -1; done   # watch the rotation");
-    println!("  curl http://{}/admin/status   # the admin API\n", running.admin_address());
+    println!(
+        "  curl http://{}/admin/status   # the admin API\n",
+        running.admin_address()
+    );
     println!("Stop with Ctrl-C.\n");
 }
 
@@ -262,11 +279,15 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
             .with_context(|| "cannot find the admin address in the config; pass --admin ADDRESS")?,
     };
     let call = |method: Method, path: String| async move {
-        switchyard::admin_client::call(admin, method, &path).await.map_err(anyhow::Error::msg)
+        switchyard::admin_client::call(admin, method, &path)
+            .await
+            .map_err(anyhow::Error::msg)
     };
     let (status, body) = match &args.action {
         ConfigAction::Versions => call(Method::GET, "/admin/config/versions".into()).await?,
-        ConfigAction::Show { version } => call(Method::GET, format!("/admin/config/versions/{version}")).await?,
+        ConfigAction::Show { version } => {
+            call(Method::GET, format!("/admin/config/versions/{version}")).await?
+        }
         ConfigAction::Diff { from, to } => {
             let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
             call(Method::GET, format!("/admin/config/diff?from={from}{to}")).await?
@@ -304,9 +325,13 @@ fn failure_text(body: &str) -> String {
 }
 
 fn print_versions(body: &str) -> anyhow::Result<()> {
-    let json: serde_json::Value = serde_json::from_str(body).context("unexpected answer from the admin API")?;
+    let json: serde_json::Value =
+        serde_json::from_str(body).context("unexpected answer from the admin API")?;
     let current = json["current"].as_u64();
-    println!("{:>3} {:>7}  {:<24}  {:<8}  {:<12}  CAUSE", "", "VERSION", "CREATED", "SOURCE", "SHA256");
+    println!(
+        "{:>3} {:>7}  {:<24}  {:<8}  {:<12}  CAUSE",
+        "", "VERSION", "CREATED", "SOURCE", "SHA256"
+    );
     for version in json["versions"].as_array().into_iter().flatten() {
         let number = version["version"].as_u64().unwrap_or(0);
         let mut cause = version["cause"].as_str().unwrap_or("").to_string();
@@ -319,7 +344,11 @@ fn print_versions(body: &str) -> anyhow::Result<()> {
             number,
             version["created_at"].as_str().unwrap_or(""),
             version["source"].as_str().unwrap_or(""),
-            version["sha256"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+            version["sha256"]
+                .as_str()
+                .unwrap_or("")
+                .get(..12)
+                .unwrap_or(""),
             cause
         );
     }
@@ -355,10 +384,13 @@ fn print_diff(diff: &str) {
 }
 
 fn print_rollback(version: u64, body: &str) -> anyhow::Result<()> {
-    let json: serde_json::Value = serde_json::from_str(body).context("unexpected answer from the admin API")?;
+    let json: serde_json::Value =
+        serde_json::from_str(body).context("unexpected answer from the admin API")?;
     match json["result"].as_str() {
         Some("applied") => match json["version"].as_u64() {
-            Some(new) => println!("rolled back to version {version}; it is now serving as version {new}"),
+            Some(new) => {
+                println!("rolled back to version {version}; it is now serving as version {new}")
+            }
             None => println!("rolled back to version {version} (the history could not record it)"),
         },
         _ => println!("version {version} is already serving; nothing changed"),

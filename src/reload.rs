@@ -15,7 +15,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::config::history::{self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo};
+use crate::config::history::{
+    self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo,
+};
 use crate::config::{self, Config, ConfigErrors};
 use crate::registry::Registry;
 use crate::server::{Listeners, StartError};
@@ -151,7 +153,11 @@ impl Reloader {
         let mut status = ReloadStatus::default();
         if let Some(history) = history.as_mut() {
             status.broken_history_entries = history.broken().len();
-            let cause = format!("switchyard {} started (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+            let cause = format!(
+                "switchyard {} started (pid {})",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            );
             match history.record(text, ChangeSource::Startup, &cause, None) {
                 Ok(Some(info)) => {
                     tracing::info!(version = %info.version, "config version recorded");
@@ -199,7 +205,11 @@ impl Reloader {
     }
 
     /// Reads the file and applies it if it changed.
-    pub async fn reload(&self, source: ChangeSource, cause: &str) -> Result<ReloadOutcome, ReloadError> {
+    pub async fn reload(
+        &self,
+        source: ChangeSource,
+        cause: &str,
+    ) -> Result<ReloadOutcome, ReloadError> {
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
             let text = tokio::fs::read_to_string(&self.path)
@@ -217,11 +227,16 @@ impl Reloader {
     /// Makes version `version` current again: validates it, writes it to
     /// the config file (which stays the source of truth), applies it and
     /// records it as a new version. Changes nothing if any step fails.
-    pub async fn rollback(&self, version: ConfigVersion, cause: &str) -> Result<ReloadOutcome, ReloadError> {
+    pub async fn rollback(
+        &self,
+        version: ConfigVersion,
+        cause: &str,
+    ) -> Result<ReloadOutcome, ReloadError> {
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
             let text = self.version_text(version)?;
-            self.apply(text, ChangeSource::Rollback, cause, Some(version)).await
+            self.apply(text, ChangeSource::Rollback, cause, Some(version))
+                .await
         }
         .await;
         self.finish(ChangeSource::Rollback, cause, result)
@@ -270,7 +285,13 @@ impl Reloader {
 
     /// Records an applied config. A failure here is reported but does not
     /// undo the change: the config is serving, and ops need it to.
-    fn record(&self, text: &str, source: ChangeSource, cause: &str, rollback_of: Option<ConfigVersion>) -> Option<ConfigVersion> {
+    fn record(
+        &self,
+        text: &str,
+        source: ChangeSource,
+        cause: &str,
+        rollback_of: Option<ConfigVersion>,
+    ) -> Option<ConfigVersion> {
         let mut history = lock(&self.history);
         let history = history.as_mut()?;
         match history.record(text, source, cause, rollback_of) {
@@ -304,17 +325,27 @@ impl Reloader {
                     changes = %changes.join("; "),
                     "config reloaded"
                 );
-                let error = version.is_none().then(|| "applied, but the version could not be recorded".to_string());
+                let error = version
+                    .is_none()
+                    .then(|| "applied, but the version could not be recorded".to_string());
                 ("applied", error.filter(|_| lock(&self.history).is_some()))
             }
             Ok(ReloadOutcome::Unchanged) => {
                 status.unchanged += 1;
-                tracing::debug!(source = source.as_str(), cause, "config unchanged; nothing to reload");
+                tracing::debug!(
+                    source = source.as_str(),
+                    cause,
+                    "config unchanged; nothing to reload"
+                );
                 ("unchanged", None)
             }
             Err(error) => {
                 status.failed += 1;
-                tracing::error!(source = source.as_str(), cause, "config reload refused, the running config stays: {error}");
+                tracing::error!(
+                    source = source.as_str(),
+                    cause,
+                    "config reload refused, the running config stays: {error}"
+                );
                 ("failed", Some(error.to_string()))
             }
         };
@@ -351,12 +382,18 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             Some(before) if before != service => {
                 let mut what = Vec::new();
                 if before.strategy != service.strategy {
-                    what.push(format!("strategy {} → {}", before.strategy, service.strategy));
+                    what.push(format!(
+                        "strategy {} → {}",
+                        before.strategy, service.strategy
+                    ));
                 }
-                let ids = |s: &config::ServiceConfig| -> Vec<String> { s.instances.iter().map(|i| i.id.to_string()).collect() };
+                let ids = |s: &config::ServiceConfig| -> Vec<String> {
+                    s.instances.iter().map(|i| i.id.to_string()).collect()
+                };
                 let (old_ids, new_ids) = (ids(before), ids(service));
                 let added: Vec<&String> = new_ids.iter().filter(|i| !old_ids.contains(i)).collect();
-                let removed: Vec<&String> = old_ids.iter().filter(|i| !new_ids.contains(i)).collect();
+                let removed: Vec<&String> =
+                    old_ids.iter().filter(|i| !new_ids.contains(i)).collect();
                 if !added.is_empty() {
                     what.push(format!("instances added: {}", join(&added)));
                 }
@@ -377,7 +414,11 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     if old.routes != new.routes {
-        changes.push(format!("routes changed ({} → {})", old.routes.len(), new.routes.len()));
+        changes.push(format!(
+            "routes changed ({} → {})",
+            old.routes.len(),
+            new.routes.len()
+        ));
     }
     if old.trusted_proxies != new.trusted_proxies {
         changes.push("trusted_proxies changed".into());
@@ -389,14 +430,21 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 }
 
 fn join(items: &[&String]) -> String {
-    items.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Watches the config file's directory (so saves by rename are seen) and
 /// reloads after each burst of changes to the file.
 pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()>> {
     let path = reloader.path().to_path_buf();
-    let file_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -410,7 +458,12 @@ pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<(
             EventKind::Access(_) | EventKind::Other | EventKind::Any => false,
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
         };
-        if relevant && event.paths.iter().any(|p| p.file_name() == Some(file_name.as_os_str())) {
+        if relevant
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+        {
             let _ = tx.send(());
         }
     })?;

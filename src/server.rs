@@ -303,7 +303,9 @@ async fn launch(
             if options.watch {
                 match reload::watch_file(Arc::clone(&reloader)) {
                     Ok(task) => background.push(task),
-                    Err(error) => tracing::error!(%error, "cannot watch the config file; reload with SIGHUP or the API"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot watch the config file; reload with SIGHUP or the API")
+                    }
                 }
             }
             Some(reloader)
@@ -387,7 +389,10 @@ async fn serve<H, F>(
         .await
         .is_err()
     {
-        tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+        tracing::warn!(
+            ?drain_timeout,
+            "drain timeout reached; closing remaining connections"
+        );
     }
 }
 

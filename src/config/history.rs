@@ -246,8 +246,10 @@ impl History {
             info: info.clone(),
             config: text.to_string(),
         };
-        let json = serde_json::to_vec_pretty(&entry).map_err(|e| self.io_error("encode", e.into()))?;
-        write_atomically(&self.path(version), &json).map_err(|e| self.io_error("write a version", e))?;
+        let json =
+            serde_json::to_vec_pretty(&entry).map_err(|e| self.io_error("encode", e.into()))?;
+        write_atomically(&self.path(version), &json)
+            .map_err(|e| self.io_error("write a version", e))?;
         self.highest = version.0;
         self.versions.push(info.clone());
         self.enforce_retention();
@@ -278,7 +280,8 @@ impl History {
 
 fn read_entry(path: &Path, expected: ConfigVersion) -> Result<Entry, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| format!("not a history entry: {e}"))?;
+    let entry: Entry =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a history entry: {e}"))?;
     if entry.info.version != expected {
         return Err(format!(
             "file name says version {expected}, content says {}",
@@ -318,7 +321,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("switchyard-history-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-history-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -327,10 +331,19 @@ mod tests {
     fn records_versions_and_skips_unchanged_text() {
         let dir = temp_dir("record");
         let mut history = History::open(&dir, 10).unwrap();
-        let v1 = history.record("a: 1\n", ChangeSource::Startup, "start", None).unwrap().unwrap();
+        let v1 = history
+            .record("a: 1\n", ChangeSource::Startup, "start", None)
+            .unwrap()
+            .unwrap();
         assert_eq!(v1.version, ConfigVersion(1));
-        assert!(history.record("a: 1\n", ChangeSource::File, "same", None).unwrap().is_none());
-        let v2 = history.record("a: 2\n", ChangeSource::Api, "api", None).unwrap().unwrap();
+        assert!(history
+            .record("a: 1\n", ChangeSource::File, "same", None)
+            .unwrap()
+            .is_none());
+        let v2 = history
+            .record("a: 2\n", ChangeSource::Api, "api", None)
+            .unwrap()
+            .unwrap();
         assert_eq!(v2.version, ConfigVersion(2));
         assert_eq!(history.text(ConfigVersion(1)).unwrap(), "a: 1\n");
         assert_eq!(v2.sha256, sha256_hex("a: 2\n"));
@@ -346,16 +359,24 @@ mod tests {
         let dir = temp_dir("retention");
         let mut history = History::open(&dir, 3).unwrap();
         for i in 0..5 {
-            history.record(&format!("n: {i}\n"), ChangeSource::File, "edit", None).unwrap();
+            history
+                .record(&format!("n: {i}\n"), ChangeSource::File, "edit", None)
+                .unwrap();
         }
         let numbers: Vec<u64> = history.versions().iter().map(|v| v.version.0).collect();
         assert_eq!(numbers, [3, 4, 5]);
-        assert!(matches!(history.text(ConfigVersion(1)), Err(HistoryError::NotFound(_))));
+        assert!(matches!(
+            history.text(ConfigVersion(1)),
+            Err(HistoryError::NotFound(_))
+        ));
         let reopened = History::open(&dir, 3).unwrap();
         assert_eq!(reopened.versions().len(), 3);
         // Numbers are never reused after old ones are dropped.
         let mut reopened = reopened;
-        let next = reopened.record("n: 9\n", ChangeSource::File, "edit", None).unwrap().unwrap();
+        let next = reopened
+            .record("n: 9\n", ChangeSource::File, "edit", None)
+            .unwrap()
+            .unwrap();
         assert_eq!(next.version, ConfigVersion(6));
     }
 
@@ -363,17 +384,27 @@ mod tests {
     fn corrupt_entries_are_reported_not_fatal() {
         let dir = temp_dir("corrupt");
         let mut history = History::open(&dir, 10).unwrap();
-        history.record("a: 1\n", ChangeSource::Startup, "start", None).unwrap();
-        history.record("a: 2\n", ChangeSource::File, "edit", None).unwrap();
+        history
+            .record("a: 1\n", ChangeSource::Startup, "start", None)
+            .unwrap();
+        history
+            .record("a: 2\n", ChangeSource::File, "edit", None)
+            .unwrap();
         fs::write(dir.join("0000000002.json"), b"{ truncated").unwrap();
         fs::write(dir.join(".0000000003.json.1.tmp"), b"half").unwrap();
         let mut reopened = History::open(&dir, 10).unwrap();
         assert_eq!(reopened.versions().len(), 1);
         assert_eq!(reopened.broken().len(), 1);
         assert_eq!(reopened.broken()[0].file, "0000000002.json");
-        assert!(!dir.join(".0000000003.json.1.tmp").exists(), "leftover temporary removed");
+        assert!(
+            !dir.join(".0000000003.json.1.tmp").exists(),
+            "leftover temporary removed"
+        );
         // The broken number is not reused.
-        let next = reopened.record("a: 3\n", ChangeSource::File, "edit", None).unwrap().unwrap();
+        let next = reopened
+            .record("a: 3\n", ChangeSource::File, "edit", None)
+            .unwrap()
+            .unwrap();
         assert_eq!(next.version, ConfigVersion(3));
     }
 }

@@ -28,6 +28,8 @@ pub fn command() -> Command {
 /// A running proxy process, killed when dropped.
 pub struct Process {
     pub child: Child,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
     pub listener: SocketAddr,
     pub admin: SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -41,21 +43,25 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Starts `switchyard run` on `config_text` with JSON logs and waits
-    /// until both listeners are up.
-    pub fn start(config_text: &str, extra_env: &[(&str, &str)]) -> Process {
+    /// Starts `switchyard run` on `config_text` (written to a fresh
+    /// directory) with JSON logs and `args`, and waits until both listeners
+    /// are up.
+    pub fn start(config_text: &str, args: &[&str]) -> Process {
         let dir = temp_dir();
+        std::fs::write(dir.join("proxy.yaml"), config_text).unwrap();
+        Process::start_in(&dir, args)
+    }
+
+    /// Starts `switchyard run` on the `proxy.yaml` already in `dir`.
+    pub fn start_in(dir: &std::path::Path, args: &[&str]) -> Process {
         let path = dir.join("proxy.yaml");
-        std::fs::write(&path, config_text).unwrap();
         let mut command = command();
         command
             .args(["run", "--log-format", "json", "-c"])
             .arg(&path)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (key, value) in extra_env {
-            command.env(key, value);
-        }
         let mut child = command.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -83,6 +89,8 @@ impl Process {
         }
         Process {
             child,
+            dir: dir.to_path_buf(),
+            config_path: path,
             listener: listener.unwrap(),
             admin: admin.unwrap(),
             log,
