@@ -78,6 +78,9 @@ struct RouteStatus {
 struct ServiceStatus {
     name: String,
     strategy: &'static str,
+    healthy_instances: usize,
+    in_rotation: usize,
+    panic_routing: bool,
     connect_timeout_ms: u128,
     request_timeout_ms: u128,
     max_attempts: u32,
@@ -92,9 +95,20 @@ struct InstanceStatus {
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
     source: &'static str,
+    health: &'static str,
+    reason: String,
+    in_rotation: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_check_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_latency_ms: Option<f64>,
+    ejections: u32,
     in_flight: u64,
     requests_total: u64,
     idle_connections: usize,
+    registered_at: String,
 }
 
 /// Answers one admin request from `peer`.
@@ -278,6 +292,7 @@ fn error_response(error: &ReloadError) -> Response<ProxyBody> {
 
 fn status(state: &AdminState) -> Status {
     let snapshot = state.registry.snapshot();
+    let now = tokio::time::Instant::now();
     let config = state.registry.config();
     let services = snapshot
         .services
@@ -285,22 +300,45 @@ fn status(state: &AdminState) -> Status {
         .map(|service| ServiceStatus {
             name: service.name.to_string(),
             strategy: service.strategy.as_str(),
+            healthy_instances: service.healthy_count,
+            in_rotation: service.instances.len(),
+            panic_routing: service.panic,
             connect_timeout_ms: service.connect_timeout.as_millis(),
             request_timeout_ms: service.request_timeout.as_millis(),
             max_attempts: service.max_attempts.get(),
             instances: service
-                .instances
+                .all_instances
                 .iter()
-                .map(|instance| InstanceStatus {
-                    id: instance.id.to_string(),
-                    address: instance.address.to_string(),
-                    weight: instance.weight.get(),
-                    tags: instance.tags.clone(),
-                    metadata: instance.metadata.clone(),
-                    source: instance.state.source.as_str(),
-                    in_flight: instance.state.stats.in_flight(),
-                    requests_total: instance.state.stats.requests_total(),
-                    idle_connections: instance.state.pool.idle_count(),
+                .map(|instance| {
+                    let health = instance.state.health();
+                    let (state, reason) = health.describe(now);
+                    let active = health.active.as_ref();
+                    InstanceStatus {
+                        id: instance.id.to_string(),
+                        address: instance.address.to_string(),
+                        weight: instance.weight.get(),
+                        tags: instance.tags.clone(),
+                        metadata: instance.metadata.clone(),
+                        source: instance.state.source.as_str(),
+                        health: state,
+                        reason,
+                        in_rotation: service.instances.iter().any(|i| Arc::ptr_eq(i, instance)),
+                        last_check_at: active
+                            .and_then(|a| a.last_check)
+                            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                        last_error: active.and_then(|a| a.last_error.clone()),
+                        last_latency_ms: active
+                            .and_then(|a| a.last_latency)
+                            .map(|d| d.as_secs_f64() * 1e3),
+                        ejections: health.ejection.count,
+                        in_flight: instance.state.stats.in_flight(),
+                        requests_total: instance.state.stats.requests_total(),
+                        idle_connections: instance.state.pool.idle_count(),
+                        registered_at: humantime::format_rfc3339_seconds(
+                            instance.state.registered_at,
+                        )
+                        .to_string(),
+                    }
                 })
                 .collect(),
         })

@@ -19,6 +19,7 @@ use crate::config::history::{
     self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo,
 };
 use crate::config::{self, Config, ConfigErrors};
+use crate::health::{self, CustomChecks};
 use crate::registry::Registry;
 use crate::server::{Listeners, StartError};
 
@@ -138,6 +139,7 @@ pub struct Reloader {
     status: Mutex<ReloadStatus>,
     /// Serialises reloads: one pipeline run at a time.
     pipeline: tokio::sync::Mutex<()>,
+    health_checks: Arc<CustomChecks>,
 }
 
 impl Reloader {
@@ -149,6 +151,7 @@ impl Reloader {
         listeners: Arc<Listeners>,
         mut history: Option<History>,
         text: &str,
+        health_checks: Arc<CustomChecks>,
     ) -> Reloader {
         let mut status = ReloadStatus::default();
         if let Some(history) = history.as_mut() {
@@ -176,6 +179,7 @@ impl Reloader {
             applied_sha: Mutex::new(history::sha256_hex(text)),
             status: Mutex::new(status),
             pipeline: tokio::sync::Mutex::new(()),
+            health_checks,
         }
     }
 
@@ -254,6 +258,8 @@ impl Reloader {
             return Ok(ReloadOutcome::Unchanged);
         }
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        health::unknown_custom_checks(&config, &self.health_checks)
+            .map_err(ReloadError::Invalid)?;
         let old = self.registry.config();
         if config.admin.address != old.admin.address {
             return Err(ReloadError::AdminMoved {

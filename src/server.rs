@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
 use crate::config::{Config, ListenerConfig};
+use crate::health::{self, CustomChecks};
 use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The config file could not be loaded.
     #[error(transparent)]
     Config(#[from] crate::config::LoadError),
+    /// The config refers to something this program does not have.
+    #[error("the config cannot be served:\n{0}")]
+    Invalid(crate::config::ConfigErrors),
 }
 
 /// A bound listener.
@@ -171,7 +175,7 @@ impl Listeners {
 }
 
 /// Settings for running from a config file with live reload and history.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LiveOptions {
     /// The config file.
     pub config_path: PathBuf,
@@ -182,6 +186,23 @@ pub struct LiveOptions {
     pub keep_versions: usize,
     /// Watch the file and reload when it changes.
     pub watch: bool,
+    /// Custom health checks, by the name configs use for them.
+    pub health_checks: CustomChecks,
+}
+
+impl std::fmt::Debug for LiveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveOptions")
+            .field("config_path", &self.config_path)
+            .field("state_dir", &self.state_dir)
+            .field("keep_versions", &self.keep_versions)
+            .field("watch", &self.watch)
+            .field(
+                "health_checks",
+                &self.health_checks.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl LiveOptions {
@@ -192,6 +213,7 @@ impl LiveOptions {
             state_dir: None,
             keep_versions: crate::config::history::DEFAULT_RETENTION,
             watch: true,
+            health_checks: CustomChecks::new(),
         }
     }
 
@@ -261,7 +283,15 @@ impl Running {
 
 /// Serves `config` without a file behind it (no reload, no history).
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    launch(config, None).await
+    start_with_checks(config, CustomChecks::new()).await
+}
+
+/// Like [`start`], with custom health checks.
+pub async fn start_with_checks(
+    config: Config,
+    health_checks: CustomChecks,
+) -> Result<Running, StartError> {
+    launch(config, Arc::new(health_checks), None).await
 }
 
 /// Loads the config file and serves it, with reload on file change,
@@ -276,13 +306,16 @@ pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
             None
         }
     };
-    launch(config, Some((options, text, history))).await
+    let checks = Arc::new(options.health_checks.clone());
+    launch(config, checks, Some((options, text, history))).await
 }
 
 async fn launch(
     config: Config,
+    health_checks: Arc<CustomChecks>,
     live: Option<(LiveOptions, String, Option<History>)>,
 ) -> Result<Running, StartError> {
+    health::unknown_custom_checks(&config, &health_checks).map_err(StartError::Invalid)?;
     let registry = Arc::new(Registry::new(config.clone()));
     let listeners = Arc::new(Listeners::new(Arc::clone(&registry)));
     let prepared = listeners.prepare(&config).await?;
@@ -290,7 +323,7 @@ async fn launch(
     let admin_address = admin_listener.local_addr().unwrap_or(config.admin.address);
     listeners.commit(prepared, &config);
 
-    let mut background = Vec::new();
+    let mut background = health::spawn(Arc::clone(&registry), Arc::clone(&health_checks));
     let reloader = match live {
         Some((options, text, history)) => {
             let reloader = Arc::new(Reloader::new(
@@ -299,6 +332,7 @@ async fn launch(
                 Arc::clone(&listeners),
                 history,
                 &text,
+                health_checks,
             ));
             if options.watch {
                 match reload::watch_file(Arc::clone(&reloader)) {

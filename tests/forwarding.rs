@@ -161,11 +161,7 @@ services:
     let client = client();
     let cases = [
         ("nothing.test", 404, "no route for host `nothing.test`"),
-        (
-            "empty.test",
-            503,
-            "service `empty` has no available instance",
-        ),
+        ("empty.test", 503, "service `empty` has no instances"),
         ("dead.test", 502, "could not connect to service `dead`"),
         (
             "slow.test",

@@ -111,8 +111,88 @@ pub struct ServiceConfig {
     /// Total tries per request (first try included) when connecting fails;
     /// each retry goes to a different instance.
     pub max_attempts: NonZeroU32,
+    /// Active health checking, if any.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health checking (ejection on failures seen in traffic).
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Below this percentage of healthy instances, route to all instances
+    /// (fail open); 0 turns it off.
+    pub panic_threshold: u8,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// Active health checking of a service's instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// A passing probe slower than this counts as a failure.
+    pub max_latency: Option<Duration>,
+    /// Time between probes of one instance.
+    pub interval: Duration,
+    /// Limit on one probe.
+    pub timeout: Duration,
+    /// Each wait is `interval` plus a random amount up to this, so
+    /// instances are not probed in lock-step.
+    pub jitter: Duration,
+    /// Consecutive passes for an unhealthy instance to become healthy.
+    pub healthy_threshold: NonZeroU32,
+    /// Consecutive failures for a healthy instance to become unhealthy.
+    pub unhealthy_threshold: NonZeroU32,
+    /// The state of an instance that joins a running proxy.
+    pub initial: InitialHealth,
+}
+
+/// The probe of an active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// An HTTP request.
+    Http(HttpCheckConfig),
+    /// A TCP connect.
+    Tcp,
+    /// A check registered by an embedding program under this name.
+    Custom(String),
+}
+
+/// An HTTP health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheckConfig {
+    /// Request method.
+    pub method: http::Method,
+    /// Request path (and query).
+    pub path: String,
+    /// `Host` header (default: the instance address).
+    pub host: Option<String>,
+    /// Statuses that pass.
+    pub expected_status: Vec<std::ops::RangeInclusive<u16>>,
+    /// The body must contain this, if set.
+    pub body_contains: Option<String>,
+}
+
+/// Where a new instance starts when active checks are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialHealth {
+    /// Takes traffic at once; checks can take it out.
+    Healthy,
+    /// Takes traffic only after passing `healthy_threshold` checks.
+    Unhealthy,
+}
+
+/// Passive health checking: eject instances that fail real requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetectionConfig {
+    /// Consecutive failed requests that eject an instance.
+    pub consecutive_failures: NonZeroU32,
+    /// Count 5xx responses as failures (connect errors, resets and
+    /// timeouts always count).
+    pub include_5xx: bool,
+    /// The first ejection lasts this long; the Nth lasts N times as long.
+    pub base_ejection_time: Duration,
+    /// Cap on one ejection.
+    pub max_ejection_time: Duration,
+    /// Never eject more than this percentage of a service at once.
+    pub max_ejection_percent: u8,
 }
 
 /// Defaults for a service's settings.
@@ -127,6 +207,22 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: u32 = 3;
     /// Default shutdown drain time.
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default time between health probes.
+    pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+    /// Default limit on one health probe.
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default passes to become healthy.
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    /// Default failures to become unhealthy.
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    /// Default failed requests before an ejection.
+    pub const CONSECUTIVE_FAILURES: u32 = 5;
+    /// Default first ejection time.
+    pub const BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+    /// Default cap on one ejection.
+    pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+    /// Default share of a service that may be ejected at once.
+    pub const MAX_EJECTION_PERCENT: u8 = 50;
 }
 
 /// One instance of a service.

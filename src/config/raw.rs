@@ -63,7 +63,69 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub(crate) retry: Option<RawRetry>,
     #[serde(default)]
+    pub(crate) health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub(crate) outlier_detection: Option<RawOutlierDetection>,
+    #[serde(default)]
+    pub(crate) panic_threshold: Option<i64>,
+    #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    #[serde(default, rename = "type")]
+    pub(crate) kind: Option<String>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) method: Option<String>,
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    #[serde(default)]
+    pub(crate) expected_status: Option<Vec<RawStatus>>,
+    #[serde(default)]
+    pub(crate) body_contains: Option<String>,
+    #[serde(default)]
+    pub(crate) max_latency: Option<String>,
+    #[serde(default)]
+    pub(crate) interval: Option<String>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) jitter: Option<String>,
+    #[serde(default)]
+    pub(crate) healthy_threshold: Option<i64>,
+    #[serde(default)]
+    pub(crate) unhealthy_threshold: Option<i64>,
+    #[serde(default)]
+    pub(crate) initial: Option<String>,
+}
+
+/// A status code (`200`) or a range (`"200-399"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlierDetection {
+    #[serde(default)]
+    pub(crate) consecutive_failures: Option<i64>,
+    #[serde(default)]
+    pub(crate) include_5xx: bool,
+    #[serde(default)]
+    pub(crate) base_ejection_time: Option<String>,
+    #[serde(default)]
+    pub(crate) max_ejection_time: Option<String>,
+    #[serde(default)]
+    pub(crate) max_ejection_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

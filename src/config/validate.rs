@@ -3,8 +3,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
-use super::raw::{RawConfig, RawInstance, RawRoute, RawService};
+use super::raw::{
+    RawConfig, RawHealthCheck, RawInstance, RawOutlierDetection, RawRoute, RawService, RawStatus,
+};
 use super::values::{check_name, parse_duration};
 use super::*;
 
@@ -253,6 +256,19 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         ),
     };
 
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .and_then(|check| validate_health_check(&format!("{path}.health_check"), check, errors));
+    let outlier_detection = raw
+        .outlier_detection
+        .as_ref()
+        .and_then(|o| validate_outlier(&format!("{path}.outlier_detection"), o, errors));
+    let panic_threshold = match raw.panic_threshold {
+        None => Some(0),
+        Some(p) => errors.check(format!("{path}.panic_threshold"), percent(p)),
+    };
+
     let mut instances = Vec::new();
     let mut ids = HashSet::new();
     let mut addresses = HashSet::new();
@@ -281,7 +297,277 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         connect_timeout,
         request_timeout,
         max_attempts: max_attempts?,
+        health_check,
+        outlier_detection,
+        panic_threshold: panic_threshold?,
         instances,
+    })
+}
+
+fn percent(value: i64) -> Result<u8, String> {
+    u8::try_from(value)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| format!("must be a percentage from 0 to 100 (got {value})"))
+}
+
+fn threshold(value: Option<i64>, default: u32) -> Result<NonZeroU32, String> {
+    let value = value.unwrap_or(i64::from(default));
+    u32::try_from(value)
+        .ok()
+        .filter(|n| *n <= 100)
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("must be between 1 and 100 (got {value})"))
+}
+
+/// A duration field: absent gives `default`; zero is refused unless allowed.
+fn duration_field(
+    errors: &mut Errors,
+    path: String,
+    value: &Option<String>,
+    default: Duration,
+    allow_zero: bool,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => {
+            let parsed = parse_duration(text).and_then(|d| {
+                if d.is_zero() && !allow_zero {
+                    Err("must be more than zero".into())
+                } else {
+                    Ok(d)
+                }
+            });
+            errors.check(path, parsed).unwrap_or(default)
+        }
+    }
+}
+
+fn validate_health_check(
+    path: &str,
+    raw: &RawHealthCheck,
+    errors: &mut Errors,
+) -> Option<HealthCheckConfig> {
+    let before = errors.0.len();
+    let kind = raw.kind.as_deref().unwrap_or("http");
+    let http_only = [
+        ("method", raw.method.is_some()),
+        ("path", raw.path.is_some()),
+        ("host", raw.host.is_some()),
+        ("expected_status", raw.expected_status.is_some()),
+        ("body_contains", raw.body_contains.is_some()),
+    ];
+    let kind = match kind {
+        "http" => {
+            let method = match &raw.method {
+                None => Some(http::Method::GET),
+                Some(m) => errors.check(
+                    format!("{path}.method"),
+                    http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| format!("`{m}` is not an HTTP method")),
+                ),
+            };
+            let probe_path = raw.path.clone().unwrap_or_else(|| "/".into());
+            if !probe_path.starts_with('/') {
+                errors.push(
+                    format!("{path}.path"),
+                    format!("`{probe_path}` must start with `/`"),
+                );
+            }
+            let expected_status = match &raw.expected_status {
+                None => vec![200..=399],
+                Some(list) if list.is_empty() => {
+                    errors.push(
+                        format!("{path}.expected_status"),
+                        "must list at least one status or range",
+                    );
+                    vec![]
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, status)| {
+                        errors.check(format!("{path}.expected_status[{i}]"), status_range(status))
+                    })
+                    .collect(),
+            };
+            method.map(|method| {
+                CheckKind::Http(HttpCheckConfig {
+                    method,
+                    path: probe_path,
+                    host: raw.host.clone(),
+                    expected_status,
+                    body_contains: raw.body_contains.clone(),
+                })
+            })
+        }
+        "tcp" | "custom" => {
+            for (field, set) in http_only {
+                if set {
+                    errors.push(
+                        format!("{path}.{field}"),
+                        format!("only applies to `type: http`, not `{kind}`"),
+                    );
+                }
+            }
+            if kind == "tcp" {
+                Some(CheckKind::Tcp)
+            } else {
+                match &raw.name {
+                    Some(name) => Some(CheckKind::Custom(name.clone())),
+                    None => {
+                        errors.push(
+                            format!("{path}.name"),
+                            "a custom check needs the name it was registered under",
+                        );
+                        None
+                    }
+                }
+            }
+        }
+        other => {
+            errors.push(
+                format!("{path}.type"),
+                format!("unknown check type `{other}`; expected http, tcp or custom"),
+            );
+            None
+        }
+    };
+    if raw.name.is_some() && !matches!(kind, Some(CheckKind::Custom(_)) | None) {
+        errors.push(format!("{path}.name"), "only applies to `type: custom`");
+    }
+    let interval = duration_field(
+        errors,
+        format!("{path}.interval"),
+        &raw.interval,
+        defaults::CHECK_INTERVAL,
+        false,
+    );
+    let timeout = duration_field(
+        errors,
+        format!("{path}.timeout"),
+        &raw.timeout,
+        defaults::CHECK_TIMEOUT.min(interval),
+        false,
+    );
+    if timeout > interval {
+        errors.push(
+            format!("{path}.timeout"),
+            format!("{timeout:?} is longer than the interval ({interval:?}); probes would overlap"),
+        );
+    }
+    let jitter = duration_field(
+        errors,
+        format!("{path}.jitter"),
+        &raw.jitter,
+        interval / 10,
+        true,
+    );
+    let max_latency = raw.max_latency.as_ref().map(|_| {
+        duration_field(
+            errors,
+            format!("{path}.max_latency"),
+            &raw.max_latency,
+            timeout,
+            false,
+        )
+    });
+    let healthy_threshold = errors.check(
+        format!("{path}.healthy_threshold"),
+        threshold(raw.healthy_threshold, defaults::HEALTHY_THRESHOLD),
+    );
+    let unhealthy_threshold = errors.check(
+        format!("{path}.unhealthy_threshold"),
+        threshold(raw.unhealthy_threshold, defaults::UNHEALTHY_THRESHOLD),
+    );
+    let initial = match raw.initial.as_deref() {
+        None | Some("unhealthy") => Some(InitialHealth::Unhealthy),
+        Some("healthy") => Some(InitialHealth::Healthy),
+        Some(other) => {
+            errors.push(
+                format!("{path}.initial"),
+                format!("`{other}` must be `healthy` or `unhealthy`"),
+            );
+            None
+        }
+    };
+    if errors.0.len() > before {
+        return None;
+    }
+    Some(HealthCheckConfig {
+        kind: kind?,
+        max_latency,
+        interval,
+        timeout,
+        jitter,
+        healthy_threshold: healthy_threshold?,
+        unhealthy_threshold: unhealthy_threshold?,
+        initial: initial?,
+    })
+}
+
+fn status_range(raw: &RawStatus) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let code = |text: &str| -> Result<u16, String> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("`{text}` is not an HTTP status (100-599)"))
+    };
+    match raw {
+        RawStatus::Code(c) => code(&c.to_string()).map(|c| c..=c),
+        RawStatus::Text(text) => match text.split_once('-') {
+            Some((low, high)) => {
+                let (low, high) = (code(low)?, code(high)?);
+                if low > high {
+                    return Err(format!("`{text}` is an empty range"));
+                }
+                Ok(low..=high)
+            }
+            None => code(text).map(|c| c..=c),
+        },
+    }
+}
+
+fn validate_outlier(
+    path: &str,
+    raw: &RawOutlierDetection,
+    errors: &mut Errors,
+) -> Option<OutlierDetectionConfig> {
+    let consecutive_failures = errors.check(
+        format!("{path}.consecutive_failures"),
+        threshold(raw.consecutive_failures, defaults::CONSECUTIVE_FAILURES),
+    );
+    let base = duration_field(
+        errors,
+        format!("{path}.base_ejection_time"),
+        &raw.base_ejection_time,
+        defaults::BASE_EJECTION_TIME,
+        false,
+    );
+    let max = duration_field(
+        errors,
+        format!("{path}.max_ejection_time"),
+        &raw.max_ejection_time,
+        defaults::MAX_EJECTION_TIME.max(base),
+        false,
+    );
+    if max < base {
+        errors.push(
+            format!("{path}.max_ejection_time"),
+            format!("{max:?} is shorter than base_ejection_time ({base:?})"),
+        );
+    }
+    let max_ejection_percent = match raw.max_ejection_percent {
+        None => Some(defaults::MAX_EJECTION_PERCENT),
+        Some(p) => errors.check(format!("{path}.max_ejection_percent"), percent(p)),
+    };
+    Some(OutlierDetectionConfig {
+        consecutive_failures: consecutive_failures?,
+        include_5xx: raw.include_5xx,
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: max_ejection_percent?,
     })
 }
 
@@ -324,6 +610,7 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use crate::config::{parse, HostMatch, Strategy};
+    use std::time::Duration;
 
     const GOOD: &str = r#"
 listeners:
@@ -423,6 +710,59 @@ services:
         assert_eq!(errors.len(), 2, "{errors:#?}");
         assert!(errors[0].starts_with("listeners[1].address: 127.0.0.1:8080 is already used"));
         assert!(errors[1].starts_with("routes[2]: another route already matches host `*`"));
+    }
+
+    #[test]
+    fn health_settings_are_validated() {
+        let with = |health: &str| {
+            GOOD.replace(
+                "    connect_timeout: 500ms\n",
+                &format!("    connect_timeout: 500ms\n{health}"),
+            )
+        };
+        let config = parse(&with(
+            "    health_check: {path: /healthz, expected_status: [200, \"300-302\"], interval: 2s, max_latency: 100ms}\n    outlier_detection: {consecutive_failures: 2}\n    panic_threshold: 30\n",
+        ))
+        .unwrap();
+        let api = config.services.values().next().unwrap();
+        let check = api.health_check.as_ref().unwrap();
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!(check.jitter, Duration::from_millis(200));
+        assert_eq!(check.timeout, Duration::from_secs(2));
+        assert_eq!(check.healthy_threshold.get(), 2);
+        match &check.kind {
+            crate::config::CheckKind::Http(http) => {
+                assert_eq!(http.expected_status, vec![200..=200, 300..=302]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            api.outlier_detection
+                .as_ref()
+                .unwrap()
+                .consecutive_failures
+                .get(),
+            2
+        );
+        assert_eq!(api.panic_threshold, 30);
+
+        let errors = messages(&with(
+            "    health_check: {type: tcp, path: /x, interval: 1s, timeout: 2s, unhealthy_threshold: 0, expected_status: [\"500-200\"]}\n    panic_threshold: 101\n",
+        ));
+        let expected = [
+            "services.api.health_check.path: only applies to `type: http`, not `tcp`",
+            "services.api.health_check.expected_status: only applies to `type: http`, not `tcp`",
+            "services.api.health_check.timeout: 2s is longer than the interval (1s); probes would overlap",
+            "services.api.health_check.unhealthy_threshold: must be between 1 and 100 (got 0)",
+            "services.api.panic_threshold: must be a percentage from 0 to 100 (got 101)",
+        ];
+        assert_eq!(errors, expected);
+        let errors = messages(&with("    health_check: {type: grpc}\n"));
+        assert_eq!(errors, ["services.api.health_check.type: unknown check type `grpc`; expected http, tcp or custom"]);
+        let errors = messages(&with(
+            "    health_check: {expected_status: [\"500-200\", 99]}\n",
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]

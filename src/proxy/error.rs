@@ -19,10 +19,12 @@ pub enum ProxyError {
         path: String,
     },
     /// The service has no instance that may take traffic.
-    #[error("service `{service}` has no available instance")]
+    #[error("service `{service}` has {}", no_instance_words(*configured))]
     NoInstance {
         /// The routed service.
         service: ServiceName,
+        /// How many instances it has, healthy or not.
+        configured: usize,
     },
     /// No instance could be connected to within the attempts allowed.
     #[error("could not connect to service `{service}` after {attempts} attempt(s): {detail}")]
@@ -58,6 +60,13 @@ pub enum ProxyError {
         /// Why.
         reason: &'static str,
     },
+}
+
+fn no_instance_words(configured: usize) -> String {
+    match configured {
+        0 => "no instances".into(),
+        n => format!("no healthy instance ({n} configured, none passing health checks)"),
+    }
 }
 
 impl ProxyError {

@@ -204,6 +204,7 @@ async fn send_with_retries(
                     %error,
                     "connect failed"
                 );
+                service.record_outcome(instance, Some(&error));
                 tried.push(index);
                 last_error = Some(error);
                 continue;
@@ -219,6 +220,16 @@ async fn send_with_retries(
             match response {
                 Ok(Ok(response)) => {
                     outcome.upstream_time = Some(sent.elapsed());
+                    let server_error = response.status().is_server_error()
+                        && service
+                            .outlier_detection
+                            .as_ref()
+                            .is_some_and(|o| o.include_5xx);
+                    let status = response.status();
+                    service.record_outcome(
+                        instance,
+                        server_error.then_some(&status as &dyn std::fmt::Display),
+                    );
                     let completion = Completion {
                         _in_flight: in_flight,
                         connection: Some((connection.sender, Arc::clone(pool))),
@@ -228,10 +239,12 @@ async fn send_with_retries(
                     return Ok((response, completion));
                 }
                 Err(_elapsed) => {
-                    return Err(ProxyError::UpstreamTimeout {
+                    let error = ProxyError::UpstreamTimeout {
                         service: service.name.clone(),
                         timeout: service.request_timeout,
-                    })
+                    };
+                    service.record_outcome(instance, Some(&"timed out waiting for the response"));
+                    return Err(error);
                 }
                 Ok(Err(mut error)) => match error.take_message() {
                     // Not sent: the pooled connection had been closed.
@@ -241,6 +254,7 @@ async fn send_with_retries(
                         connection = match pool.checkout(service.connect_timeout).await {
                             Ok(connection) => connection,
                             Err(error) => {
+                                service.record_outcome(instance, Some(&error));
                                 tried.push(index);
                                 last_error = Some(error);
                                 break;
@@ -256,6 +270,7 @@ async fn send_with_retries(
                     }
                     None => {
                         let error = error.into_error();
+                        service.record_outcome(instance, Some(&error));
                         tracing::warn!(
                             service = %service.name,
                             instance = %instance.id,
@@ -274,6 +289,7 @@ async fn send_with_retries(
     if tried.is_empty() {
         return Err(ProxyError::NoInstance {
             service: service.name.clone(),
+            configured: service.all_instances.len(),
         });
     }
     Err(ProxyError::ConnectFailed {

@@ -7,11 +7,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::balance::{Balancer, Load, Member, Strategy};
-use crate::config::{Cidr, Config, InstanceConfig, InstanceId, ServiceName};
+use crate::config::{
+    Cidr, Config, InstanceConfig, InstanceId, OutlierDetectionConfig, ServiceConfig, ServiceName,
+};
 use crate::router::Router;
 
-use super::InstanceState;
+use super::{FailureStreak, InstanceState};
 
 /// Everything a request needs, built whole and published at once.
 #[derive(Debug)]
@@ -35,14 +39,49 @@ pub struct ServiceSnapshot {
     pub strategy: Strategy,
     /// The built balancer over `instances`.
     pub balancer: Balancer,
-    /// Instances that may take traffic, in balancer order.
+    /// Instances that take traffic, in balancer order.
     pub instances: Vec<Arc<Instance>>,
+    /// Every instance, healthy or not.
+    pub all_instances: Vec<Arc<Instance>>,
+    /// How many instances are healthy.
+    pub healthy_count: usize,
+    /// Too few are healthy, so `instances` holds all of them (fail open).
+    pub panic: bool,
     /// TCP connect limit.
     pub connect_timeout: Duration,
     /// Limit until response headers.
     pub request_timeout: Duration,
     /// Tries per request.
     pub max_attempts: NonZeroU32,
+    /// Passive health checking, if on.
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    failures: mpsc::UnboundedSender<FailureStreak>,
+}
+
+impl ServiceSnapshot {
+    /// Records the outcome of one request to `instance` for outlier
+    /// detection. `failure` is `None` for a success.
+    pub fn record_outcome(&self, instance: &Instance, failure: Option<&dyn std::fmt::Display>) {
+        let Some(outlier) = &self.outlier_detection else {
+            return;
+        };
+        let stats = &instance.state.stats;
+        match failure {
+            None => stats.record_success(),
+            Some(reason) => {
+                // Report once, when the streak reaches the threshold.
+                if stats.record_failure() == outlier.consecutive_failures.get() {
+                    let _ = self.failures.send(FailureStreak {
+                        instance: Arc::clone(&instance.state),
+                        reason: format!(
+                            "{} consecutive failed requests: {reason}",
+                            outlier.consecutive_failures
+                        ),
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// One instance as requests see it.
@@ -74,13 +113,15 @@ impl Snapshot {
     pub(super) fn build(
         generation: u64,
         config: &Config,
-        mut state_for: impl FnMut(&ServiceName, &InstanceConfig) -> Arc<InstanceState>,
+        failures: mpsc::UnboundedSender<FailureStreak>,
+        mut state_for: impl FnMut(&ServiceName, &ServiceConfig, &InstanceConfig) -> Arc<InstanceState>,
     ) -> Snapshot {
+        let now = tokio::time::Instant::now();
         let services: Vec<ServiceSnapshot> = config
             .services
             .iter()
             .map(|(name, service)| {
-                let instances: Vec<Arc<Instance>> = service
+                let all_instances: Vec<Arc<Instance>> = service
                     .instances
                     .iter()
                     .map(|instance| {
@@ -90,10 +131,25 @@ impl Snapshot {
                             weight: instance.weight,
                             tags: instance.tags.clone(),
                             metadata: instance.metadata.clone(),
-                            state: state_for(name, instance),
+                            state: state_for(name, service, instance),
                         })
                     })
                     .collect();
+                let healthy: Vec<Arc<Instance>> = all_instances
+                    .iter()
+                    .filter(|i| i.state.health().takes_traffic(now))
+                    .cloned()
+                    .collect();
+                let healthy_count = healthy.len();
+                let panic = service.panic_threshold > 0
+                    && !all_instances.is_empty()
+                    && healthy_count * 100
+                        < usize::from(service.panic_threshold) * all_instances.len();
+                let instances = if panic {
+                    all_instances.clone()
+                } else {
+                    healthy
+                };
                 let keys: Vec<String> = instances
                     .iter()
                     .map(|i| format!("{name}/{}", i.id))
@@ -111,9 +167,14 @@ impl Snapshot {
                     strategy: service.strategy,
                     balancer: Balancer::build(service.strategy, &members),
                     instances,
+                    all_instances,
+                    healthy_count,
+                    panic,
                     connect_timeout: service.connect_timeout,
                     request_timeout: service.request_timeout,
                     max_attempts: service.max_attempts,
+                    outlier_detection: service.outlier_detection.clone(),
+                    failures: failures.clone(),
                 }
             })
             .collect();

@@ -1,0 +1,298 @@
+//! Health checking: active probes (HTTP, TCP, latency, custom) and passive
+//! outlier detection. Results are written into each instance's health
+//! state in the registry; every change of verdict is logged once and asks
+//! the registry for a snapshot rebuild (bursts coalesce into one).
+
+mod probe;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use probe::{HttpCheck, TcpCheck};
+
+use crate::config::{
+    CheckKind, Config, ConfigError, ConfigErrors, HealthCheckConfig, InstanceId, ServiceName,
+};
+use crate::registry::{FailureStreak, InstanceKey, InstanceState, Registry};
+
+/// What a check's future resolves to: `Ok` for a pass, or why it failed.
+pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// An active health check of one instance. The built-in ones are
+/// [`HttpCheck`] and [`TcpCheck`]; a program embedding switchyard can
+/// register its own under a name and refer to it with
+/// `health_check: {type: custom, name: …}`. The checker applies the
+/// timeout, `max_latency` and the thresholds, exactly as for the built-ins.
+pub trait HealthCheck: Send + Sync {
+    /// Checks `target` once.
+    fn check<'a>(&'a self, target: &'a CheckTarget) -> CheckFuture<'a>;
+}
+
+/// Custom checks by the name configs use for them.
+pub type CustomChecks = HashMap<String, Arc<dyn HealthCheck>>;
+
+/// The instance a check looks at.
+#[derive(Debug, Clone)]
+pub struct CheckTarget {
+    /// Its service.
+    pub service: ServiceName,
+    /// Its id.
+    pub instance: InstanceId,
+    /// Its address.
+    pub address: SocketAddr,
+}
+
+/// Config errors for custom checks that are not registered.
+pub fn unknown_custom_checks(config: &Config, custom: &CustomChecks) -> Result<(), ConfigErrors> {
+    let errors: Vec<ConfigError> = config
+        .services
+        .iter()
+        .filter_map(
+            |(name, service)| match service.health_check.as_ref().map(|c| &c.kind) {
+                Some(CheckKind::Custom(check)) if !custom.contains_key(check) => {
+                    Some(ConfigError {
+                        path: format!("services.{name}.health_check.name"),
+                        message: format!("no custom check named `{check}` is registered"),
+                        location: None,
+                    })
+                }
+                _ => None,
+            },
+        )
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Starts health checking for `registry`: probes follow the instance set,
+/// failure streaks from the proxy become ejections, and health changes
+/// rebuild the snapshot. Returns the tasks (abort them to stop).
+pub fn spawn(registry: Arc<Registry>, custom: Arc<CustomChecks>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let rebuilds = Arc::clone(&registry);
+    tasks.push(tokio::spawn(async move {
+        loop {
+            rebuilds.rebuild_when_asked().await;
+        }
+    }));
+    if let Some(streaks) = registry.take_failure_streaks() {
+        tasks.push(tokio::spawn(eject_on_streaks(
+            Arc::clone(&registry),
+            streaks,
+        )));
+    }
+    tasks.push(tokio::spawn(follow_instances(registry, custom)));
+    tasks
+}
+
+/// Keeps one probe task per checked instance: starts probes for new
+/// instances, stops them for removed ones, restarts them when the check
+/// settings change. Verdicts live in the instance state, so a restarted
+/// probe continues from the verdict it had.
+async fn follow_instances(registry: Arc<Registry>, custom: Arc<CustomChecks>) {
+    let mut changes = registry.subscribe();
+    let mut probes: HashMap<InstanceKey, (HealthCheckConfig, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let config = registry.config();
+        let mut wanted = HashMap::new();
+        for instance in registry.instances() {
+            let check = config
+                .services
+                .get(&instance.key.service)
+                .and_then(|s| s.health_check.clone());
+            if let Some(check) = check {
+                wanted.insert(instance.key.clone(), (check, instance));
+            }
+        }
+        probes.retain(|key, (check, task)| {
+            let keep = wanted.get(key).is_some_and(|(wanted, _)| wanted == check);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, (check, instance)) in wanted {
+            if probes.contains_key(&key) {
+                continue;
+            }
+            let checker = checker_for(&check.kind, &custom);
+            let task = tokio::spawn(probe_loop(
+                Arc::clone(&registry),
+                instance,
+                check.clone(),
+                checker,
+            ));
+            probes.insert(key, (check, task));
+        }
+        if changes.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, (_, task)) in probes {
+        task.abort();
+    }
+}
+
+fn checker_for(kind: &CheckKind, custom: &CustomChecks) -> Arc<dyn HealthCheck> {
+    match kind {
+        CheckKind::Http(http) => Arc::new(HttpCheck::new(http.clone())),
+        CheckKind::Tcp => Arc::new(TcpCheck),
+        CheckKind::Custom(name) => match custom.get(name) {
+            Some(check) => Arc::clone(check),
+            // Validation refuses unknown names; fail loudly if one slips by.
+            None => Arc::new(MissingCheck(name.clone())),
+        },
+    }
+}
+
+struct MissingCheck(String);
+
+impl HealthCheck for MissingCheck {
+    fn check<'a>(&'a self, _: &'a CheckTarget) -> CheckFuture<'a> {
+        Box::pin(async move { Err(format!("no custom check named `{}` is registered", self.0)) })
+    }
+}
+
+/// Probes one instance every `interval` (plus jitter), starting at once.
+async fn probe_loop(
+    registry: Arc<Registry>,
+    instance: Arc<InstanceState>,
+    check: HealthCheckConfig,
+    checker: Arc<dyn HealthCheck>,
+) {
+    let target = CheckTarget {
+        service: instance.key.service.clone(),
+        instance: instance.key.id.clone(),
+        address: instance.key.address,
+    };
+    loop {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(check.timeout, checker.check(&target)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timed out after {}", millis(check.timeout))),
+        };
+        let latency = started.elapsed();
+        let result = match (result, check.max_latency) {
+            (Ok(()), Some(max)) if latency > max => Err(format!(
+                "too slow: {} > max_latency {}",
+                millis(latency),
+                millis(max)
+            )),
+            (result, _) => result,
+        };
+        let transition = instance.health().active.as_mut().and_then(|active| {
+            active.record(
+                result,
+                latency,
+                check.healthy_threshold.get(),
+                check.unhealthy_threshold.get(),
+                SystemTime::now(),
+            )
+        });
+        if let Some(transition) = transition {
+            tracing::warn!(
+                service = %target.service,
+                instance = %target.instance,
+                address = %target.address,
+                from = transition.from,
+                to = transition.to,
+                reason = %transition.reason,
+                "instance health changed"
+            );
+            registry.request_rebuild();
+        }
+        let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
+        tokio::time::sleep(check.interval + Duration::from_millis(jitter)).await;
+    }
+}
+
+/// Turns failure streaks seen by the proxy into ejections, within the
+/// service's `max_ejection_percent`, and brings instances back when their
+/// time is up.
+async fn eject_on_streaks(
+    registry: Arc<Registry>,
+    mut streaks: tokio::sync::mpsc::UnboundedReceiver<FailureStreak>,
+) {
+    while let Some(FailureStreak { instance, reason }) = streaks.recv().await {
+        let snapshot = registry.snapshot();
+        let Some(service) = snapshot
+            .services
+            .iter()
+            .find(|s| s.name == instance.key.service)
+        else {
+            continue;
+        };
+        let Some(outlier) = &service.outlier_detection else {
+            continue;
+        };
+        let now = Instant::now();
+        let total = service.all_instances.len();
+        let ejected = service
+            .all_instances
+            .iter()
+            .filter(|i| i.state.health().ejection.is_ejected(now))
+            .count();
+        // The streak starts over either way.
+        instance.stats.reset_failures();
+        if instance.health().ejection.is_ejected(now) {
+            continue;
+        }
+        if (ejected + 1) * 100 > total * usize::from(outlier.max_ejection_percent) {
+            tracing::warn!(
+                service = %instance.key.service,
+                instance = %instance.key.id,
+                %reason,
+                ejected,
+                total,
+                max_ejection_percent = outlier.max_ejection_percent,
+                "not ejecting: the service is at its max_ejection_percent"
+            );
+            continue;
+        }
+        let duration = instance.health().ejection.eject(
+            now,
+            outlier.base_ejection_time,
+            outlier.max_ejection_time,
+            reason.clone(),
+        );
+        tracing::warn!(
+            service = %instance.key.service,
+            instance = %instance.key.id,
+            address = %instance.key.address,
+            from = "healthy",
+            to = "ejected",
+            %reason,
+            ejection_seconds = duration.as_secs_f64(),
+            "instance health changed"
+        );
+        registry.request_rebuild();
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let (now_state, _) = instance.health().describe(Instant::now());
+            tracing::info!(
+                service = %instance.key.service,
+                instance = %instance.key.id,
+                from = "ejected",
+                to = now_state,
+                reason = "ejection time is over",
+                "instance health changed"
+            );
+            registry.request_rebuild();
+        });
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
