@@ -168,3 +168,4 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
 /// Shared handle to stop slow upstreams.
 pub type Flag = Arc<tokio::sync::Notify>;
 pub mod binary;
+pub mod flippable;
