@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -16,6 +16,17 @@ pub async fn call(
     method: Method,
     path: &str,
 ) -> Result<(StatusCode, String), String> {
+    call_with(admin, method, path, None, None).await
+}
+
+/// Like [`call`], with a bearer token and a JSON body.
+pub async fn call_with(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&serde_json::Value>,
+) -> Result<(StatusCode, String), String> {
     let exchange = async {
         let stream = TcpStream::connect(admin).await.map_err(|e| {
             format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)")
@@ -24,11 +35,22 @@ pub async fn call(
             .await
             .map_err(|e| format!("admin API at {admin}: {e}"))?;
         tokio::spawn(connection);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, admin.to_string())
-            .body(Empty::<Bytes>::new())
+            .header(http::header::HOST, admin.to_string());
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match json {
+            Some(json) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(json.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
             .map_err(|e| format!("bad admin request: {e}"))?;
         let response = sender
             .send_request(request)

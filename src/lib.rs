@@ -11,6 +11,7 @@ pub mod admin_client;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod proxy;
 pub mod registry;

@@ -74,6 +74,10 @@ struct ConfigArgs {
     /// The admin API address (default: `admin.address` of the config file).
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// The admin token (default: `SWITCHYARD_ADMIN_TOKEN`, then the config
+    /// file's admin token).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     action: ConfigAction,
 }
@@ -158,7 +162,22 @@ fn check(path: &Path) -> ExitCode {
                 config.services.len(),
                 instances
             );
-            ExitCode::SUCCESS
+            let Some(consul) = &config.consul else {
+                return ExitCode::SUCCESS;
+            };
+            let leader = runtime()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(switchyard::discovery::consul::leader(consul)));
+            match leader {
+                Ok(leader) => {
+                    println!("consul at {}: ok (leader {leader})", consul.address);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("consul at {}: {error}", consul.address);
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(config::LoadError::Invalid { errors, .. }) => {
             eprintln!("{}: {} problem(s) found", path.display(), errors.0.len());

@@ -23,10 +23,14 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
 use crate::config::{Config, ListenerConfig};
+use crate::discovery;
 use crate::health::{self, CustomChecks};
 use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
+
+/// How often registry leases are checked for expiry.
+const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +244,8 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// switchyard's own Consul entry, once registered.
+    consul_self: Arc<tokio::sync::Mutex<Option<(crate::config::ConsulConfig, String)>>>,
 }
 
 impl Running {
@@ -268,6 +274,12 @@ impl Running {
     pub async fn shutdown(self) {
         for task in &self.background {
             task.abort();
+        }
+        if let Some((consul, id)) = self.consul_self.lock().await.take() {
+            match discovery::consul::deregister_self(&consul, &id).await {
+                Ok(()) => tracing::info!(id = %id, "deregistered from Consul"),
+                Err(error) => tracing::warn!(id = %id, %error, "cannot deregister from Consul"),
+            }
         }
         let _ = self.admin_stop.send(true);
         let drain_timeout = self.registry.config().drain_timeout;
@@ -324,6 +336,27 @@ async fn launch(
     listeners.commit(prepared, &config);
 
     let mut background = health::spawn(Arc::clone(&registry), Arc::clone(&health_checks));
+    let leases = Arc::clone(&registry);
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LEASE_CHECK_INTERVAL);
+        loop {
+            tick.tick().await;
+            leases.expire_leases();
+        }
+    }));
+    background.extend(discovery::spawn(Arc::clone(&registry)));
+    let consul_self = Arc::new(tokio::sync::Mutex::new(None));
+    if let (Some(consul), Some(listener)) = (&config.consul, listeners.bound().first()) {
+        if let Some(registration) = &consul.register {
+            background.push(tokio::spawn(register_in_consul(
+                consul.clone(),
+                registration.clone(),
+                listener.address,
+                admin_address,
+                Arc::clone(&consul_self),
+            )));
+        }
+    }
     let reloader = match live {
         Some((options, text, history)) => {
             let reloader = Arc::new(Reloader::new(
@@ -373,7 +406,40 @@ async fn launch(
         admin_stop,
         admin_task,
         background,
+        consul_self,
     })
+}
+
+/// Registers switchyard in Consul, retrying until it works; remembers the
+/// id for deregistration at shutdown.
+async fn register_in_consul(
+    consul: crate::config::ConsulConfig,
+    registration: crate::config::ConsulRegistration,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    registered: Arc<tokio::sync::Mutex<Option<(crate::config::ConsulConfig, String)>>>,
+) {
+    let ip = registration.address.unwrap_or(listener.ip());
+    if ip.is_unspecified() {
+        tracing::error!(%listener, "cannot register in Consul: the listener address is unspecified; set consul.register.address");
+        return;
+    }
+    let advertised = SocketAddr::new(ip, listener.port());
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match discovery::consul::register_self(&consul, &registration, advertised, admin).await {
+            Ok(id) => {
+                tracing::info!(id = %id, address = %advertised, "registered in Consul");
+                *registered.lock().await = Some((consul, id));
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot register in Consul yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::balance::Strategy;
-pub use values::Cidr;
+pub use values::{parse_duration, Cidr};
 
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
@@ -40,6 +40,10 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// The registry API's settings.
+    pub registry: RegistryConfig,
+    /// Consul, if used.
+    pub consul: Option<ConsulConfig>,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -60,6 +64,70 @@ pub struct ListenerConfig {
 pub struct AdminConfig {
     /// Where the admin API listens (loopback by default).
     pub address: SocketAddr,
+    /// The bearer token mutating calls need, if any.
+    pub token: Option<Secret>,
+    /// Reads need the token too.
+    pub read_requires_token: bool,
+}
+
+/// A secret read from the config, a file or the environment; never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// The registry API's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Registrations may create services proxy.yaml does not define.
+    pub allow_new_services: bool,
+}
+
+/// How to reach Consul.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulConfig {
+    /// The agent's HTTP address.
+    pub address: SocketAddr,
+    /// ACL token, sent as `X-Consul-Token`.
+    pub token: Option<Secret>,
+    /// How long one blocking query may wait.
+    pub wait: Duration,
+    /// Let any server answer (`?stale`), spreading the load.
+    pub stale: bool,
+    /// Register switchyard itself in Consul.
+    pub register: Option<ConsulRegistration>,
+}
+
+/// switchyard's own entry in Consul.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulRegistration {
+    /// Service name.
+    pub name: String,
+    /// Service id (default: name-address-port).
+    pub id: Option<String>,
+    /// Address to advertise (default: the first listener's IP).
+    pub address: Option<std::net::IpAddr>,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Where a service's instances are discovered, besides the file and the
+/// registry API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulDiscovery {
+    /// The Consul service name.
+    pub service: String,
+    /// Only instances with this tag.
+    pub tag: Option<String>,
+    /// Another datacenter.
+    pub datacenter: Option<String>,
+    /// Only instances whose every check passes.
+    pub passing_only: bool,
 }
 
 /// Which request hosts a route matches.
@@ -118,6 +186,8 @@ pub struct ServiceConfig {
     /// Below this percentage of healthy instances, route to all instances
     /// (fail open); 0 turns it off.
     pub panic_threshold: u8,
+    /// Instances also come from Consul.
+    pub discovery: Option<ConsulDiscovery>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
 }
@@ -223,6 +293,8 @@ pub mod defaults {
     pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
     /// Default share of a service that may be ejected at once.
     pub const MAX_EJECTION_PERCENT: u8 = 50;
+    /// Default wait of a Consul blocking query.
+    pub const CONSUL_WAIT: Duration = Duration::from_secs(30);
 }
 
 /// One instance of a service.
@@ -337,6 +409,54 @@ pub enum LoadError {
         /// Every problem found.
         errors: ConfigErrors,
     },
+}
+
+/// An instance registration, as sent to the admin API.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Id within the service (default: the address).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `IP:port`.
+    pub address: String,
+    /// 1..=1000, default 1.
+    #[serde(default)]
+    pub weight: Option<i64>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Lease: the instance must send a heartbeat within this time or it is
+    /// removed (e.g. `30s`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+impl Registration {
+    /// Checks every field; the instance and its lease time.
+    pub fn validate(&self) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+        validate::validate_registration(self)
+    }
+}
+
+impl ServiceConfig {
+    /// Settings for a service created through the registry API.
+    pub fn registered() -> ServiceConfig {
+        ServiceConfig {
+            strategy: Strategy::RoundRobin,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_attempts: NonZeroU32::new(defaults::MAX_ATTEMPTS).unwrap_or(NonZeroU32::MIN),
+            health_check: None,
+            outlier_detection: None,
+            panic_threshold: 0,
+            discovery: None,
+            instances: Vec::new(),
+        }
+    }
 }
 
 /// Reads and validates a config file.

@@ -20,6 +20,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) drain_timeout: Option<String>,
     #[serde(default)]
+    pub(crate) registry: Option<RawRegistry>,
+    #[serde(default)]
+    pub(crate) consul: Option<RawConsul>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
@@ -36,7 +40,71 @@ pub(crate) struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
+    #[serde(default)]
+    pub(crate) address: Option<String>,
+    #[serde(default)]
+    pub(crate) token: Option<String>,
+    #[serde(default)]
+    pub(crate) token_file: Option<String>,
+    #[serde(default)]
+    pub(crate) token_env: Option<String>,
+    #[serde(default)]
+    pub(crate) read_requires_token: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRegistry {
+    #[serde(default)]
+    pub(crate) allow_new_services: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsul {
     pub(crate) address: String,
+    #[serde(default)]
+    pub(crate) token_file: Option<String>,
+    #[serde(default)]
+    pub(crate) token_env: Option<String>,
+    #[serde(default)]
+    pub(crate) wait: Option<String>,
+    #[serde(default)]
+    pub(crate) stale: Option<bool>,
+    #[serde(default)]
+    pub(crate) register: Option<RawConsulRegister>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsulRegister {
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    #[serde(default)]
+    pub(crate) id: Option<String>,
+    #[serde(default)]
+    pub(crate) address: Option<String>,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscovery {
+    pub(crate) consul: RawConsulService,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsulService {
+    #[serde(default)]
+    pub(crate) service: Option<String>,
+    #[serde(default)]
+    pub(crate) tag: Option<String>,
+    #[serde(default)]
+    pub(crate) datacenter: Option<String>,
+    #[serde(default)]
+    pub(crate) passing_only: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +136,8 @@ pub(crate) struct RawService {
     pub(crate) outlier_detection: Option<RawOutlierDetection>,
     #[serde(default)]
     pub(crate) panic_threshold: Option<i64>,
+    #[serde(default)]
+    pub(crate) discovery: Option<RawDiscovery>,
     #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,
 }

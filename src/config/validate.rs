@@ -67,7 +67,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let admin_text = raw
         .admin
         .as_ref()
-        .map_or(DEFAULT_ADMIN_ADDRESS, |a| a.address.as_str());
+        .and_then(|a| a.address.as_deref())
+        .unwrap_or(DEFAULT_ADMIN_ADDRESS);
     let admin_address = errors.check("admin.address", parse_socket_addr(admin_text));
     if let Some(address) = admin_address {
         if address.port() != 0 && bound.contains(&address) {
@@ -92,6 +93,28 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         None => defaults::DRAIN_TIMEOUT,
     };
 
+    let admin_token = match &raw.admin {
+        Some(admin) => secret(
+            &mut errors,
+            "admin",
+            admin.token.as_deref(),
+            admin.token_file.as_deref(),
+            admin.token_env.as_deref(),
+        ),
+        None => None,
+    };
+    let read_requires_token = raw.admin.as_ref().is_some_and(|a| a.read_requires_token);
+    if read_requires_token && admin_token.is_none() {
+        errors.push(
+            "admin.read_requires_token",
+            "needs a token (admin.token, token_file or token_env)",
+        );
+    }
+    let consul = raw
+        .consul
+        .as_ref()
+        .and_then(|c| validate_consul(c, &mut errors));
+
     let mut services = BTreeMap::new();
     for (name, service) in &raw.services {
         let path = format!("services.{name}");
@@ -101,6 +124,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         );
         if let (Some(()), Some(service)) = (named, validate_service(&path, service, &mut errors)) {
             services.insert(ServiceName::from(name.as_str()), service);
+        }
+    }
+
+    if consul.is_none() {
+        for (name, service) in &raw.services {
+            if service.discovery.is_some() {
+                errors.push(
+                    format!("services.{name}.discovery"),
+                    "needs a top-level `consul:` block saying how to reach Consul",
+                );
+            }
         }
     }
 
@@ -134,9 +168,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         listeners,
         admin: AdminConfig {
             address: admin_address,
+            token: admin_token,
+            read_requires_token,
         },
         trusted_proxies,
         drain_timeout,
+        registry: RegistryConfig {
+            allow_new_services: raw.registry.as_ref().is_some_and(|r| r.allow_new_services),
+        },
+        consul,
         routes,
         services,
     })
@@ -264,6 +304,16 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         .outlier_detection
         .as_ref()
         .and_then(|o| validate_outlier(&format!("{path}.outlier_detection"), o, errors));
+    let discovery = raw.discovery.as_ref().map(|d| ConsulDiscovery {
+        service: d
+            .consul
+            .service
+            .clone()
+            .unwrap_or_else(|| path.strip_prefix("services.").unwrap_or(path).to_string()),
+        tag: d.consul.tag.clone(),
+        datacenter: d.consul.datacenter.clone(),
+        passing_only: d.consul.passing_only.unwrap_or(true),
+    });
     let panic_threshold = match raw.panic_threshold {
         None => Some(0),
         Some(p) => errors.check(format!("{path}.panic_threshold"), percent(p)),
@@ -300,7 +350,90 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         health_check,
         outlier_detection,
         panic_threshold: panic_threshold?,
+        discovery,
         instances,
+    })
+}
+
+/// A secret given inline, in a file, or in an environment variable (at
+/// most one way).
+fn secret(
+    errors: &mut Errors,
+    path: &str,
+    inline: Option<&str>,
+    file: Option<&str>,
+    env: Option<&str>,
+) -> Option<Secret> {
+    let given = [inline.is_some(), file.is_some(), env.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    if given > 1 {
+        errors.push(
+            path,
+            "give the token one way only: token, token_file or token_env",
+        );
+        return None;
+    }
+    let value = if let Some(token) = inline {
+        Some(token.to_string())
+    } else if let Some(file) = file {
+        errors.check(
+            format!("{path}.token_file"),
+            std::fs::read_to_string(file).map_err(|e| format!("cannot read `{file}`: {e}")),
+        )
+    } else if let Some(var) = env {
+        errors.check(
+            format!("{path}.token_env"),
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
+        )
+    } else {
+        None
+    }?;
+    let value = value.trim().to_string();
+    if value.is_empty() {
+        errors.push(path, "the token is empty");
+        return None;
+    }
+    Some(Secret(value))
+}
+
+fn validate_consul(raw: &super::raw::RawConsul, errors: &mut Errors) -> Option<ConsulConfig> {
+    let address = errors.check("consul.address", parse_socket_addr(&raw.address));
+    let token = secret(
+        errors,
+        "consul",
+        None,
+        raw.token_file.as_deref(),
+        raw.token_env.as_deref(),
+    );
+    let wait = duration_field(
+        errors,
+        "consul.wait".into(),
+        &raw.wait,
+        defaults::CONSUL_WAIT,
+        false,
+    );
+    if wait > Duration::from_secs(600) {
+        errors.push("consul.wait", "Consul caps blocking queries at 10m");
+    }
+    let register = raw.register.as_ref().map(|r| ConsulRegistration {
+        name: r.name.clone().unwrap_or_else(|| "switchyard".into()),
+        id: r.id.clone(),
+        address: r.address.as_ref().and_then(|a| {
+            errors.check(
+                "consul.register.address",
+                a.parse().map_err(|_| format!("`{a}` is not an IP address")),
+            )
+        }),
+        tags: r.tags.clone(),
+    });
+    Some(ConsulConfig {
+        address: address?,
+        token,
+        wait,
+        stale: raw.stale.unwrap_or(true),
+        register,
     })
 }
 
@@ -598,6 +731,42 @@ fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Opti
         tags: raw.tags.clone(),
         metadata: raw.metadata.clone(),
     })
+}
+
+/// Validates an instance registration from the admin API. Field paths are
+/// the JSON field names.
+pub(super) fn validate_registration(
+    registration: &super::Registration,
+) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+    let mut errors = Errors::default();
+    let raw = RawInstance {
+        id: registration.id.clone(),
+        address: registration.address.clone(),
+        weight: registration.weight,
+        tags: registration.tags.clone(),
+        metadata: registration.metadata.clone(),
+    };
+    let instance = validate_instance("", &raw, &mut errors);
+    let ttl = registration.ttl.as_ref().and_then(|text| {
+        let ttl = parse_duration(text).and_then(|ttl| {
+            if ttl.is_zero() {
+                Err("must be more than zero".into())
+            } else {
+                Ok(ttl)
+            }
+        });
+        errors.check("ttl", ttl)
+    });
+    // Paths were built for a list entry (`.address`); drop the dot.
+    for error in &mut errors.0 {
+        if let Some(field) = error.path.strip_prefix('.') {
+            error.path = field.to_string();
+        }
+    }
+    match instance {
+        Some(instance) if errors.0.is_empty() => Ok((instance, ttl)),
+        _ => Err(ConfigErrors(errors.0)),
+    }
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {

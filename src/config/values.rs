@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a non-negative integer and a unit).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Parses `250ms`, `5s`, `2m`, `1h` (a non-negative integer and a unit),
+/// with an error meant for a human.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -10,19 +10,24 @@
 pub mod health;
 mod snapshot;
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::{Config, InitialHealth, InstanceId, ServiceName};
+use crate::config::{
+    Config, InitialHealth, InstanceConfig, InstanceId, ServiceConfig, ServiceName,
+};
 use crate::upstream;
 
 pub use health::InstanceHealth;
+use snapshot::ServicePlan;
 pub use snapshot::{Instance, ServiceSnapshot, Snapshot};
 
 /// Where an instance came from.
@@ -30,6 +35,10 @@ pub use snapshot::{Instance, ServiceSnapshot, Snapshot};
 pub enum Source {
     /// Listed in proxy.yaml.
     File,
+    /// Registered through the admin API.
+    Api,
+    /// Discovered in Consul.
+    Consul,
 }
 
 impl Source {
@@ -37,8 +46,68 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::File => "file",
+            Source::Api => "api",
+            Source::Consul => "consul",
         }
     }
+}
+
+/// Why a registry API call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such service.
+    #[error("no service named `{0}`")]
+    UnknownService(ServiceName),
+    /// Creating services through the API is off.
+    #[error(
+        "service `{0}` is not defined in proxy.yaml, and registry.allow_new_services is false"
+    )]
+    NewServiceNotAllowed(ServiceName),
+    /// No such instance.
+    #[error("service `{service}` has no instance `{id}`")]
+    UnknownInstance {
+        /// The service.
+        service: ServiceName,
+        /// The id.
+        id: InstanceId,
+    },
+    /// The instance belongs to another source.
+    #[error("instance `{id}` of service `{service}` comes from {source_name}; change it there")]
+    NotRegistered {
+        /// The service.
+        service: ServiceName,
+        /// The id.
+        id: InstanceId,
+        /// Where it comes from.
+        source_name: &'static str,
+    },
+    /// Heartbeat for an instance without a lease.
+    #[error("instance `{0}` was registered without a ttl; it has no lease to renew")]
+    NoLease(InstanceId),
+}
+
+/// An instance registered through the API.
+#[derive(Debug, Clone)]
+struct Registered {
+    instance: InstanceConfig,
+    ttl: Option<Duration>,
+    expires: Option<tokio::time::Instant>,
+}
+
+/// A lease or discovery status, for the admin API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiscoveryStatus {
+    /// The last answer could not be used, or Consul cannot be reached: the
+    /// instances shown are the last known ones.
+    pub stale: bool,
+    /// The last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The Consul index of the data.
+    pub index: u64,
+    /// When the data last changed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
 }
 
 /// Identifies an instance's surviving state. The address is part of it: an
@@ -160,10 +229,18 @@ pub struct FailureStreak {
 
 struct RegistryState {
     config: Arc<Config>,
+    /// Registered through the API, by service and id.
+    registered: BTreeMap<ServiceName, BTreeMap<InstanceId, Registered>>,
+    /// Discovered in Consul, by service.
+    discovered: BTreeMap<ServiceName, Vec<InstanceConfig>>,
+    discovery_status: BTreeMap<ServiceName, DiscoveryStatus>,
     instances: HashMap<InstanceKey, Arc<InstanceState>>,
     generation: u64,
     /// Services routing to all instances because too few are healthy.
     panicking: HashMap<ServiceName, bool>,
+    /// Per service: the generation its instances or health last changed,
+    /// and a fingerprint of them, for watches.
+    indexes: HashMap<ServiceName, (u64, u64)>,
 }
 
 /// Services and instances from all sources; publishes snapshots.
@@ -183,9 +260,13 @@ impl Registry {
     pub fn new(config: Config) -> Registry {
         let mut state = RegistryState {
             config: Arc::new(config),
+            registered: BTreeMap::new(),
+            discovered: BTreeMap::new(),
+            discovery_status: BTreeMap::new(),
             instances: HashMap::new(),
             generation: 0,
             panicking: HashMap::new(),
+            indexes: HashMap::new(),
         };
         let (failures, failure_receiver) = mpsc::unbounded_channel();
         let snapshot = build(&mut state, &failures);
@@ -240,6 +321,220 @@ impl Registry {
         self.publish(&mut state)
     }
 
+    /// Registers (or updates) an instance through the API. Returns the
+    /// instance and whether it is new.
+    pub fn register(
+        &self,
+        service: &ServiceName,
+        instance: InstanceConfig,
+        ttl: Option<Duration>,
+    ) -> Result<bool, RegistryError> {
+        let mut state = self.lock();
+        let in_file = state.config.services.get(service);
+        if in_file.is_none()
+            && !state.config.registry.allow_new_services
+            && !state.registered.contains_key(service)
+        {
+            return Err(RegistryError::NewServiceNotAllowed(service.clone()));
+        }
+        if in_file.is_some_and(|s| s.instances.iter().any(|i| i.id == instance.id)) {
+            return Err(RegistryError::NotRegistered {
+                service: service.clone(),
+                id: instance.id,
+                source_name: "proxy.yaml",
+            });
+        }
+        let expires = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
+        let id = instance.id.clone();
+        let created = state
+            .registered
+            .entry(service.clone())
+            .or_default()
+            .insert(
+                id.clone(),
+                Registered {
+                    instance,
+                    ttl,
+                    expires,
+                },
+            )
+            .is_none();
+        tracing::info!(service = %service, instance = %id, created, ttl = ?ttl, "instance registered through the API");
+        self.publish(&mut state);
+        Ok(created)
+    }
+
+    /// Renews an instance's lease.
+    pub fn heartbeat(&self, service: &ServiceName, id: &InstanceId) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let registered = Self::registered_mut(&mut state, service, id)?;
+        let Some(ttl) = registered.ttl else {
+            return Err(RegistryError::NoLease(id.clone()));
+        };
+        registered.expires = Some(tokio::time::Instant::now() + ttl);
+        Ok(())
+    }
+
+    /// Removes an API-registered instance. Requests in flight on it finish;
+    /// new ones go elsewhere.
+    pub fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        Self::registered_mut(&mut state, service, id)?;
+        Self::remove_registered(&mut state, service, id);
+        tracing::info!(service = %service, instance = %id, "instance deregistered through the API");
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// Takes an instance (from any source) out of rotation by hand, or
+    /// puts it back.
+    pub fn set_drained(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+        drained: bool,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock();
+        let instance = state
+            .instances
+            .values()
+            .find(|i| &i.key.service == service && &i.key.id == id)
+            .cloned();
+        let Some(instance) = instance else {
+            return Err(
+                if self.snapshot().services.iter().any(|s| &s.name == service) {
+                    RegistryError::UnknownInstance {
+                        service: service.clone(),
+                        id: id.clone(),
+                    }
+                } else {
+                    RegistryError::UnknownService(service.clone())
+                },
+            );
+        };
+        instance.health().drained = drained;
+        tracing::info!(service = %service, instance = %id, drained, "instance drain changed through the API");
+        self.publish(&mut state);
+        Ok(())
+    }
+
+    /// Removes registrations whose lease ran out; returns how many.
+    pub fn expire_leases(&self) -> usize {
+        let now = tokio::time::Instant::now();
+        let mut state = self.lock();
+        let expired: Vec<(ServiceName, InstanceId)> = state
+            .registered
+            .iter()
+            .flat_map(|(service, instances)| {
+                instances
+                    .iter()
+                    .filter(|(_, r)| r.expires.is_some_and(|at| at <= now))
+                    .map(move |(id, _)| (service.clone(), id.clone()))
+            })
+            .collect();
+        for (service, id) in &expired {
+            tracing::warn!(service = %service, instance = %id, "lease expired without a heartbeat; instance removed");
+            Self::remove_registered(&mut state, service, id);
+        }
+        if !expired.is_empty() {
+            self.publish(&mut state);
+        }
+        expired.len()
+    }
+
+    /// The lease of an API-registered instance: its ttl and time left.
+    pub fn lease(&self, service: &ServiceName, id: &InstanceId) -> Option<(Duration, Duration)> {
+        let state = self.lock();
+        let registered = state.registered.get(service)?.get(id)?;
+        let ttl = registered.ttl?;
+        let left = registered
+            .expires
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or_default();
+        Some((ttl, left))
+    }
+
+    /// Replaces the instances discovered in Consul for `service`.
+    pub fn set_discovered(&self, service: &ServiceName, instances: Vec<InstanceConfig>) {
+        let mut state = self.lock();
+        if state.discovered.get(service) == Some(&instances) {
+            return;
+        }
+        state.discovered.insert(service.clone(), instances);
+        self.publish(&mut state);
+    }
+
+    /// Records the discovery status of `service`.
+    pub fn set_discovery_status(&self, service: &ServiceName, status: DiscoveryStatus) {
+        self.lock().discovery_status.insert(service.clone(), status);
+    }
+
+    /// The discovery status of every discovered service.
+    pub fn discovery_status(&self) -> BTreeMap<ServiceName, DiscoveryStatus> {
+        self.lock().discovery_status.clone()
+    }
+
+    /// The index of `service`: the snapshot generation in which its
+    /// instance set or health last changed. None for an unknown service.
+    pub fn service_index(&self, service: &ServiceName) -> Option<u64> {
+        self.lock().indexes.get(service).map(|(index, _)| *index)
+    }
+
+    fn registered_mut<'a>(
+        state: &'a mut RegistryState,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<&'a mut Registered, RegistryError> {
+        let source = if state
+            .config
+            .services
+            .get(service)
+            .is_some_and(|s| s.instances.iter().any(|i| &i.id == id))
+        {
+            Some("proxy.yaml")
+        } else if state
+            .discovered
+            .get(service)
+            .is_some_and(|l| l.iter().any(|i| &i.id == id))
+        {
+            Some("Consul")
+        } else {
+            None
+        };
+        let known_service = state.config.services.contains_key(service)
+            || state.registered.contains_key(service)
+            || state.discovered.contains_key(service);
+        match state
+            .registered
+            .get_mut(service)
+            .and_then(|m| m.get_mut(id))
+        {
+            Some(registered) => Ok(registered),
+            None => Err(match source {
+                Some(source_name) => RegistryError::NotRegistered {
+                    service: service.clone(),
+                    id: id.clone(),
+                    source_name,
+                },
+                None if known_service => RegistryError::UnknownInstance {
+                    service: service.clone(),
+                    id: id.clone(),
+                },
+                None => RegistryError::UnknownService(service.clone()),
+            }),
+        }
+    }
+
+    fn remove_registered(state: &mut RegistryState, service: &ServiceName, id: &InstanceId) {
+        if let Some(instances) = state.registered.get_mut(service) {
+            instances.remove(id);
+            // A service the file does not define goes with its last instance.
+            if instances.is_empty() && !state.config.services.contains_key(service) {
+                state.registered.remove(service);
+            }
+        }
+    }
+
     /// Asks for a rebuild (after health changes). Requests made while one
     /// is pending are served by the same rebuild.
     pub fn request_rebuild(&self) {
@@ -272,19 +567,71 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the snapshot will hold: every service with its settings and its
+/// instances from every source. The file wins an id clash, then the API.
+fn plan(state: &RegistryState) -> Vec<ServicePlan<'_>> {
+    let config = &state.config;
+    let mut names: Vec<&ServiceName> = config.services.keys().collect();
+    for name in state.registered.keys().chain(state.discovered.keys()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let settings = match config.services.get(name) {
+                Some(settings) => Cow::Borrowed(settings),
+                // Consul data for a service that left the file is dropped.
+                None if state.registered.contains_key(name) => Cow::Owned(ServiceConfig::registered()),
+                None => return None,
+            };
+            let mut seen = HashSet::new();
+            let mut instances = Vec::new();
+            let file = settings.instances.iter().map(|i| (i, Source::File));
+            let api = state
+                .registered
+                .get(name)
+                .into_iter()
+                .flat_map(|m| m.values().map(|r| (&r.instance, Source::Api)));
+            let consul = state
+                .discovered
+                .get(name)
+                .filter(|_| settings.discovery.is_some())
+                .into_iter()
+                .flat_map(|l| l.iter().map(|i| (i, Source::Consul)));
+            for (instance, source) in file.chain(api).chain(consul) {
+                if seen.insert(instance.id.clone()) {
+                    instances.push((instance.clone(), source));
+                } else {
+                    tracing::warn!(service = %name, instance = %instance.id, source = source.as_str(), "instance id already taken by another source; ignored");
+                }
+            }
+            Some(ServicePlan {
+                name: name.clone(),
+                settings,
+                instances,
+            })
+        })
+        .collect()
+}
+
 /// Builds a snapshot of `state`, creating shared state for new instances
 /// and dropping it for instances that left.
 fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStreak>) -> Snapshot {
     let started = Instant::now();
     let startup = state.generation == 0;
     state.generation += 1;
+    let generation = state.generation;
     let mut kept = HashMap::with_capacity(state.instances.len());
     let config = Arc::clone(&state.config);
+    let plans = plan(state);
     let snapshot = Snapshot::build(
-        state.generation,
+        generation,
         &config,
+        &plans,
         failures.clone(),
-        |service_name, service, instance| {
+        |service_name, service, instance, source| {
             let key = InstanceKey {
                 service: service_name.clone(),
                 id: instance.id.clone(),
@@ -311,7 +658,7 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
                     });
                     InstanceState::new(
                         key.clone(),
-                        Source::File,
+                        source,
                         InstanceHealth {
                             active,
                             ..InstanceHealth::default()
@@ -326,7 +673,10 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
             shared
         },
     );
+    drop(plans);
     state.instances = kept;
+    let now = tokio::time::Instant::now();
+    let mut indexes = HashMap::with_capacity(snapshot.services.len());
     for service in &snapshot.services {
         let was = state
             .panicking
@@ -339,12 +689,35 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
                 tracing::info!(service = %service.name, "enough healthy instances again: leaving panic routing");
             }
         }
+        let fingerprint = fingerprint(service, now);
+        let index = match state.indexes.get(&service.name) {
+            Some(&(index, previous)) if previous == fingerprint => index,
+            _ => generation,
+        };
+        indexes.insert(service.name.clone(), (index, fingerprint));
     }
+    state.indexes = indexes;
     tracing::debug!(
-        generation = state.generation,
+        generation,
         instances = state.instances.len(),
         build_micros = started.elapsed().as_micros() as u64,
         "snapshot built"
     );
     snapshot
+}
+
+/// What a watcher of a service sees: its instances, their weights and
+/// their health.
+fn fingerprint(service: &ServiceSnapshot, now: tokio::time::Instant) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for instance in &service.all_instances {
+        instance.id.hash(&mut hasher);
+        instance.address.hash(&mut hasher);
+        instance.weight.hash(&mut hasher);
+        instance.tags.hash(&mut hasher);
+        instance.metadata.hash(&mut hasher);
+        instance.state.health().describe(now).0.hash(&mut hasher);
+    }
+    service.instances.len().hash(&mut hasher);
+    hasher.finish()
 }

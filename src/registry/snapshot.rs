@@ -15,7 +15,14 @@ use crate::config::{
 };
 use crate::router::Router;
 
-use super::{FailureStreak, InstanceState};
+use super::{FailureStreak, InstanceState, Source};
+
+/// A service to build: its settings and its instances from every source.
+pub(super) struct ServicePlan<'a> {
+    pub(super) name: ServiceName,
+    pub(super) settings: std::borrow::Cow<'a, ServiceConfig>,
+    pub(super) instances: Vec<(InstanceConfig, Source)>,
+}
 
 /// Everything a request needs, built whole and published at once.
 #[derive(Debug)]
@@ -113,25 +120,31 @@ impl Snapshot {
     pub(super) fn build(
         generation: u64,
         config: &Config,
+        plans: &[ServicePlan<'_>],
         failures: mpsc::UnboundedSender<FailureStreak>,
-        mut state_for: impl FnMut(&ServiceName, &ServiceConfig, &InstanceConfig) -> Arc<InstanceState>,
+        mut state_for: impl FnMut(
+            &ServiceName,
+            &ServiceConfig,
+            &InstanceConfig,
+            Source,
+        ) -> Arc<InstanceState>,
     ) -> Snapshot {
         let now = tokio::time::Instant::now();
-        let services: Vec<ServiceSnapshot> = config
-            .services
+        let services: Vec<ServiceSnapshot> = plans
             .iter()
-            .map(|(name, service)| {
-                let all_instances: Vec<Arc<Instance>> = service
+            .map(|plan| {
+                let (name, service) = (&plan.name, &*plan.settings);
+                let all_instances: Vec<Arc<Instance>> = plan
                     .instances
                     .iter()
-                    .map(|instance| {
+                    .map(|(instance, source)| {
                         Arc::new(Instance {
                             id: instance.id.clone(),
                             address: instance.address,
                             weight: instance.weight,
                             tags: instance.tags.clone(),
                             metadata: instance.metadata.clone(),
-                            state: state_for(name, service, instance),
+                            state: state_for(name, service, instance, *source),
                         })
                     })
                     .collect();

@@ -1,0 +1,196 @@
+//! Sources of instances other than the file: Consul. Each source only ever
+//! writes the registry; a source that fails keeps the last instances it
+//! delivered (marked stale) until it recovers.
+
+pub mod consul;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{ConsulConfig, ConsulDiscovery, ServiceName};
+use crate::registry::{DiscoveryStatus, Registry};
+
+/// First retry delay after a Consul error; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Queries allowed back to back before the rate limit applies.
+const QUERY_BURST: u32 = 2;
+/// One more query allowed per this much time. Consul suggests limiting the
+/// loop when data churns; a second keeps a flapping service from turning
+/// the blocking loop into a busy one while still following real changes
+/// quickly.
+const QUERY_REFILL: Duration = Duration::from_secs(1);
+
+/// Starts following Consul for every service with `discovery`, and keeps
+/// following the config: watchers start, stop and restart as reloads add,
+/// remove or change discovery settings.
+pub fn spawn(registry: Arc<Registry>) -> Vec<JoinHandle<()>> {
+    vec![tokio::spawn(follow_config(registry))]
+}
+
+async fn follow_config(registry: Arc<Registry>) {
+    let mut changes = registry.subscribe();
+    let mut watchers: HashMap<ServiceName, ((ConsulDiscovery, ConsulConfig), JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        let config = registry.config();
+        let wanted: HashMap<ServiceName, (ConsulDiscovery, ConsulConfig)> = match &config.consul {
+            Some(consul) => config
+                .services
+                .iter()
+                .filter_map(|(name, service)| {
+                    service
+                        .discovery
+                        .clone()
+                        .map(|discovery| (name.clone(), (discovery, consul.clone())))
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
+        watchers.retain(|name, (settings, task)| {
+            let keep = wanted.get(name) == Some(settings);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, settings) in wanted {
+            if !watchers.contains_key(&name) {
+                let task = tokio::spawn(watch_service(
+                    Arc::clone(&registry),
+                    name.clone(),
+                    settings.0.clone(),
+                    settings.1.clone(),
+                ));
+                watchers.insert(name, (settings, task));
+            }
+        }
+        if changes.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, (_, task)) in watchers {
+        task.abort();
+    }
+}
+
+/// Follows one service with blocking queries, by the rules of Consul's
+/// docs: start with a plain read, then block on the last index; if the
+/// index goes backwards, start over; never block on an index below 1.
+async fn watch_service(
+    registry: Arc<Registry>,
+    service: ServiceName,
+    discovery: ConsulDiscovery,
+    consul: ConsulConfig,
+) {
+    let mut index: u64 = 0;
+    let mut backoff = MIN_BACKOFF;
+    let mut bucket = TokenBucket::new(QUERY_BURST, QUERY_REFILL);
+    let mut status = DiscoveryStatus::default();
+    tracing::info!(service = %service, consul_service = %discovery.service, consul = %consul.address, "following Consul");
+    loop {
+        bucket.take().await;
+        match consul::health_service(&consul, &discovery, index).await {
+            Ok(answer) => {
+                backoff = MIN_BACKOFF;
+                for problem in &answer.refused {
+                    tracing::warn!(service = %service, "Consul entry refused: {problem}");
+                }
+                if answer.index < index {
+                    tracing::info!(service = %service, previous = index, now = answer.index, "Consul index went backwards; starting over");
+                }
+                let changed =
+                    answer.index != status.index || status.stale || status.last_update.is_none();
+                if status.stale {
+                    tracing::info!(service = %service, "Consul reachable again; instances are current");
+                }
+                if changed {
+                    tracing::debug!(service = %service, index = answer.index, instances = answer.instances.len(), "Consul instances");
+                    registry.set_discovered(&service, answer.instances);
+                    status.last_update =
+                        Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                }
+                status.stale = false;
+                status.last_error = None;
+                status.index = answer.index;
+                index = if answer.index < index {
+                    0
+                } else {
+                    answer.index.max(1)
+                };
+                registry.set_discovery_status(&service, status.clone());
+            }
+            Err(error) => {
+                if !status.stale {
+                    tracing::warn!(service = %service, %error, "Consul query failed; keeping the last known instances (stale)");
+                } else {
+                    tracing::debug!(service = %service, %error, "Consul query failed again");
+                }
+                status.stale = true;
+                status.last_error = Some(error);
+                registry.set_discovery_status(&service, status.clone());
+                // Full jitter: anywhere up to the current backoff.
+                let delay = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64))
+                    .max(MIN_BACKOFF / 2);
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Allows `burst` queries at once, then one per `refill`.
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    refill: Duration,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, refill: Duration) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            refill,
+            last: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() / self.refill.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = self.refill.mul_f64(1.0 - self.tokens);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_a_burst_then_one_per_refill() {
+        let mut bucket = TokenBucket::new(2, Duration::from_secs(1));
+        let start = Instant::now();
+        bucket.take().await;
+        bucket.take().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        bucket.take().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        bucket.take().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+}
