@@ -60,14 +60,14 @@ async fn follow_config(registry: Arc<Registry>) {
             keep
         });
         for (name, settings) in wanted {
-            if !watchers.contains_key(&name) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(name) {
                 let task = tokio::spawn(watch_service(
                     Arc::clone(&registry),
-                    name.clone(),
+                    slot.key().clone(),
                     settings.0.clone(),
                     settings.1.clone(),
                 ));
-                watchers.insert(name, (settings, task));
+                slot.insert((settings, task));
             }
         }
         if changes.changed().await.is_err() {

@@ -168,4 +168,5 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
 /// Shared handle to stop slow upstreams.
 pub type Flag = Arc<tokio::sync::Notify>;
 pub mod binary;
+pub mod consul;
 pub mod flippable;
