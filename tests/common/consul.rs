@@ -168,7 +168,7 @@ impl FakeConsul {
                 let notified = self.changed.notified();
                 {
                     let state = self.state.lock().unwrap();
-                    if state.index > asked || state.index < asked || state.failing.is_some() {
+                    if state.index != asked || state.failing.is_some() {
                         break;
                     }
                 }
