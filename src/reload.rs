@@ -171,6 +171,9 @@ impl Reloader {
                 Err(error) => tracing::error!(%error, "cannot record the start-up config version"),
             }
         }
+        if let Some(version) = status.current_version {
+            registry.metrics().set_config_version(version.0);
+        }
         Reloader {
             path,
             registry,
@@ -355,6 +358,9 @@ impl Reloader {
                 ("failed", Some(error.to_string()))
             }
         };
+        self.registry
+            .metrics()
+            .reload(outcome, status.current_version.map(|v| v.0));
         status.last = Some(ReloadRecord {
             at,
             source,

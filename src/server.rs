@@ -25,6 +25,7 @@ use crate::config::history::History;
 use crate::config::{Config, ListenerConfig};
 use crate::discovery;
 use crate::health::{self, CustomChecks};
+use crate::metrics::ListenerMetrics;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
@@ -139,9 +140,11 @@ impl Listeners {
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), "http"));
         let (stop, stopped) = watch::channel(false);
         let registry = Arc::clone(&self.registry);
+        let connections = self.registry.metrics().listener(&config.name);
         let task = tokio::spawn(serve(
             listener,
             stopped,
+            Some(connections),
             move || registry.config().drain_timeout,
             move |request, peer| {
                 let proxy = Arc::clone(&proxy);
@@ -392,6 +395,7 @@ async fn launch(
     let admin_task = tokio::spawn(serve(
         admin_listener,
         admin_stopped,
+        None,
         move || drain_registry.config().drain_timeout,
         move |request, peer| {
             let state = Arc::clone(&admin_state);
@@ -456,6 +460,7 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
 async fn serve<H, F>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
+    connections: Option<ListenerMetrics>,
     drain_timeout: impl Fn() -> Duration,
     handler: H,
 ) where
@@ -481,7 +486,14 @@ async fn serve<H, F>(
                 continue;
             }
         };
-        serve_connection(&builder, &graceful, stream, peer, handler.clone());
+        serve_connection(
+            &builder,
+            &graceful,
+            stream,
+            peer,
+            connections.clone(),
+            handler.clone(),
+        );
     }
     drop(listener);
     let drain_timeout = drain_timeout();
@@ -501,6 +513,7 @@ fn serve_connection<H, F>(
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
+    connections: Option<ListenerMetrics>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
@@ -515,9 +528,16 @@ fn serve_connection<H, F>(
         .serve_connection(TokioIo::new(stream), service)
         .into_owned();
     let connection = graceful.watch(connection);
+    if let Some(metrics) = &connections {
+        metrics.accepted.inc();
+        metrics.open.inc();
+    }
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%peer, %error, "client connection ended with an error");
+        }
+        if let Some(metrics) = connections {
+            metrics.open.dec();
         }
     });
 }

@@ -9,6 +9,7 @@
 //! read) needs `Authorization: Bearer <token>`.
 
 mod config_api;
+mod dashboard;
 mod services;
 mod status;
 
@@ -75,6 +76,8 @@ pub async fn handle(
             json_response(StatusCode::OK, &status::status(state))
         }
         (&Method::GET, ["admin", "health"]) => text_response(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["metrics"]) => metrics(state, &request),
+        (&Method::GET, []) => dashboard::page(),
         (_, ["admin", "services", ..]) => services::handle(state, request, &segments[2..]).await,
         (_, ["admin", "reload"] | ["admin", "config", ..]) => {
             config_api::handle(state, &method, &segments[1..], request.uri().query(), peer).await
@@ -85,6 +88,30 @@ pub async fn handle(
             format!("no admin endpoint at {path}; try GET /admin/status\n"),
         ),
     }
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), the classic text format otherwise.
+fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<ProxyBody> {
+    let openmetrics = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let metrics = state.registry.metrics();
+    let (text, content_type) = if openmetrics {
+        (
+            metrics.encode_openmetrics(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (metrics.encode(), "text/plain; version=0.0.4; charset=utf-8")
+    };
+    let mut response = text_response(StatusCode::OK, text);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Checks the bearer token; returns the refusal, if any.

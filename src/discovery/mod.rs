@@ -117,6 +117,7 @@ async fn watch_service(
                 }
                 status.stale = false;
                 status.last_error = None;
+                registry.metrics().set_consul_stale(service.as_str(), false);
                 status.index = answer.index;
                 index = if answer.index < index {
                     0
@@ -133,6 +134,8 @@ async fn watch_service(
                 }
                 status.stale = true;
                 status.last_error = Some(error);
+                registry.metrics().consul_error(service.as_str());
+                registry.metrics().set_consul_stale(service.as_str(), true);
                 registry.set_discovery_status(&service, status.clone());
                 // Full jitter: anywhere up to the current backoff.
                 let delay = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64))

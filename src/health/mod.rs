@@ -209,6 +209,9 @@ async fn probe_loop(
                 reason = %transition.reason,
                 "instance health changed"
             );
+            registry
+                .metrics()
+                .health_transition(target.service.as_str(), transition.to);
             registry.request_rebuild();
         }
         let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
@@ -275,6 +278,10 @@ async fn eject_on_streaks(
             ejection_seconds = duration.as_secs_f64(),
             "instance health changed"
         );
+        registry.metrics().ejection(instance.key.service.as_str());
+        registry
+            .metrics()
+            .health_transition(instance.key.service.as_str(), "ejected");
         registry.request_rebuild();
         let registry = Arc::clone(&registry);
         tokio::spawn(async move {
@@ -288,6 +295,9 @@ async fn eject_on_streaks(
                 reason = "ejection time is over",
                 "instance health changed"
             );
+            registry
+                .metrics()
+                .health_transition(instance.key.service.as_str(), now_state);
             registry.request_rebuild();
         });
     }

@@ -6,11 +6,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::access_log::AccessLog;
 use crate::registry::InFlightGuard;
@@ -45,6 +47,8 @@ pub(crate) struct Completion {
     pub(crate) _in_flight: InFlightGuard,
     pub(crate) connection: Option<(Sender, Arc<Pool>)>,
     pub(crate) log: Option<Box<AccessLog>>,
+    /// The service's duration histogram and when the request started.
+    pub(crate) duration: Option<(Histogram, Instant)>,
     pub(crate) bytes: u64,
 }
 
@@ -54,6 +58,9 @@ impl Completion {
             if let Some((sender, pool)) = self.connection.take() {
                 pool.checkin(sender);
             }
+        }
+        if let Some((histogram, started)) = self.duration.take() {
+            histogram.observe(started.elapsed().as_secs_f64());
         }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, complete);

@@ -25,7 +25,7 @@ pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
 use crate::balance::hash_ip;
-use crate::registry::{Registry, ServiceSnapshot, Snapshot};
+use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::router::host_without_port;
 use crate::upstream::ConnectError;
 
@@ -40,10 +40,11 @@ pub struct Proxy {
     scheme: &'static str,
 }
 
-/// What the request path learnt, for the access log.
+/// What the request path learnt, for metrics and the access log.
 struct Outcome {
-    service: Option<String>,
-    instance: Option<String>,
+    /// Index of the routed service in the snapshot.
+    service: Option<usize>,
+    instance: Option<Arc<Instance>>,
     upstream_time: Option<Duration>,
 }
 
@@ -84,9 +85,10 @@ impl Proxy {
         let result = self
             .forward(&snapshot, request, peer, client_ip, &mut outcome)
             .await;
+        let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
-            log.service = outcome.service;
-            log.instance = outcome.instance;
+            log.service = service.map(|s| s.name.to_string());
+            log.instance = outcome.instance.as_ref().map(|i| i.id.to_string());
             log.upstream_time = outcome.upstream_time;
             Box::new(log)
         });
@@ -98,6 +100,7 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
+                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
                 Response::from_parts(
                     parts,
                     ProxyBody::Upstream(UpstreamBody::new(body, completion)),
@@ -105,8 +108,19 @@ impl Proxy {
             }
             Err(error) => {
                 let response = error_response(&error);
+                let status = response.status().as_u16();
+                match service {
+                    Some(service) => {
+                        service.metrics.answered_by_proxy(status);
+                        service
+                            .metrics
+                            .duration
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    None => self.registry.metrics().unrouted(),
+                }
                 if let Some(mut log) = log {
-                    log.status = response.status().as_u16();
+                    log.status = status;
                     log.emit(0, true);
                 }
                 response
@@ -134,7 +148,7 @@ impl Proxy {
             });
         };
         let service = &snapshot.services[route.service];
-        outcome.service = Some(service.name.to_string());
+        outcome.service = Some(route.service);
 
         let (mut parts, body) = request.into_parts();
         // The Host header an HTTP/1.1 upstream needs; HTTP/2 clients send
@@ -189,7 +203,10 @@ async fn send_with_retries(
             break;
         };
         let instance = &service.instances[index];
-        outcome.instance = Some(instance.id.to_string());
+        outcome.instance = Some(Arc::clone(instance));
+        if attempt > 1 {
+            service.metrics.retries.inc();
+        }
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
 
@@ -205,6 +222,7 @@ async fn send_with_retries(
                     "connect failed"
                 );
                 service.record_outcome(instance, Some(&error));
+                service.metrics.connect_errors.inc();
                 tried.push(index);
                 last_error = Some(error);
                 continue;
@@ -226,6 +244,7 @@ async fn send_with_retries(
                             .as_ref()
                             .is_some_and(|o| o.include_5xx);
                     let status = response.status();
+                    instance.state.metrics.response(status.as_u16());
                     service.record_outcome(
                         instance,
                         server_error.then_some(&status as &dyn std::fmt::Display),
@@ -234,6 +253,7 @@ async fn send_with_retries(
                         _in_flight: in_flight,
                         connection: Some((connection.sender, Arc::clone(pool))),
                         log: None,
+                        duration: None,
                         bytes: 0,
                     };
                     return Ok((response, completion));
@@ -244,6 +264,7 @@ async fn send_with_retries(
                         timeout: service.request_timeout,
                     };
                     service.record_outcome(instance, Some(&"timed out waiting for the response"));
+                    service.metrics.timeouts.inc();
                     return Err(error);
                 }
                 Ok(Err(mut error)) => match error.take_message() {
@@ -255,6 +276,7 @@ async fn send_with_retries(
                             Ok(connection) => connection,
                             Err(error) => {
                                 service.record_outcome(instance, Some(&error));
+                                service.metrics.connect_errors.inc();
                                 tried.push(index);
                                 last_error = Some(error);
                                 break;

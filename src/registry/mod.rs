@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::config::{
     Config, InitialHealth, InstanceConfig, InstanceId, ServiceConfig, ServiceName,
 };
+use crate::metrics::{InstanceMetrics, Metrics};
 use crate::upstream;
 
 pub use health::InstanceHealth;
@@ -124,9 +125,10 @@ pub struct InstanceKey {
 }
 
 /// Live counters of one instance, shared by every snapshot that has it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InstanceStats {
-    in_flight: AtomicU64,
+    /// The exported gauge is the counter itself: one atomic per change.
+    in_flight: prometheus_client::metrics::gauge::Gauge,
     requests_total: AtomicU64,
     /// Failed requests in a row, for outlier detection.
     consecutive_failures: AtomicU32,
@@ -135,7 +137,7 @@ pub struct InstanceStats {
 impl InstanceStats {
     /// Requests in flight now.
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        u64::try_from(self.in_flight.get()).unwrap_or(0)
     }
 
     /// Requests sent since the instance joined.
@@ -145,7 +147,7 @@ impl InstanceStats {
 
     /// Counts a request as in flight until the guard is dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(Arc::clone(self))
     }
@@ -177,7 +179,7 @@ pub struct InFlightGuard(Arc<InstanceStats>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
@@ -197,14 +199,27 @@ pub struct InstanceState {
     /// Health verdicts. Locked only by health updates and snapshot builds,
     /// never on the request path.
     pub health: Mutex<InstanceHealth>,
+    /// Metric handles.
+    pub metrics: InstanceMetrics,
 }
 
 impl InstanceState {
-    fn new(key: InstanceKey, source: Source, health: InstanceHealth) -> Arc<InstanceState> {
+    fn new(
+        key: InstanceKey,
+        source: Source,
+        health: InstanceHealth,
+        metrics: &Metrics,
+    ) -> Arc<InstanceState> {
+        let metrics = metrics.instance(key.service.as_str(), key.id.as_str());
         Arc::new(InstanceState {
             pool: Arc::new(upstream::Pool::new(key.address, upstream::DEFAULT_MAX_IDLE)),
             key,
-            stats: Arc::default(),
+            stats: Arc::new(InstanceStats {
+                in_flight: metrics.in_flight.clone(),
+                requests_total: AtomicU64::new(0),
+                consecutive_failures: AtomicU32::new(0),
+            }),
+            metrics,
             source,
             registered_at: std::time::SystemTime::now(),
             health: Mutex::new(health),
@@ -253,6 +268,7 @@ pub struct Registry {
     rebuild: Notify,
     failures: mpsc::UnboundedSender<FailureStreak>,
     failure_receiver: Mutex<Option<mpsc::UnboundedReceiver<FailureStreak>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -269,7 +285,8 @@ impl Registry {
             indexes: HashMap::new(),
         };
         let (failures, failure_receiver) = mpsc::unbounded_channel();
-        let snapshot = build(&mut state, &failures);
+        let metrics = Arc::new(Metrics::new());
+        let snapshot = build(&mut state, &failures, &metrics);
         Registry {
             state: Mutex::new(state),
             published: ArcSwap::from_pointee(snapshot),
@@ -278,7 +295,13 @@ impl Registry {
             rebuild: Notify::new(),
             failures,
             failure_receiver: Mutex::new(Some(failure_receiver)),
+            metrics,
         }
+    }
+
+    /// The metrics of this proxy.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The current snapshot. Requests call this once and keep the `Arc`.
@@ -550,7 +573,7 @@ impl Registry {
     }
 
     fn publish(&self, state: &mut RegistryState) -> Arc<Snapshot> {
-        let snapshot = Arc::new(build(state, &self.failures));
+        let snapshot = Arc::new(build(state, &self.failures, &self.metrics));
         self.published.store(Arc::clone(&snapshot));
         self.changes.send_replace(snapshot.generation);
         snapshot
@@ -618,7 +641,11 @@ fn plan(state: &RegistryState) -> Vec<ServicePlan<'_>> {
 
 /// Builds a snapshot of `state`, creating shared state for new instances
 /// and dropping it for instances that left.
-fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStreak>) -> Snapshot {
+fn build(
+    state: &mut RegistryState,
+    failures: &mpsc::UnboundedSender<FailureStreak>,
+    metrics: &Metrics,
+) -> Snapshot {
     let started = Instant::now();
     let startup = state.generation == 0;
     state.generation += 1;
@@ -631,6 +658,7 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
         &config,
         &plans,
         failures.clone(),
+        metrics,
         |service_name, service, instance, source| {
             let key = InstanceKey {
                 service: service_name.clone(),
@@ -663,6 +691,7 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
                             active,
                             ..InstanceHealth::default()
                         },
+                        metrics,
                     )
                 }
             };
@@ -674,7 +703,28 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
         },
     );
     drop(plans);
+    for gone in state
+        .instances
+        .keys()
+        .filter(|key| !kept.contains_key(*key))
+    {
+        // Another entry may carry the same labels (an id that moved address).
+        if !kept
+            .keys()
+            .any(|k| k.service == gone.service && k.id == gone.id)
+        {
+            metrics.remove_instance(gone.service.as_str(), gone.id.as_str());
+        }
+    }
     state.instances = kept;
+    for source in [Source::File, Source::Api, Source::Consul] {
+        let count = state
+            .instances
+            .values()
+            .filter(|i| i.source == source)
+            .count();
+        metrics.set_registry_size(source.as_str(), count);
+    }
     let now = tokio::time::Instant::now();
     let mut indexes = HashMap::with_capacity(snapshot.services.len());
     for service in &snapshot.services {
@@ -688,6 +738,10 @@ fn build(state: &mut RegistryState, failures: &mpsc::UnboundedSender<FailureStre
             } else {
                 tracing::info!(service = %service.name, "enough healthy instances again: leaving panic routing");
             }
+        }
+        for instance in &service.all_instances {
+            let in_rotation = service.instances.iter().any(|i| Arc::ptr_eq(i, instance));
+            instance.state.metrics.set_healthy(in_rotation);
         }
         let fingerprint = fingerprint(service, now);
         let index = match state.indexes.get(&service.name) {

@@ -13,6 +13,7 @@ use crate::balance::{Balancer, Load, Member, Strategy};
 use crate::config::{
     Cidr, Config, InstanceConfig, InstanceId, OutlierDetectionConfig, ServiceConfig, ServiceName,
 };
+use crate::metrics::{Metrics, ServiceMetrics};
 use crate::router::Router;
 
 use super::{FailureStreak, InstanceState, Source};
@@ -62,6 +63,8 @@ pub struct ServiceSnapshot {
     pub max_attempts: NonZeroU32,
     /// Passive health checking, if on.
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Metric handles.
+    pub metrics: ServiceMetrics,
     failures: mpsc::UnboundedSender<FailureStreak>,
 }
 
@@ -122,6 +125,7 @@ impl Snapshot {
         config: &Config,
         plans: &[ServicePlan<'_>],
         failures: mpsc::UnboundedSender<FailureStreak>,
+        metrics: &Metrics,
         mut state_for: impl FnMut(
             &ServiceName,
             &ServiceConfig,
@@ -187,6 +191,7 @@ impl Snapshot {
                     request_timeout: service.request_timeout,
                     max_attempts: service.max_attempts,
                     outlier_detection: service.outlier_detection.clone(),
+                    metrics: metrics.service(name.as_str()),
                     failures: failures.clone(),
                 }
             })

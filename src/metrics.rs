@@ -1,0 +1,506 @@
+//! Prometheus metrics.
+//!
+//! Families are registered once; the request path only touches handles
+//! created ahead of time (per instance when it joins, per service when a
+//! snapshot is built), so a request never looks a label set up or
+//! allocates for metrics. Label values come from config names and instance
+//! ids, never from request data.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Request duration buckets, in seconds: 0.5 ms to 30 s.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    service: String,
+    instance: String,
+}
+
+/// Status class of a response.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Class {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+}
+
+impl EncodeLabelValue for Class {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            Class::C1xx => "1xx",
+            Class::C2xx => "2xx",
+            Class::C3xx => "3xx",
+            Class::C4xx => "4xx",
+            Class::C5xx => "5xx",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
+const CLASSES: [Class; 5] = [
+    Class::C1xx,
+    Class::C2xx,
+    Class::C3xx,
+    Class::C4xx,
+    Class::C5xx,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: String,
+    instance: String,
+    class: Class,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    service: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric switchyard exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    unrouted: Counter,
+    duration: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    connect_errors: Family<ServiceLabels, Counter>,
+    timeouts: Family<ServiceLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+    in_flight: Family<InstanceLabels, Gauge>,
+    healthy: Family<InstanceLabels, Gauge>,
+    transitions: Family<TransitionLabels, Counter>,
+    ejections: Family<ServiceLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    config_version: Gauge,
+    registry_instances: Family<SourceLabels, Gauge>,
+    consul_errors: Family<ServiceLabels, Counter>,
+    consul_stale: Family<ServiceLabels, Gauge>,
+    connections_accepted: Family<ListenerLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("switchyard");
+        let metrics = Metrics {
+            requests: Family::default(),
+            unrouted: Counter::default(),
+            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            connect_errors: Family::default(),
+            timeouts: Family::default(),
+            retries: Family::default(),
+            in_flight: Family::default(),
+            healthy: Family::default(),
+            transitions: Family::default(),
+            ejections: Family::default(),
+            reloads: Family::default(),
+            config_version: Gauge::default(),
+            registry_instances: Family::default(),
+            consul_errors: Family::default(),
+            consul_stale: Family::default(),
+            connections_accepted: Family::default(),
+            connections_open: Family::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register("requests", "Requests answered, by service, instance (`none` when the proxy answered itself) and status class", m.requests.clone());
+        registry.register(
+            "unrouted_requests",
+            "Requests no route matched (answered 404)",
+            m.unrouted.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to the end of the response, by service",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_connect_errors",
+            "Failed connects to instances",
+            m.connect_errors.clone(),
+        );
+        registry.register(
+            "upstream_timeouts",
+            "Requests whose response headers did not arrive in time",
+            m.timeouts.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Requests tried again on another instance",
+            m.retries.clone(),
+        );
+        registry.register(
+            "instance_in_flight",
+            "Requests in flight per instance",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "instance_healthy",
+            "1 when the instance takes traffic, 0 when it is unhealthy, ejected or drained",
+            m.healthy.clone(),
+        );
+        registry.register(
+            "health_transitions",
+            "Changes of health verdict, by service and new state",
+            m.transitions.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Instances ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (applied, unchanged, failed)",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_version",
+            "The config version serving now",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "registry_instances",
+            "Instances in the registry, by source",
+            m.registry_instances.clone(),
+        );
+        registry.register(
+            "consul_errors",
+            "Failed Consul queries, by service",
+            m.consul_errors.clone(),
+        );
+        registry.register(
+            "consul_stale",
+            "1 while a service's Consul data is stale (Consul unreachable or answering badly)",
+            m.consul_stale.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted, by listener",
+            m.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Client connections open, by listener",
+            m.connections_open.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The OpenMetrics exposition (what Prometheus asks for).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        text
+    }
+
+    /// The classic Prometheus text exposition (0.0.4), for clients that do
+    /// not ask for OpenMetrics (curl, `promtool check metrics`).
+    pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
+    }
+
+    /// Handles for one instance.
+    pub fn instance(&self, service: &str, instance: &str) -> InstanceMetrics {
+        let labels = InstanceLabels {
+            service: service.to_string(),
+            instance: instance.to_string(),
+        };
+        InstanceMetrics {
+            requests: CLASSES.map(|class| {
+                self.requests
+                    .get_or_create_owned(&request_labels(&labels, class))
+            }),
+            in_flight: self.in_flight.get_or_create_owned(&labels),
+            healthy: self.healthy.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Drops an instance's series when it leaves the registry, so instance
+    /// churn (API, Consul) does not grow the exposition.
+    pub fn remove_instance(&self, service: &str, instance: &str) {
+        let labels = InstanceLabels {
+            service: service.to_string(),
+            instance: instance.to_string(),
+        };
+        for class in CLASSES {
+            self.requests.remove(&request_labels(&labels, class));
+        }
+        self.in_flight.remove(&labels);
+        self.healthy.remove(&labels);
+    }
+
+    /// Handles for one service.
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        let labels = ServiceLabels {
+            service: service.to_string(),
+        };
+        let none = InstanceLabels {
+            service: service.to_string(),
+            instance: "none".into(),
+        };
+        ServiceMetrics {
+            duration: self.duration.get_or_create_owned(&labels),
+            connect_errors: self.connect_errors.get_or_create_owned(&labels),
+            timeouts: self.timeouts.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            answered_by_proxy: CLASSES.map(|class| {
+                self.requests
+                    .get_or_create_owned(&request_labels(&none, class))
+            }),
+        }
+    }
+
+    /// A request matched no route.
+    pub fn unrouted(&self) {
+        self.unrouted.inc();
+    }
+
+    /// An instance's health verdict changed.
+    pub fn health_transition(&self, service: &str, to: &str) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                service: service.into(),
+                to: to.into(),
+            })
+            .inc();
+    }
+
+    /// An instance was ejected.
+    pub fn ejection(&self, service: &str) {
+        self.ejections
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .inc();
+    }
+
+    /// A reload finished with `result`.
+    pub fn reload(&self, result: &str, version: Option<u64>) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        if let Some(version) = version {
+            self.set_config_version(version);
+        }
+    }
+
+    /// The config version serving now.
+    pub fn set_config_version(&self, version: u64) {
+        self.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// Instances in the registry per source.
+    pub fn set_registry_size(&self, source: &str, count: usize) {
+        self.registry_instances
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// A Consul query for `service` failed.
+    pub fn consul_error(&self, service: &str) {
+        self.consul_errors
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .inc();
+    }
+
+    /// Whether `service`'s Consul data is stale.
+    pub fn set_consul_stale(&self, service: &str, stale: bool) {
+        self.consul_stale
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .set(i64::from(stale));
+    }
+
+    /// Handles for one listener.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: name.into(),
+        };
+        ListenerMetrics {
+            accepted: self.connections_accepted.get_or_create_owned(&labels),
+            open: self.connections_open.get_or_create_owned(&labels),
+        }
+    }
+}
+
+/// OpenMetrics → Prometheus text 0.0.4. They differ only in metadata: a
+/// counter family is named without `_total` in OpenMetrics and with it in
+/// the old format, `# UNIT` lines do not exist there, and there is no
+/// `# EOF`. Samples are the same.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+fn request_labels(instance: &InstanceLabels, class: Class) -> RequestLabels {
+    RequestLabels {
+        service: instance.service.clone(),
+        instance: instance.instance.clone(),
+        class,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// Per-instance handles.
+#[derive(Debug)]
+pub struct InstanceMetrics {
+    requests: [Counter; 5],
+    /// In-flight requests; also what `least_connections` reads.
+    pub in_flight: Gauge,
+    healthy: Gauge,
+}
+
+impl InstanceMetrics {
+    /// Counts a response with `status`.
+    pub fn response(&self, status: u16) {
+        self.requests[class_index(status)].inc();
+    }
+
+    /// Whether the instance takes traffic.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+}
+
+/// Per-service handles.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// Request duration.
+    pub duration: Histogram,
+    /// Failed connects.
+    pub connect_errors: Counter,
+    /// Response-header timeouts.
+    pub timeouts: Counter,
+    /// Retries on another instance.
+    pub retries: Counter,
+    answered_by_proxy: [Counter; 5],
+}
+
+impl ServiceMetrics {
+    /// Counts a response the proxy wrote itself (no instance answered).
+    pub fn answered_by_proxy(&self, status: u16) {
+        self.answered_by_proxy[class_index(status)].inc();
+    }
+}
+
+/// Per-listener handles.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections open.
+    pub open: Gauge,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_feed_the_exposition_and_leave_with_their_instance() {
+        let metrics = Metrics::new();
+        let instance = metrics.instance("api", "a");
+        instance.response(200);
+        instance.response(503);
+        instance.in_flight.inc();
+        metrics.service("api").duration.observe(0.003);
+        let text = metrics.encode();
+        assert!(
+            text.contains("# TYPE switchyard_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(metrics.encode_openmetrics().ends_with("# EOF\n"));
+        assert!(
+            text.contains(
+                "switchyard_requests_total{service=\"api\",instance=\"a\",class=\"2xx\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text
+            .contains("switchyard_requests_total{service=\"api\",instance=\"a\",class=\"5xx\"} 1"));
+        assert!(text.contains("switchyard_instance_in_flight{service=\"api\",instance=\"a\"} 1"));
+        assert!(text.contains("switchyard_request_duration_seconds_count{service=\"api\"} 1"));
+        metrics.remove_instance("api", "a");
+        assert!(!metrics.encode().contains("instance=\"a\""));
+    }
+}
