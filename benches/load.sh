@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: switchyard against nginx and HAProxy, all as
+# round-robin reverse proxies in front of the same three upstreams, on
+# loopback only, measured in one run with the targets alternating round by
+# round so machine drift hits all of them alike.
+#
+#   benches/load.sh                 # 3 rounds of 5 s per target and load
+#   ROUNDS=5 DURATION=10 benches/load.sh
+#   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
+#                                   # metrics-and-logs variants
+#
+# Prints, per connection count: median req/s, p50 and p99 latency, errors,
+# CPU time per request (user+sys of the proxy's processes over the run,
+# divided by the requests served) and each proxy's req/s as a ratio to the
+# direct run and to the better of nginx and HAProxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONNECTIONS=${CONNECTIONS:-"64 256"}
+VARIANTS=${VARIANTS:-1}
+BASE_PORT=${BASE_PORT:-18080}
+
+need=()
+for tool in nginx haproxy wrk; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet --bin switchyard
+BIN=$PWD/target/release/switchyard
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 0.3
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
+NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))
+SY_PORT=$((BASE_PORT + 12)) SY_ADMIN=$((BASE_PORT + 13))
+
+# --- upstreams: nginx, one worker each, `return 200` with ~100 bytes ------
+BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'
+for port in $UP1 $UP2 $UP3; do
+  mkdir -p "$WORK/up$port"
+  cat > "$WORK/up$port/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/up$port/nginx.pid;
+error_log $WORK/up$port/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$port reuseport backlog=4096;
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+}
+EOF
+  nginx -c "$WORK/up$port/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+done
+
+# --- nginx as the reverse proxy: 2 workers, upstream keep-alive sized for the
+# connection count (nginx docs: keepalive = idle connections kept per worker)
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+worker_processes 2;
+worker_rlimit_nofile 65536;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log crit;
+events { worker_connections 16384; multi_accept on; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backends {
+    server 127.0.0.1:$UP1;
+    server 127.0.0.1:$UP2;
+    server 127.0.0.1:$UP3;
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT reuseport backlog=4096;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+# --- HAProxy: 2 threads, connection reuse (HAProxy docs: http-reuse always)
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  maxconn 20000
+  log stderr format raw local0 emerg
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  balance roundrobin
+  server u1 127.0.0.1:$UP1
+  server u2 127.0.0.1:$UP2
+  server u3 127.0.0.1:$UP3
+EOF
+haproxy -f "$WORK/haproxy.cfg" -db &
+PIDS+=($!)
+
+# --- switchyard ------------------------------------------------------------
+sy_config() { # strategy
+  cat <<EOF
+listeners: [{address: "127.0.0.1:$SY_PORT"}]
+admin: {address: "127.0.0.1:$SY_ADMIN"}
+routes: [{service: bench}]
+services:
+  bench:
+    strategy: $1
+    instances:
+      - {address: "127.0.0.1:$UP1"}
+      - {address: "127.0.0.1:$UP2"}
+      - {address: "127.0.0.1:$UP3"}
+EOF
+}
+SY_PID=
+start_switchyard() { # strategy log-filter
+  [ -n "$SY_PID" ] && { kill "$SY_PID"; wait "$SY_PID" 2>/dev/null || true; }
+  sy_config "$1" > "$WORK/switchyard.yaml"
+  RUST_LOG=$2 "$BIN" run -c "$WORK/switchyard.yaml" --state-dir "$WORK/versions" --no-watch \
+    --log-format json 2>>"$WORK/switchyard.log" >/dev/null &
+  SY_PID=$!
+  PIDS+=($SY_PID)
+  for _ in $(seq 50); do
+    curl -fsS "http://127.0.0.1:$SY_PORT/" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "switchyard did not start" >&2; cat "$WORK/switchyard.log" >&2; exit 1
+}
+start_switchyard round_robin warn
+
+for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT; do
+  for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+NGINX_PIDS() { pgrep -f "nginx.*$WORK/nginx/" | tr '\n' ' '; }
+HAPROXY_PIDS() { pgrep -f "haproxy -f $WORK" | tr '\n' ' '; }
+
+cpu_ticks() { # pids... -> utime+stime in clock ticks
+  local total=0
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    # fields 14 and 15, after the parenthesised command name
+    read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+    total=$((total + u + s))
+  done
+  echo $total
+}
+TICKS=$(getconf CLK_TCK)
+
+RESULTS="$WORK/results"
+: > "$RESULTS"
+measure() { # name port connections pids...
+  local name=$1 port=$2 conns=$3; shift 3
+  local before after out
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  after=$(cpu_ticks "$@")
+  local rps p50 p99 requests errors
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Socket errors/ {gsub(",",""); s=$4+$6+$8+$10} /Non-2xx/ {n=$NF} END {print s+n+0}' <<<"$out")
+  local cpu_us="-"
+  if [ $# -gt 0 ] && [ "${requests:-0}" -gt 0 ]; then
+    cpu_us=$(awk -v d=$((after - before)) -v t="$TICKS" -v r="$requests" 'BEGIN {printf "%.1f", d / t * 1e6 / r}')
+  fi
+  echo "$name $conns $rps $p50 $p99 $errors $cpu_us" >> "$RESULTS"
+  printf '  %-26s c=%-4s %10s req/s  p50 %-8s p99 %-8s errors %-4s cpu/req %s us\n' "$name" "$conns" "$rps" "$p50" "$p99" "$errors" "$cpu_us" >&2
+}
+
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $ROUNDS rounds x ${DURATION}s" >&2
+for round in $(seq "$ROUNDS"); do
+  echo "round $round" >&2
+  for conns in $CONNECTIONS; do
+    measure direct "$UP1" "$conns"
+    # shellcheck disable=SC2046
+    measure nginx "$NGINX_PORT" "$conns" $(NGINX_PIDS)
+    # shellcheck disable=SC2046
+    measure haproxy "$HAPROXY_PORT" "$conns" $(HAPROXY_PIDS)
+    measure switchyard "$SY_PORT" "$conns" "$SY_PID"
+  done
+done
+
+if [ "$VARIANTS" = 1 ]; then
+  for variant in "least_connections warn" "ip_hash warn" "round_robin info"; do
+    set -- $variant
+    start_switchyard "$1" "$2"
+    name="switchyard/$1"
+    [ "$2" = info ] && name="switchyard+access-log"
+    for round in $(seq "$ROUNDS"); do
+      for conns in $CONNECTIONS; do measure "$name" "$SY_PORT" "$conns" "$SY_PID"; done
+    done
+  done
+fi
+
+# --- the table: medians over rounds -----------------------------------------
+python3 - "$RESULTS" <<'EOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, conns, rps, p50, p99, errors, cpu = line.split()
+    rows.setdefault((name, int(conns)), []).append((float(rps), p50, p99, int(errors), cpu))
+
+def ms(text):
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float("nan")
+
+names = []
+for name, _ in rows:
+    if name not in names:
+        names.append(name)
+for conns in sorted({c for _, c in rows}):
+    med = {}
+    for name in names:
+        runs = rows.get((name, conns))
+        if not runs:
+            continue
+        cpu = [float(r[4]) for r in runs if r[4] != "-"]
+        med[name] = (
+            statistics.median(r[0] for r in runs),
+            statistics.median(ms(r[1]) for r in runs),
+            statistics.median(ms(r[2]) for r in runs),
+            sum(r[3] for r in runs),
+            statistics.median(cpu) if cpu else None,
+        )
+    direct = med.get("direct", (float("nan"),))[0]
+    best_ref = max(med.get("nginx", (0,))[0], med.get("haproxy", (0,))[0])
+    print(f"\n{conns} connections (median of {len(rows[('direct', conns)])} runs)")
+    print(f"| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | × direct | × best of nginx/HAProxy |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    for name, (rps, p50, p99, errors, cpu) in med.items():
+        cpu_text = f"{cpu:.1f}" if cpu is not None else "-"
+        ref = f"{rps / best_ref:.2f}" if name != "direct" and best_ref else "-"
+        print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu_text} | {rps / direct:.2f} | {ref} |")
+EOF
