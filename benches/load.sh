@@ -16,6 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every proxy here needs more descriptors than the usual soft limit of 1024.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-"64 256"}
@@ -100,13 +103,14 @@ http {
 }
 EOF
 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGINX_MASTER=$!
+PIDS+=($NGINX_MASTER)
 
 # --- HAProxy: 2 threads, connection reuse (HAProxy docs: http-reuse always)
 cat > "$WORK/haproxy.cfg" <<EOF
 global
   nbthread 2
-  maxconn 20000
+  maxconn 9000
   log stderr format raw local0 emerg
 defaults
   mode http
@@ -124,8 +128,9 @@ backend be
   server u2 127.0.0.1:$UP2
   server u3 127.0.0.1:$UP3
 EOF
-haproxy -f "$WORK/haproxy.cfg" -db &
-PIDS+=($!)
+haproxy -f "$WORK/haproxy.cfg" -db 2>"$WORK/haproxy.log" &
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
 
 # --- switchyard ------------------------------------------------------------
 sy_config() { # strategy
@@ -161,8 +166,11 @@ start_switchyard round_robin warn
 for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-NGINX_PIDS() { pgrep -f "nginx.*$WORK/nginx/" | tr '\n' ' '; }
-HAPROXY_PIDS() { pgrep -f "haproxy -f $WORK" | tr '\n' ' '; }
+for port in $NGINX_PORT $HAPROXY_PORT; do
+  curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "proxy on $port is not answering" >&2; cat "$WORK"/haproxy.log >&2; exit 1; }
+done
+NGINX_PIDS() { echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; }
+HAPROXY_PIDS() { echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')"; }
 
 cpu_ticks() { # pids... -> utime+stime in clock ticks
   local total=0
@@ -182,7 +190,7 @@ measure() { # name port connections pids...
   local name=$1 port=$2 conns=$3; shift 3
   local before after out
   before=$(cpu_ticks "$@")
-  out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1)
+  out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1) || true
   after=$(cpu_ticks "$@")
   local rps p50 p99 requests errors
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")

@@ -438,6 +438,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.drain_timeout != new.drain_timeout {
         changes.push("drain_timeout changed".into());
     }
+    if old.workers != new.workers {
+        changes.push("workers changed (takes effect at the next restart)".into());
+    }
     changes
 }
 

@@ -22,9 +22,9 @@ pub type RequestBody = Incoming;
 /// A ready HTTP/1.1 connection to an instance.
 pub type Sender = http1::SendRequest<RequestBody>;
 
-/// Idle connections kept per instance by default. Sized for a few hundred
+/// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.
-pub const DEFAULT_MAX_IDLE: usize = 1024;
+pub const DEFAULT_MAX_IDLE: usize = 512;
 
 /// Why no connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +55,14 @@ pub enum ConnectError {
     },
 }
 
-/// The connection pool of one instance.
+/// The connection pool of one instance: one idle list per traffic worker.
+/// A connection's task runs on the worker that opened it, so handing it to
+/// requests on that same worker keeps every wake-up on one thread; the
+/// per-worker locks are never contended across threads.
 #[derive(Debug)]
 pub struct Pool {
     address: SocketAddr,
-    idle: Mutex<Vec<Sender>>,
+    idle: Box<[Mutex<Vec<Sender>>]>,
     max_idle: usize,
 }
 
@@ -74,13 +77,19 @@ pub struct Connection {
 }
 
 impl Pool {
-    /// An empty pool for `address`.
-    pub fn new(address: SocketAddr, max_idle: usize) -> Pool {
+    /// An empty pool for `address` with `slots` idle lists (one per
+    /// traffic worker), each keeping up to `max_idle` connections.
+    pub fn new(address: SocketAddr, slots: usize, max_idle: usize) -> Pool {
         Pool {
             address,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle,
         }
+    }
+
+    /// This worker's idle list.
+    fn slot(&self) -> &Mutex<Vec<Sender>> {
+        &self.idle[crate::server::current_worker() % self.idle.len()]
     }
 
     /// The instance address.
@@ -91,20 +100,16 @@ impl Pool {
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
         self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .iter()
+            .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
     }
 
     /// A ready connection: the most recently used idle one, or a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
+            let idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner).pop();
             match idle {
                 Some(sender) if sender.is_ready() => {
                     return Ok(Connection {
@@ -141,7 +146,7 @@ impl Pool {
     }
 
     fn push(&self, sender: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(sender);
         }

@@ -40,6 +40,9 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// How long a shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Traffic worker threads (one per core by default). Read at start-up;
+    /// a reload does not change it.
+    pub workers: usize,
     /// The registry API's settings.
     pub registry: RegistryConfig,
     /// Consul, if used.

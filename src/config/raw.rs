@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) drain_timeout: Option<String>,
     #[serde(default)]
+    pub(crate) workers: Option<i64>,
+    #[serde(default)]
     pub(crate) registry: Option<RawRegistry>,
     #[serde(default)]
     pub(crate) consul: Option<RawConsul>,

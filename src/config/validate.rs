@@ -115,6 +115,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .as_ref()
         .and_then(|c| validate_consul(c, &mut errors));
 
+    let workers = match raw.workers {
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+        Some(n) => errors
+            .check(
+                "workers",
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| format!("must be between 1 and 1024 (got {n})")),
+            )
+            .unwrap_or(1),
+    };
+
     let mut services = BTreeMap::new();
     for (name, service) in &raw.services {
         let path = format!("services.{name}");
@@ -173,6 +186,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         },
         trusted_proxies,
         drain_timeout,
+        workers,
         registry: RegistryConfig {
             allow_new_services: raw.registry.as_ref().is_some_and(|r| r.allow_new_services),
         },

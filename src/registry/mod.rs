@@ -209,10 +209,11 @@ impl InstanceState {
         source: Source,
         health: InstanceHealth,
         metrics: &Metrics,
-    ) -> Arc<InstanceState> {
+        slots: usize,
+) -> Arc<InstanceState> {
         let metrics = metrics.instance(key.service.as_str(), key.id.as_str());
         Arc::new(InstanceState {
-            pool: Arc::new(upstream::Pool::new(key.address, upstream::DEFAULT_MAX_IDLE)),
+            pool: Arc::new(upstream::Pool::new(key.address, slots, upstream::DEFAULT_MAX_IDLE)),
             key,
             stats: Arc::new(InstanceStats {
                 in_flight: metrics.in_flight.clone(),
@@ -692,6 +693,7 @@ fn build(
                             ..InstanceHealth::default()
                         },
                         metrics,
+                        config.workers,
                     )
                 }
             };

@@ -3,6 +3,10 @@
 //! traffic listener and the admin API on its own, add and remove traffic
 //! listeners live, and drain on shutdown.
 
+mod workers;
+
+pub use workers::current_worker;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
@@ -49,6 +53,9 @@ pub enum StartError {
     /// The config file could not be loaded.
     #[error(transparent)]
     Config(#[from] crate::config::LoadError),
+    /// The traffic worker threads could not start.
+    #[error("cannot start the traffic workers: {0}")]
+    Workers(std::io::Error),
     /// The config refers to something this program does not have.
     #[error("the config cannot be served:\n{0}")]
     Invalid(crate::config::ConfigErrors),
@@ -63,12 +70,17 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
-/// The traffic listeners, which reloads can add and remove.
+/// The future a worker runs for its share of one listener.
+type ServeFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The traffic listeners, which reloads can add and remove. Each is served
+/// by every traffic worker, each worker on its own socket.
 pub struct Listeners {
     registry: Arc<Registry>,
+    workers: Arc<workers::Workers>,
     active: Mutex<Vec<ActiveListener>>,
     /// Listeners removed by a reload, still draining their connections.
-    draining: Mutex<Vec<JoinHandle<()>>>,
+    draining: Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
 struct ActiveListener {
@@ -76,18 +88,20 @@ struct ActiveListener {
     configured: SocketAddr,
     bound: BoundListener,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// One per worker, fired when its share has drained.
+    done: Vec<oneshot::Receiver<()>>,
 }
 
 /// Listeners bound for a config but not yet serving.
 pub struct Prepared {
-    new: Vec<(ListenerConfig, TcpListener)>,
+    new: Vec<(ListenerConfig, Vec<std::net::TcpListener>)>,
 }
 
 impl Listeners {
-    fn new(registry: Arc<Registry>) -> Listeners {
+    fn new(registry: Arc<Registry>, workers: Arc<workers::Workers>) -> Listeners {
         Listeners {
             registry,
+            workers,
             active: Mutex::new(Vec::new()),
             draining: Mutex::new(Vec::new()),
         }
@@ -106,8 +120,14 @@ impl Listeners {
         let mut new = Vec::new();
         for listener in &config.listeners {
             if !active.contains(&listener.address) {
-                let bound = bind(&listener.name, listener.address).await?;
-                new.push((listener.clone(), bound));
+                let sockets = workers::bind_reuseport(listener.address, self.workers.count()).map_err(|source| {
+                    StartError::Bind {
+                        what: listener.name.clone(),
+                        address: listener.address,
+                        source,
+                    }
+                })?;
+                new.push((listener.clone(), sockets));
             }
         }
         Ok(Prepared { new })
@@ -127,30 +147,50 @@ impl Listeners {
             self.draining
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(listener.task);
+                .extend(listener.done);
         }
-        for (config, listener) in prepared.new {
-            active.push(self.spawn(config, listener));
+        for (config, sockets) in prepared.new {
+            active.push(self.spawn(config, sockets));
         }
     }
 
-    fn spawn(&self, config: ListenerConfig, listener: TcpListener) -> ActiveListener {
-        let address = listener.local_addr().unwrap_or(config.address);
-        tracing::info!(listener = %config.name, %address, "listening");
+    /// Hands one socket of the listener to each worker.
+    fn spawn(&self, config: ListenerConfig, sockets: Vec<std::net::TcpListener>) -> ActiveListener {
+        let address = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(config.address);
+        tracing::info!(listener = %config.name, %address, workers = sockets.len(), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), "http"));
         let (stop, stopped) = watch::channel(false);
-        let registry = Arc::clone(&self.registry);
         let connections = self.registry.metrics().listener(&config.name);
-        let task = tokio::spawn(serve(
-            listener,
-            stopped,
-            Some(connections),
-            move || registry.config().drain_timeout,
-            move |request, peer| {
-                let proxy = Arc::clone(&proxy);
-                async move { proxy.handle(request, peer).await }
-            },
-        ));
+        let mut done = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let (finished, finished_receiver) = oneshot::channel();
+            done.push(finished_receiver);
+            let (proxy, registry) = (Arc::clone(&proxy), Arc::clone(&self.registry));
+            let (stopped, connections) = (stopped.clone(), connections.clone());
+            let task = move |listener: TcpListener| -> ServeFuture {
+                Box::pin(serve(
+                    listener,
+                    stopped,
+                    Some(connections),
+                    move || registry.config().drain_timeout,
+                    move |request, peer| {
+                        let proxy = Arc::clone(&proxy);
+                        async move { proxy.handle(request, peer).await }
+                    },
+                ))
+            };
+            self.workers.hand(
+                index,
+                workers::Serve {
+                    listener: socket,
+                    task: Box::new(task),
+                    done: finished,
+                },
+            );
+        }
         ActiveListener {
             configured: config.address,
             bound: BoundListener {
@@ -158,21 +198,19 @@ impl Listeners {
                 address,
             },
             stop,
-            task,
+            done,
         }
     }
 
     async fn shutdown(&self) {
-        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.lock_active())
-            .into_iter()
-            .map(|l| {
-                let _ = l.stop.send(true);
-                l.task
-            })
-            .collect();
-        tasks.append(&mut self.draining.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in tasks {
-            let _ = task.await;
+        let mut done: Vec<oneshot::Receiver<()>> = Vec::new();
+        for listener in std::mem::take(&mut *self.lock_active()) {
+            let _ = listener.stop.send(true);
+            done.extend(listener.done);
+        }
+        done.append(&mut self.draining.lock().unwrap_or_else(PoisonError::into_inner));
+        for finished in done {
+            let _ = finished.await;
         }
     }
 
@@ -332,7 +370,8 @@ async fn launch(
 ) -> Result<Running, StartError> {
     health::unknown_custom_checks(&config, &health_checks).map_err(StartError::Invalid)?;
     let registry = Arc::new(Registry::new(config.clone()));
-    let listeners = Arc::new(Listeners::new(Arc::clone(&registry)));
+    let workers = workers::Workers::start(config.workers).map_err(StartError::Workers)?;
+    let listeners = Arc::new(Listeners::new(Arc::clone(&registry), workers));
     let prepared = listeners.prepare(&config).await?;
     let admin_listener = bind("admin", config.admin.address).await?;
     let admin_address = admin_listener.local_addr().unwrap_or(config.admin.address);
