@@ -219,6 +219,44 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+# --- memory -------------------------------------------------------------------
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+start_switchyard round_robin warn
+IDLE_RSS=$(rss_kib "$SY_PID")
+wrk -t2 -c256 -d"${DURATION}s" "http://127.0.0.1:$SY_PORT/" >/dev/null 2>&1 &
+WRK=$!
+sleep $((DURATION / 2 + 1))
+LOADED_RSS=$(rss_kib "$SY_PID")
+wait $WRK || true
+BEFORE_IDLE_CONNS=$(rss_kib "$SY_PID")
+# 10,000 keep-alive clients: each sends one request, reads the answer, then
+# sits idle; bounded in count and time.
+python3 - "$SY_PORT" "$SY_PID" "$BEFORE_IDLE_CONNS" > "$WORK/memory" <<'PY'
+import resource, socket, sys, time
+port, pid, before = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
+count = min(10_000, min(hard, 20000) - 200)
+conns, deadline = [], time.time() + 120
+request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+for _ in range(count):
+    if time.time() > deadline:
+        break
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(request)
+    s.recv(4096)
+    conns.append(s)
+time.sleep(1)
+rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
+print(len(conns), rss, (rss - before) * 1024 / max(len(conns), 1))
+for s in conns:
+    s.close()
+PY
+read -r IDLE_CONNS IDLE_CONNS_RSS PER_CONN < "$WORK/memory"
+printf 'memory: idle %s KiB; %s KiB during 256-connection load; %s KiB with %s idle keep-alive connections (%.1f KiB each)\n' \
+  "$IDLE_RSS" "$LOADED_RSS" "$IDLE_CONNS_RSS" "$IDLE_CONNS" "$(awk -v b="$PER_CONN" 'BEGIN {print b / 1024}')" > "$WORK/memory.txt"
+cat "$WORK/memory.txt" >&2
+
 if [ "$VARIANTS" = 1 ]; then
   for variant in "least_connections warn" "ip_hash warn" "round_robin info"; do
     set -- $variant
@@ -273,3 +311,5 @@ for conns in sorted({c for _, c in rows}):
         ref = f"{rps / best_ref:.2f}" if name != "direct" and best_ref else "-"
         print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu_text} | {rps / direct:.2f} | {ref} |")
 EOF
+echo
+cat "$WORK/memory.txt"

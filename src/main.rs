@@ -123,10 +123,13 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(config_command(&cli.config, args)))
         }
         command => {
-            if let Err(error) = telemetry::init(cli.log_format, &cli.log_level) {
-                eprintln!("switchyard: {error}");
-                return ExitCode::FAILURE;
-            }
+            let _log_writer = match telemetry::init(cli.log_format, &cli.log_level) {
+                Ok(guard) => guard,
+                Err(error) => {
+                    eprintln!("switchyard: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let default = RunArgs::default();
             let (args, demo) = match command {
                 Some(Command::Run(args)) => (args, false),

@@ -109,7 +109,11 @@ impl Pool {
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
-            let idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let idle = self
+                .slot()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             match idle {
                 Some(sender) if sender.is_ready() => {
                     return Ok(Connection {

@@ -35,7 +35,10 @@ const HOP_BY_HOP: [&str; 9] = [
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the (few) names present is
     // cheaper than nine hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+    if !headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+    {
         return;
     }
     if headers.contains_key(CONNECTION) {

@@ -360,4 +360,3 @@ pub fn text_response(status: StatusCode, text: impl Into<bytes::Bytes>) -> Respo
     );
     response
 }
-

@@ -210,10 +210,14 @@ impl InstanceState {
         health: InstanceHealth,
         metrics: &Metrics,
         slots: usize,
-) -> Arc<InstanceState> {
+    ) -> Arc<InstanceState> {
         let metrics = metrics.instance(key.service.as_str(), key.id.as_str());
         Arc::new(InstanceState {
-            pool: Arc::new(upstream::Pool::new(key.address, slots, upstream::DEFAULT_MAX_IDLE)),
+            pool: Arc::new(upstream::Pool::new(
+                key.address,
+                slots,
+                upstream::DEFAULT_MAX_IDLE,
+            )),
             key,
             stats: Arc::new(InstanceStats {
                 in_flight: metrics.in_flight.clone(),

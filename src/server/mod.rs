@@ -120,13 +120,12 @@ impl Listeners {
         let mut new = Vec::new();
         for listener in &config.listeners {
             if !active.contains(&listener.address) {
-                let sockets = workers::bind_reuseport(listener.address, self.workers.count()).map_err(|source| {
-                    StartError::Bind {
+                let sockets = workers::bind_reuseport(listener.address, self.workers.count())
+                    .map_err(|source| StartError::Bind {
                         what: listener.name.clone(),
                         address: listener.address,
                         source,
-                    }
-                })?;
+                    })?;
                 new.push((listener.clone(), sockets));
             }
         }

@@ -67,7 +67,9 @@ impl Workers {
                                         let _ = done.send(());
                                     });
                                 }
-                                Err(error) => tracing::error!(%error, "worker cannot take a listener"),
+                                Err(error) => {
+                                    tracing::error!(%error, "worker cannot take a listener")
+                                }
                             }
                             while running.try_join_next().is_some() {}
                         }
@@ -95,11 +97,18 @@ impl Workers {
 /// Binds `count` listening sockets to `address`, sharing the port with
 /// SO_REUSEPORT. With port 0, the first socket's port is used by the rest.
 /// Fails as a whole if the address is taken by anyone else.
-pub(super) fn bind_reuseport(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+pub(super) fn bind_reuseport(
+    address: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::with_capacity(count);
     let mut address = address;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
