@@ -169,7 +169,8 @@ impl Pool {
             .await
             .map_err(|source| ConnectError::Handshake { address, source })?;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // With upgrades: a 101 answer hands the socket over to a tunnel.
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%address, %error, "upstream connection closed with an error");
             }
         });

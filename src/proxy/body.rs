@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::access_log::AccessLog;
@@ -53,7 +55,7 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    fn finish(mut self, complete: bool) {
+    pub(crate) fn finish(mut self, complete: bool) {
         if complete {
             if let Some((sender, pool)) = self.connection.take() {
                 pool.checkin(sender);
@@ -64,6 +66,31 @@ impl Completion {
         }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, complete);
+        }
+    }
+}
+
+/// Carries bytes both ways between the client and the upstream once both
+/// have switched protocols (101). The request counts as in flight until the
+/// tunnel closes; the access-log event is written then, with the bytes
+/// carried.
+pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut completion: Completion) {
+    let carried = async {
+        let (client, upstream) = tokio::try_join!(client, upstream).map_err(|e| e.to_string())?;
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match carried {
+        Ok((up, down)) => {
+            completion.bytes = up + down;
+            completion.finish(true);
+        }
+        Err(error) => {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+            completion.finish(false);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
 
 use crate::config::Cidr;
 
@@ -56,6 +56,25 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`), when it
+/// also lists `upgrade` in `Connection` as RFC 9110 §7.8 requires.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let upgrade = headers.get(UPGRADE)?;
+    let listed = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    listed.then(|| upgrade.clone())
+}
+
+/// Puts back the two fields an upgrade needs after hop-by-hop removal.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(UPGRADE, protocol);
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
 }
 
 /// Whether `ip` is one of the trusted proxies.
@@ -173,6 +192,22 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn upgrades_need_both_fields() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(requested_upgrade(&ws).unwrap(), "websocket");
+        let unlisted = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        assert_eq!(requested_upgrade(&unlisted), None);
+        let mut forwarded = ws.clone();
+        remove_hop_by_hop(&mut forwarded);
+        set_upgrade(&mut forwarded, HeaderValue::from_static("websocket"));
+        assert_eq!(forwarded["connection"], "upgrade");
+        assert_eq!(forwarded["upgrade"], "websocket");
     }
 
     #[test]

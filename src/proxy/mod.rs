@@ -82,8 +82,15 @@ impl Proxy {
             instance: None,
             upstream_time: None,
         };
+        // HTTP/1.1 upgrades (WebSocket and others) become a tunnel once the
+        // upstream agrees (101).
+        let upgrade = (request.version() == Version::HTTP_11)
+            .then(|| headers::requested_upgrade(request.headers()))
+            .flatten()
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+        let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
         let result = self
-            .forward(&snapshot, request, peer, client_ip, &mut outcome)
+            .forward(&snapshot, request, peer, client_ip, protocol, &mut outcome)
             .await;
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
@@ -93,6 +100,39 @@ impl Proxy {
             Box::new(log)
         });
         let mut response = match result {
+            Ok((mut response, mut completion))
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let (mut parts, _empty) = response.into_parts();
+                let protocol = parts.headers.get(http::header::UPGRADE).cloned();
+                headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(protocol) = protocol {
+                    headers::set_upgrade(&mut parts.headers, protocol);
+                }
+                if let Some(mut log) = log {
+                    log.status = parts.status.as_u16();
+                    completion.log = Some(log);
+                }
+                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
+                // The upstream connection becomes the tunnel's: never pooled.
+                completion.connection = None;
+                match upgrade {
+                    Some((_, client_upgrade)) => {
+                        tokio::spawn(body::tunnel(client_upgrade, upstream_upgrade, completion));
+                        Response::from_parts(parts, ProxyBody::message(bytes::Bytes::new()))
+                    }
+                    // A 101 nobody asked for: refuse it rather than pass on
+                    // a protocol switch the client cannot follow.
+                    None => {
+                        completion.finish(false);
+                        error_response(&ProxyError::UpstreamFailed {
+                            service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
+                            detail: "it switched protocols without being asked to".into(),
+                        })
+                    }
+                }
+            }
             Ok((response, mut completion)) => {
                 let (mut parts, body) = response.into_parts();
                 headers::remove_hop_by_hop(&mut parts.headers);
@@ -138,6 +178,7 @@ impl Proxy {
         request: Request<Incoming>,
         peer: SocketAddr,
         client_ip: std::net::IpAddr,
+        upgrade: Option<HeaderValue>,
         outcome: &mut Outcome,
     ) -> Result<(Response<Incoming>, Completion), ProxyError> {
         let host = request_host(&request).map(host_without_port).unwrap_or("");
@@ -166,6 +207,9 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade {
+            headers::set_upgrade(&mut parts.headers, protocol);
+        }
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
         headers::add_forwarded(
             &mut parts.headers,

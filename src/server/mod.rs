@@ -19,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -494,7 +493,9 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
         })
 }
 
-/// Accepts connections until told to stop, then drains them.
+/// Accepts connections until told to stop, then drains them: each open
+/// connection finishes its in-flight request and closes (idle keep-alive
+/// connections close at once), up to the drain timeout.
 async fn serve<H, F>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -508,7 +509,8 @@ async fn serve<H, F>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone; when all are gone, recv() ends.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -524,18 +526,17 @@ async fn serve<H, F>(
                 continue;
             }
         };
-        serve_connection(
-            &builder,
-            &graceful,
-            stream,
-            peer,
-            connections.clone(),
-            handler.clone(),
-        );
+        let connection = Connection {
+            stop: stop.clone(),
+            open: open.clone(),
+            metrics: connections.clone(),
+        };
+        serve_connection(&builder, stream, peer, connection, handler.clone());
     }
     drop(listener);
+    drop(open);
     let drain_timeout = drain_timeout();
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(drain_timeout, all_closed.recv())
         .await
         .is_err()
     {
@@ -546,12 +547,19 @@ async fn serve<H, F>(
     }
 }
 
+/// What a connection task keeps: the stop signal, its share of the open
+/// count the drain waits on, and its listener's metrics.
+struct Connection {
+    stop: watch::Receiver<bool>,
+    open: tokio::sync::mpsc::Sender<()>,
+    metrics: Option<ListenerMetrics>,
+}
+
 fn serve_connection<H, F>(
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
-    connections: Option<ListenerMetrics>,
+    connection: Connection,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
@@ -565,20 +573,36 @@ fn serve_connection<H, F>(
         let response = Box::pin(handler(request, peer));
         async move { Ok::<_, Infallible>(response.await) }
     });
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+    // With upgrades, so WebSocket and other HTTP/1.1 upgrades can be
+    // tunnelled (see `proxy`).
+    let served = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .into_owned();
-    let connection = graceful.watch(connection);
-    if let Some(metrics) = &connections {
+    let Connection {
+        mut stop,
+        open,
+        metrics,
+    } = connection;
+    if let Some(metrics) = &metrics {
         metrics.accepted.inc();
         metrics.open.inc();
     }
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        let mut served = std::pin::pin!(served);
+        let result = tokio::select! {
+            result = served.as_mut() => result,
+            // (The guard wait_for returns is dropped before the await.)
+            () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(error) = result {
             tracing::debug!(%peer, %error, "client connection ended with an error");
         }
-        if let Some(metrics) = connections {
+        if let Some(metrics) = metrics {
             metrics.open.dec();
         }
+        drop(open);
     });
 }
