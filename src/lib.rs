@@ -20,4 +20,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -257,10 +257,12 @@ impl Reloader {
         rollback_of: Option<ConfigVersion>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let sha = history::sha256_hex(&text);
-        if *lock(&self.applied_sha) == sha {
+        let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        // Same text and same result (certificate files are part of the
+        // config, so new certificates behind the same text do apply).
+        if *lock(&self.applied_sha) == sha && *self.registry.config() == config {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let config = config::parse(&text).map_err(ReloadError::Invalid)?;
         health::unknown_custom_checks(&config, &self.health_checks)
             .map_err(ReloadError::Invalid)?;
         let old = self.registry.config();
@@ -438,6 +440,12 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.drain_timeout != new.drain_timeout {
         changes.push("drain_timeout changed".into());
     }
+    let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
+        c.listeners.iter().map(|l| l.tls.clone()).collect()
+    };
+    if old.listeners.len() == new.listeners.len() && tls(old) != tls(new) {
+        changes.push("TLS certificates changed".into());
+    }
     if old.workers != new.workers {
         changes.push("workers changed (takes effect at the next restart)".into());
     }
@@ -493,7 +501,10 @@ pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<(
                 // Mid-rename, or deleted: the next event will tell.
                 continue;
             }
-            let cause = format!("{} changed on disk", reloader.path().display());
+            let cause = format!(
+                "{} or a certificate changed on disk",
+                reloader.path().display()
+            );
             let _ = reloader.reload(ChangeSource::File, &cause).await;
         }
     }))

@@ -60,6 +60,42 @@ pub struct ListenerConfig {
     pub name: String,
     /// Where to accept connections.
     pub address: SocketAddr,
+    /// TLS termination, if this listener speaks HTTPS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI; the first one is the default.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate chain and its key, as read from PEM files when the
+/// config was loaded (so a reload sees changed files, and a bad file is
+/// refused before anything changes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// The chain file.
+    pub cert_path: String,
+    /// The key file.
+    pub key_path: String,
+    /// Host names (exact or `*.suffix`) this certificate serves.
+    pub server_names: Vec<String>,
+    /// The chain, DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The private key file's content (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for CertificateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateConfig")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("server_names", &self.server_names)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The admin API listener.

@@ -37,6 +37,23 @@ pub(crate) struct RawListener {
     #[serde(default)]
     pub(crate) name: Option<String>,
     pub(crate) address: String,
+    #[serde(default)]
+    pub(crate) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    #[serde(default)]
+    pub(crate) server_names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

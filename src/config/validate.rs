@@ -57,9 +57,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     format!("{address} is already used by another listener"),
                 );
             }
+            let tls = listener
+                .tls
+                .as_ref()
+                .map(|tls| validate_tls(&format!("{path}.tls"), tls, &mut errors));
             listeners.push(ListenerConfig {
                 name: listener.name.clone().unwrap_or(path),
                 address,
+                tls: tls.flatten(),
             });
         }
     }
@@ -367,6 +372,88 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         discovery,
         instances,
     })
+}
+
+/// Reads and checks every certificate of a TLS listener: the PEM files
+/// parse, the key is a kind rustls can sign with, and it matches the leaf.
+fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Option<TlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    if raw.certificates.is_empty() {
+        errors.push(
+            format!("{path}.certificates"),
+            "at least one certificate is required",
+        );
+        return None;
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let mut certificates = Vec::new();
+    for (i, certificate) in raw.certificates.iter().enumerate() {
+        let path = format!("{path}.certificates[{i}]");
+        let chain = errors
+            .check(
+                format!("{path}.cert"),
+                std::fs::read(&certificate.cert)
+                    .map_err(|e| format!("cannot read `{}`: {e}", certificate.cert)),
+            )
+            .and_then(|pem| {
+                let chain: Result<Vec<CertificateDer<'static>>, _> =
+                    CertificateDer::pem_slice_iter(&pem).collect();
+                let chain = chain.map_err(|e| {
+                    format!("`{}` is not a PEM certificate chain: {e}", certificate.cert)
+                });
+                errors.check(
+                    format!("{path}.cert"),
+                    chain.and_then(|c| {
+                        if c.is_empty() {
+                            Err(format!("`{}` holds no certificate", certificate.cert))
+                        } else {
+                            Ok(c)
+                        }
+                    }),
+                )
+            });
+        let key_pem = errors.check(
+            format!("{path}.key"),
+            std::fs::read(&certificate.key)
+                .map_err(|e| format!("cannot read `{}`: {e}", certificate.key)),
+        );
+        let key = key_pem.as_ref().and_then(|pem| {
+            errors.check(
+                format!("{path}.key"),
+                PrivateKeyDer::from_pem_slice(pem)
+                    .map_err(|e| format!("`{}` is not a PEM private key: {e}", certificate.key)),
+            )
+        });
+        for (j, name) in certificate.server_names.iter().enumerate() {
+            if let Err(message) = parse_host(name) {
+                errors.push(format!("{path}.server_names[{j}]"), message);
+            }
+        }
+        let (Some(chain), Some(key), Some(key_pem)) = (chain, key, key_pem) else {
+            continue;
+        };
+        if let Err(error) = rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider) {
+            errors.push(
+                format!("{path}.key"),
+                format!("does not go with the certificate: {error}"),
+            );
+            continue;
+        }
+        certificates.push(CertificateConfig {
+            cert_path: certificate.cert.clone(),
+            key_path: certificate.key.clone(),
+            server_names: certificate
+                .server_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            chain: chain.into_iter().map(|c| c.to_vec()).collect(),
+            key_pem,
+        });
+    }
+    (certificates.len() == raw.certificates.len()).then_some(TlsConfig { certificates })
 }
 
 /// A secret given inline, in a file, or in an environment variable (at

@@ -19,19 +19,20 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, TlsConfig};
 use crate::discovery;
 use crate::health::{self, CustomChecks};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
+use crate::tls;
 
 /// How often registry leases are checked for expiry.
 const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -52,6 +53,14 @@ pub enum StartError {
     /// The config file could not be loaded.
     #[error(transparent)]
     Config(#[from] crate::config::LoadError),
+    /// A listener's certificates could not be loaded.
+    #[error("listener {listener}: {message}")]
+    Tls {
+        /// The listener.
+        listener: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The traffic worker threads could not start.
     #[error("cannot start the traffic workers: {0}")]
     Workers(std::io::Error),
@@ -83,17 +92,39 @@ pub struct Listeners {
 }
 
 struct ActiveListener {
-    /// The address as configured (port 0 stays 0), which identifies it.
+    /// The address as configured (port 0 stays 0); with whether it speaks
+    /// TLS, this identifies the listener across reloads.
     configured: SocketAddr,
+    /// The certificates, for TLS listeners; replaced in place by reloads.
+    tls: Option<(TlsConfig, Arc<tls::Resolver>)>,
     bound: BoundListener,
     stop: watch::Sender<bool>,
     /// One per worker, fired when its share has drained.
     done: Vec<oneshot::Receiver<()>>,
 }
 
-/// Listeners bound for a config but not yet serving.
+/// Listeners bound and certificates loaded for a config, not yet serving.
 pub struct Prepared {
-    new: Vec<(ListenerConfig, Vec<std::net::TcpListener>)>,
+    new: Vec<(
+        ListenerConfig,
+        Vec<std::net::TcpListener>,
+        Option<tls::CertStore>,
+    )>,
+    /// New certificates for TLS listeners that stay.
+    certificates: Vec<(SocketAddr, TlsConfig, tls::CertStore)>,
+}
+
+impl ActiveListener {
+    fn is(&self, config: &ListenerConfig) -> bool {
+        self.configured == config.address && self.tls.is_some() == config.tls.is_some()
+    }
+}
+
+fn cert_store(listener: &ListenerConfig, tls: &TlsConfig) -> Result<tls::CertStore, StartError> {
+    tls::CertStore::new(tls).map_err(|message| StartError::Tls {
+        listener: listener.name.clone(),
+        message,
+    })
 }
 
 impl Listeners {
@@ -115,20 +146,40 @@ impl Listeners {
     /// Nothing changes for clients until [`Listeners::commit`]; dropping
     /// the result releases the addresses.
     pub async fn prepare(&self, config: &Config) -> Result<Prepared, StartError> {
-        let active: Vec<SocketAddr> = self.lock_active().iter().map(|l| l.configured).collect();
         let mut new = Vec::new();
+        let mut certificates = Vec::new();
         for listener in &config.listeners {
-            if !active.contains(&listener.address) {
-                let sockets = workers::bind_reuseport(listener.address, self.workers.count())
-                    .map_err(|source| StartError::Bind {
+            let current_tls = self
+                .lock_active()
+                .iter()
+                .find(|l| l.is(listener))
+                .map(|l| l.tls.as_ref().map(|(tls, _)| tls.clone()));
+            match (current_tls, &listener.tls) {
+                // Serving already: only changed certificates need loading.
+                (Some(Some(current)), Some(wanted)) if &current != wanted => {
+                    certificates.push((
+                        listener.address,
+                        wanted.clone(),
+                        cert_store(listener, wanted)?,
+                    ));
+                }
+                (Some(_), _) => {}
+                (None, tls) => {
+                    let store = tls
+                        .as_ref()
+                        .map(|tls| cert_store(listener, tls))
+                        .transpose()?;
+                    let sockets = workers::bind_reuseport(listener.address, self.workers.count())
+                        .map_err(|source| StartError::Bind {
                         what: listener.name.clone(),
                         address: listener.address,
                         source,
                     })?;
-                new.push((listener.clone(), sockets));
+                    new.push((listener.clone(), sockets, store));
+                }
             }
         }
-        Ok(Prepared { new })
+        Ok(Prepared { new, certificates })
     }
 
     /// Starts serving the prepared listeners and stops (and drains) those
@@ -137,8 +188,20 @@ impl Listeners {
         let mut active = self.lock_active();
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *active)
             .into_iter()
-            .partition(|l| config.listeners.iter().any(|c| c.address == l.configured));
+            .partition(|l| config.listeners.iter().any(|c| l.is(c)));
         *active = kept;
+        for (address, tls, store) in prepared.certificates {
+            if let Some(listener) = active
+                .iter_mut()
+                .find(|l| l.configured == address && l.tls.is_some())
+            {
+                if let Some((current, resolver)) = listener.tls.as_mut() {
+                    resolver.replace(store);
+                    *current = tls;
+                    tracing::info!(listener = %listener.bound.name, "certificates replaced; new connections get them");
+                }
+            }
+        }
         for listener in removed {
             tracing::info!(listener = %listener.bound.name, address = %listener.bound.address, "listener removed; draining its connections");
             let _ = listener.stop.send(true);
@@ -147,19 +210,36 @@ impl Listeners {
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(listener.done);
         }
-        for (config, sockets) in prepared.new {
-            active.push(self.spawn(config, sockets));
+        for (config, sockets, store) in prepared.new {
+            active.push(self.spawn(config, sockets, store));
         }
     }
 
     /// Hands one socket of the listener to each worker.
-    fn spawn(&self, config: ListenerConfig, sockets: Vec<std::net::TcpListener>) -> ActiveListener {
+    fn spawn(
+        &self,
+        config: ListenerConfig,
+        sockets: Vec<std::net::TcpListener>,
+        store: Option<tls::CertStore>,
+    ) -> ActiveListener {
         let address = sockets
             .first()
             .and_then(|s| s.local_addr().ok())
             .unwrap_or(config.address);
-        tracing::info!(listener = %config.name, %address, workers = sockets.len(), "listening");
-        let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), "http"));
+        let resolver = store.map(tls::Resolver::new);
+        let acceptor =
+            resolver
+                .as_ref()
+                .and_then(|resolver| match tls::server_config(Arc::clone(resolver)) {
+                    Ok(server_config) => Some(tokio_rustls::TlsAcceptor::from(server_config)),
+                    Err(error) => {
+                        tracing::error!(listener = %config.name, %error, "cannot set up TLS");
+                        None
+                    }
+                });
+        let scheme = if resolver.is_some() { "https" } else { "http" };
+        tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
+        let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), scheme));
         let (stop, stopped) = watch::channel(false);
         let connections = self.registry.metrics().listener(&config.name);
         let mut done = Vec::with_capacity(sockets.len());
@@ -168,11 +248,13 @@ impl Listeners {
             done.push(finished_receiver);
             let (proxy, registry) = (Arc::clone(&proxy), Arc::clone(&self.registry));
             let (stopped, connections) = (stopped.clone(), connections.clone());
+            let acceptor = acceptor.clone();
             let task = move |listener: TcpListener| -> ServeFuture {
                 Box::pin(serve(
                     listener,
                     stopped,
                     Some(connections),
+                    acceptor,
                     move || registry.config().drain_timeout,
                     move |request, peer| {
                         let proxy = Arc::clone(&proxy);
@@ -191,6 +273,7 @@ impl Listeners {
         }
         ActiveListener {
             configured: config.address,
+            tls: config.tls.clone().zip(resolver),
             bound: BoundListener {
                 name: config.name,
                 address,
@@ -433,6 +516,7 @@ async fn launch(
         admin_listener,
         admin_stopped,
         None,
+        None,
         move || drain_registry.config().drain_timeout,
         move |request, peer| {
             let state = Arc::clone(&admin_state);
@@ -493,6 +577,9 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
         })
 }
 
+/// Longest a client may take for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until told to stop, then drains them: each open
 /// connection finishes its in-flight request and closes (idle keep-alive
 /// connections close at once), up to the drain timeout.
@@ -500,6 +587,7 @@ async fn serve<H, F>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     connections: Option<ListenerMetrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     drain_timeout: impl Fn() -> Duration,
     handler: H,
 ) where
@@ -509,6 +597,7 @@ async fn serve<H, F>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     // Every connection task holds a clone; when all are gone, recv() ends.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -526,12 +615,32 @@ async fn serve<H, F>(
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
+        if let Some(metrics) = &connections {
+            metrics.accepted.inc();
+            metrics.open.inc();
+        }
         let connection = Connection {
             stop: stop.clone(),
-            open: open.clone(),
+            _open: open.clone(),
             metrics: connections.clone(),
         };
-        serve_connection(&builder, stream, peer, connection, handler.clone());
+        let (builder, handler, tls) = (Arc::clone(&builder), handler.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(&builder, stream, peer, connection, handler).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, peer, connection, handler).await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
     }
     drop(listener);
     drop(open);
@@ -548,24 +657,36 @@ async fn serve<H, F>(
 }
 
 /// What a connection task keeps: the stop signal, its share of the open
-/// count the drain waits on, and its listener's metrics.
+/// count the drain waits on, and its listener's metrics (which also count
+/// it down when dropped).
 struct Connection {
     stop: watch::Receiver<bool>,
-    open: tokio::sync::mpsc::Sender<()>,
+    /// Held, never used: the drain waits until every clone is dropped.
+    _open: tokio::sync::mpsc::Sender<()>,
     metrics: Option<ListenerMetrics>,
 }
 
-fn serve_connection<H, F>(
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.open.dec();
+        }
+    }
+}
+
+/// Serves one client connection (plain or after its TLS handshake) until
+/// it closes, or until shutdown, then gracefully.
+async fn serve_connection<I, H, F>(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    io: I,
     peer: SocketAddr,
-    connection: Connection,
+    mut connection: Connection,
     handler: H,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| {
         // Boxed: the request future is large, and hyper keeps room for it in
         // every connection's state, idle or not; boxing trades one small
@@ -575,34 +696,18 @@ fn serve_connection<H, F>(
     });
     // With upgrades, so WebSocket and other HTTP/1.1 upgrades can be
     // tunnelled (see `proxy`).
-    let served = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let Connection {
-        mut stop,
-        open,
-        metrics,
-    } = connection;
-    if let Some(metrics) = &metrics {
-        metrics.accepted.inc();
-        metrics.open.inc();
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut served = std::pin::pin!(served);
+    let stop = &mut connection.stop;
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        // (The guard wait_for returns is dropped before the await.)
+        () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
     }
-    tokio::spawn(async move {
-        let mut served = std::pin::pin!(served);
-        let result = tokio::select! {
-            result = served.as_mut() => result,
-            // (The guard wait_for returns is dropped before the await.)
-            () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
-                served.as_mut().graceful_shutdown();
-                served.await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%peer, %error, "client connection ended with an error");
-        }
-        if let Some(metrics) = metrics {
-            metrics.open.dec();
-        }
-        drop(open);
-    });
 }

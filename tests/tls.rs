@@ -1,0 +1,253 @@
+//! TLS termination with certificates generated in the test (rcgen): SNI
+//! picks the certificate (seen from the client), ALPN negotiates h2, a
+//! reload replaces certificates for new connections while an open one keeps
+//! working, and a bad certificate is refused with the old one still served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Accepts any certificate: the tests compare the certificate they get
+/// with the one they expect, byte for byte, which says more than a chain
+/// check would here.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_config(alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn connect(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    TlsConnector::from(client_config(alpn))
+        .connect(
+            ServerName::try_from(server_name.to_string()).unwrap(),
+            stream,
+        )
+        .await
+        .unwrap()
+}
+
+fn leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Writes a new self-signed certificate for `names`; returns its DER.
+fn write_cert(dir: &Path, file: &str, names: &[&str]) -> Vec<u8> {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), generated.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{file}.key")),
+        generated.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    generated.cert.der().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_alpn_certificate_reload_and_bad_certificates() {
+    let upstream = echo("up").await;
+    let dir = common::binary::temp_dir();
+    let cert_a = write_cert(&dir, "a", &["a.test"]);
+    let cert_b = write_cert(&dir, "b", &["b.test", "*.b.test"]);
+    let d = dir.display();
+    let yaml = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: {d}/a.pem, key: {d}/a.key, server_names: [a.test]}}\n        - {{cert: {d}/b.pem, key: {d}/b.key, server_names: [b.test, \"*.b.test\"]}}\nadmin: {{address: 127.0.0.1:0}}\nroutes: [{{service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+    );
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let mut options = switchyard::server::LiveOptions::new(&path);
+    options.watch = false;
+    let proxy = switchyard::server::start_live(options).await.unwrap();
+    let address = proxy.listeners()[0].address;
+
+    // SNI picks the certificate; an unknown name gets the first one.
+    assert_eq!(
+        leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
+        cert_a
+    );
+    assert_eq!(
+        leaf(&connect(address, "b.test", &[b"http/1.1"]).await),
+        cert_b
+    );
+    assert_eq!(
+        leaf(&connect(address, "x.b.test", &[b"http/1.1"]).await),
+        cert_b
+    );
+    assert_eq!(
+        leaf(&connect(address, "other.test", &[b"http/1.1"]).await),
+        cert_a
+    );
+
+    // ALPN h2: an HTTP/2 request over TLS, forwarded with the right proto.
+    let tls = connect(address, "a.test", &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let ask = |h2: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>| {
+        let request = Request::get("https://a.test/secure")
+            .body(Full::default())
+            .unwrap();
+        let response = h2.send_request(request);
+        async move {
+            let response = response.await.unwrap();
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            String::from_utf8(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap()
+        }
+    };
+    let body = ask(&mut h2).await;
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    assert!(body.contains("path: /secure"), "{body}");
+
+    // HTTP/1.1 over TLS works too.
+    let tls = connect(address, "a.test", &[b"http/1.1"]).await;
+    let (mut h1, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = h1
+        .send_request(
+            Request::get("/")
+                .header("host", "a.test")
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // New certificate files, same proxy.yaml: a reload applies them to new
+    // connections, and the open HTTP/2 connection keeps working.
+    let cert_a2 = write_cert(&dir, "a", &["a.test"]);
+    let (status, body) =
+        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("TLS certificates changed"), "{body}");
+    assert_eq!(
+        leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
+        cert_a2
+    );
+    assert!(ask(&mut h2).await.contains("path: /secure"));
+
+    // A broken certificate is refused; the last good one keeps serving.
+    std::fs::write(
+        dir.join("a.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (status, body) =
+        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+            .await
+            .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("listeners[0].tls.certificates[0].cert"),
+        "{body}"
+    );
+    assert_eq!(
+        leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
+        cert_a2
+    );
+
+    // A key that does not go with its certificate is refused too.
+    write_cert(&dir, "a", &["a.test"]);
+    let other_key = std::fs::read(dir.join("b.key")).unwrap();
+    std::fs::write(dir.join("a.key"), other_key).unwrap();
+    let (status, body) =
+        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+            .await
+            .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("listeners[0].tls.certificates[0].key: does not go with the certificate"),
+        "{body}"
+    );
+}
