@@ -62,6 +62,35 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// TLS termination, if this listener speaks HTTPS.
     pub tls: Option<TlsConfig>,
+    /// Limits that protect the proxy from clients.
+    pub limits: ListenerLimits,
+}
+
+/// Per-listener limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Largest request head (request line and headers); more gets 431.
+    pub max_header_bytes: usize,
+    /// Time allowed for a request head to arrive, from when the connection
+    /// starts waiting for it (slow clients are cut off). For HTTP/1.1 this
+    /// also bounds how long a keep-alive connection waits for its next
+    /// request.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_concurrent_streams: 200,
+        }
+    }
 }
 
 /// TLS settings of a listener.

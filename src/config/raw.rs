@@ -39,6 +39,21 @@ pub(crate) struct RawListener {
     pub(crate) address: String,
     #[serde(default)]
     pub(crate) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(crate) limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    #[serde(default)]
+    pub(crate) max_header_bytes: Option<i64>,
+    #[serde(default)]
+    pub(crate) header_read_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) idle_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_concurrent_streams: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -61,10 +61,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 .tls
                 .as_ref()
                 .map(|tls| validate_tls(&format!("{path}.tls"), tls, &mut errors));
+            let limits = validate_limits(
+                &format!("{path}.limits"),
+                listener.limits.as_ref(),
+                &mut errors,
+            );
             listeners.push(ListenerConfig {
                 name: listener.name.clone().unwrap_or(path),
                 address,
                 tls: tls.flatten(),
+                limits,
             });
         }
     }
@@ -372,6 +378,59 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         discovery,
         instances,
     })
+}
+
+fn validate_limits(
+    path: &str,
+    raw: Option<&super::raw::RawLimits>,
+    errors: &mut Errors,
+) -> ListenerLimits {
+    let defaults = ListenerLimits::default();
+    let Some(raw) = raw else {
+        return defaults;
+    };
+    let max_header_bytes = match raw.max_header_bytes {
+        None => defaults.max_header_bytes,
+        Some(n) => errors
+            .check(
+                format!("{path}.max_header_bytes"),
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (8192..=1 << 24).contains(n))
+                    .ok_or_else(|| format!("must be between 8192 and 16777216 (got {n})")),
+            )
+            .unwrap_or(defaults.max_header_bytes),
+    };
+    let max_concurrent_streams = match raw.max_concurrent_streams {
+        None => defaults.max_concurrent_streams,
+        Some(n) => errors
+            .check(
+                format!("{path}.max_concurrent_streams"),
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| format!("must be between 1 and 10000 (got {n})")),
+            )
+            .unwrap_or(defaults.max_concurrent_streams),
+    };
+    ListenerLimits {
+        max_header_bytes,
+        header_read_timeout: duration_field(
+            errors,
+            format!("{path}.header_read_timeout"),
+            &raw.header_read_timeout,
+            defaults.header_read_timeout,
+            false,
+        ),
+        idle_timeout: duration_field(
+            errors,
+            format!("{path}.idle_timeout"),
+            &raw.idle_timeout,
+            defaults.idle_timeout,
+            false,
+        ),
+        max_concurrent_streams,
+    }
 }
 
 /// Reads and checks every certificate of a TLS listener: the PEM files

@@ -110,21 +110,25 @@ async fn watch_service(
                     tracing::info!(service = %service, "Consul reachable again; instances are current");
                 }
                 if changed {
-                    tracing::debug!(service = %service, index = answer.index, instances = answer.instances.len(), "Consul instances");
-                    registry.set_discovered(&service, answer.instances);
                     status.last_update =
                         Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
                 }
                 status.stale = false;
                 status.last_error = None;
-                registry.metrics().set_consul_stale(service.as_str(), false);
                 status.index = answer.index;
+                registry.metrics().set_consul_stale(service.as_str(), false);
+                // Status first, so whoever sees the new instances also sees
+                // that they are current.
+                registry.set_discovery_status(&service, status.clone());
+                if changed {
+                    tracing::debug!(service = %service, index = answer.index, instances = answer.instances.len(), "Consul instances");
+                    registry.set_discovered(&service, answer.instances);
+                }
                 index = if answer.index < index {
                     0
                 } else {
                     answer.index.max(1)
                 };
-                registry.set_discovery_status(&service, status.clone());
             }
             Err(error) => {
                 if !status.stale {

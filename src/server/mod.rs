@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
-use crate::config::{Config, ListenerConfig, TlsConfig};
+use crate::config::{Config, ListenerConfig, ListenerLimits, TlsConfig};
 use crate::discovery;
 use crate::health::{self, CustomChecks};
 use crate::metrics::ListenerMetrics;
@@ -238,6 +239,7 @@ impl Listeners {
                     }
                 });
         let scheme = if resolver.is_some() { "https" } else { "http" };
+        let limits = config.limits;
         tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), scheme));
         let (stop, stopped) = watch::channel(false);
@@ -255,6 +257,7 @@ impl Listeners {
                     stopped,
                     Some(connections),
                     acceptor,
+                    limits,
                     move || registry.config().drain_timeout,
                     move |request, peer| {
                         let proxy = Arc::clone(&proxy);
@@ -517,6 +520,7 @@ async fn launch(
         admin_stopped,
         None,
         None,
+        ListenerLimits::default(),
         move || drain_registry.config().drain_timeout,
         move |request, peer| {
             let state = Arc::clone(&admin_state);
@@ -588,6 +592,7 @@ async fn serve<H, F>(
     mut stop: watch::Receiver<bool>,
     connections: Option<ListenerMetrics>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ListenerLimits,
     drain_timeout: impl Fn() -> Duration,
     handler: H,
 ) where
@@ -595,9 +600,20 @@ async fn serve<H, F>(
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // The read buffer holds the request head; bodies stream past it.
+        // A head that does not fit gets 431.
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
+    let idle_timeout = limits.idle_timeout;
     // Every connection task holds a clone; when all are gone, recv() ends.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -627,13 +643,34 @@ async fn serve<H, F>(
         };
         let (builder, handler, tls) = (Arc::clone(&builder), handler.clone(), tls.clone());
         tokio::spawn(async move {
+            let (stream, activity) = Activity::new(stream);
             match tls {
-                None => serve_connection(&builder, stream, peer, connection, handler).await,
+                None => {
+                    serve_connection(
+                        &builder,
+                        stream,
+                        activity,
+                        idle_timeout,
+                        peer,
+                        connection,
+                        handler,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, stream, peer, connection, handler).await
+                            serve_connection(
+                                &builder,
+                                stream,
+                                activity,
+                                idle_timeout,
+                                peer,
+                                connection,
+                                handler,
+                            )
+                            .await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -653,6 +690,117 @@ async fn serve<H, F>(
             ?drain_timeout,
             "drain timeout reached; closing remaining connections"
         );
+    }
+}
+
+/// When bytes last moved on a connection, for the idle timeout.
+struct LastActivity {
+    epoch: tokio::time::Instant,
+    /// Milliseconds since `epoch`.
+    millis: AtomicU64,
+}
+
+impl LastActivity {
+    fn touch(&self) {
+        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(millis, Ordering::Relaxed);
+    }
+
+    /// Returns once no byte has moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.millis.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A connection's IO, noting when bytes move.
+struct Activity<I> {
+    io: I,
+    last: Arc<LastActivity>,
+}
+
+impl<I> Activity<I> {
+    fn new(io: I) -> (Activity<I>, Arc<LastActivity>) {
+        let last = Arc::new(LastActivity {
+            epoch: tokio::time::Instant::now(),
+            millis: AtomicU64::new(0),
+        });
+        (
+            Activity {
+                io,
+                last: Arc::clone(&last),
+            },
+            last,
+        )
+    }
+
+    fn touch(&self) {
+        self.last.touch();
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Activity<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -679,6 +827,8 @@ impl Drop for Connection {
 async fn serve_connection<I, H, F>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
+    activity: Arc<LastActivity>,
+    idle_timeout: Duration,
     peer: SocketAddr,
     mut connection: Connection,
     handler: H,
@@ -703,6 +853,11 @@ async fn serve_connection<I, H, F>(
         result = served.as_mut() => result,
         // (The guard wait_for returns is dropped before the await.)
         () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
             served.as_mut().graceful_shutdown();
             served.await
         }
