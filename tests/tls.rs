@@ -251,3 +251,30 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_listener_sends_clients_to_https() {
+    let upstream = echo("up").await;
+    let text = format!(
+        "listeners:\n  - {{address: 127.0.0.1:0, redirect_https: 8443}}\nadmin: {{address: 127.0.0.1:0}}\nroutes: [{{service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+    );
+    let proxy = switchyard::server::start(switchyard::config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let got = get(
+        &client(),
+        &format!("{}/cart?id=7", base(&proxy)),
+        &[("host", "shop.test:80")],
+    )
+    .await;
+    assert_eq!(got.status, 308);
+    assert_eq!(got.headers["location"], "https://shop.test:8443/cart?id=7");
+    let errors =
+        switchyard::config::parse(&text.replace("redirect_https: 8443", "redirect_https: 0"))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        errors.contains("listeners[0].redirect_https: must be a port"),
+        "{errors}"
+    );
+}

@@ -64,6 +64,9 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// Limits that protect the proxy from clients.
     pub limits: ListenerLimits,
+    /// Answer every request with a redirect to HTTPS on this port instead
+    /// of proxying it.
+    pub redirect_https: Option<u16>,
 }
 
 /// Per-listener limits.

@@ -41,6 +41,8 @@ pub(crate) struct RawListener {
     pub(crate) tls: Option<RawTls>,
     #[serde(default)]
     pub(crate) limits: Option<RawLimits>,
+    #[serde(default)]
+    pub(crate) redirect_https: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,11 +66,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 listener.limits.as_ref(),
                 &mut errors,
             );
+            let redirect_https = listener.redirect_https.and_then(|port| {
+                errors.check(
+                    format!("{path}.redirect_https"),
+                    u16::try_from(port)
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| format!("must be a port, 1-65535 (got {port})")),
+                )
+            });
+            if redirect_https.is_some() && listener.tls.is_some() {
+                errors.push(
+                    format!("{path}.redirect_https"),
+                    "a TLS listener cannot redirect to HTTPS",
+                );
+            }
             listeners.push(ListenerConfig {
                 name: listener.name.clone().unwrap_or(path),
                 address,
                 tls: tls.flatten(),
                 limits,
+                redirect_https,
             });
         }
     }

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, UPGRADE};
 
 use crate::config::Cidr;
 
@@ -32,6 +32,8 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
+/// `TE: trailers` is kept: it is the one TE value HTTP/2 allows, and gRPC
+/// servers require it.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the (few) names present is
     // cheaper than nine hashed removals.
@@ -41,6 +43,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
+    let trailers = headers
+        .get(TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -55,6 +60,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -182,7 +190,7 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("proxy-connection", "keep-alive"),
@@ -192,6 +200,14 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept_for_grpc() {
+        let mut h = headers(&[("te", "trailers"), ("connection", "close")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        assert!(h.get("connection").is_none());
     }
 
     #[test]

@@ -394,6 +394,46 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     text_response(error.status(), format!("switchyard: {error}\n"))
 }
 
+/// The answer of a listener that only sends clients to HTTPS: 308 (method
+/// and body are kept) to the same host and path on `port`.
+pub fn redirect_to_https<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
+    let Some(host) = request_host(request)
+        .map(host_without_port)
+        .filter(|h| !h.is_empty())
+    else {
+        return error_response(&ProxyError::BadRequest {
+            reason: "the request names no host to redirect to",
+        });
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{target}");
+    let mut response = text_response(
+        StatusCode::PERMANENT_REDIRECT,
+        format!("moved to {location}\n"),
+    );
+    match HeaderValue::try_from(location) {
+        Ok(location) => {
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+            response
+        }
+        Err(_) => error_response(&ProxyError::BadRequest {
+            reason: "the request target cannot be redirected",
+        }),
+    }
+}
+
 /// A plain-text response with `status`.
 pub fn text_response(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::message(text));

@@ -240,6 +240,7 @@ impl Listeners {
                 });
         let scheme = if resolver.is_some() { "https" } else { "http" };
         let limits = config.limits;
+        let redirect_https = config.redirect_https;
         tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), scheme));
         let (stop, stopped) = watch::channel(false);
@@ -261,7 +262,12 @@ impl Listeners {
                     move || registry.config().drain_timeout,
                     move |request, peer| {
                         let proxy = Arc::clone(&proxy);
-                        async move { proxy.handle(request, peer).await }
+                        async move {
+                            match redirect_https {
+                                Some(port) => crate::proxy::redirect_to_https(&request, port),
+                                None => proxy.handle(request, peer).await,
+                            }
+                        }
                     },
                 ))
             };
