@@ -112,3 +112,105 @@ pub fn server_config(resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>, Strin
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// The TLS client for a service's instances: trusted roots (the service's
+/// CA bundle, or the Mozilla roots), ALPN for the protocol, and the name to
+/// verify (the configured one, or the instance IP).
+pub fn upstream_connector(
+    tls: &crate::config::UpstreamTls,
+    protocol: crate::config::UpstreamProtocol,
+    address: std::net::SocketAddr,
+) -> Result<
+    (
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    String,
+> {
+    use rustls::pki_types::ServerName;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?;
+    let mut config = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_certificates {
+            Some(certificates) => {
+                for der in certificates {
+                    roots
+                        .add(CertificateDer::from(der.clone()))
+                        .map_err(|e| format!("CA certificate refused: {e}"))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        tracing::warn!(%address, "TLS to this instance is not verified (tls.verify: false)");
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = match protocol {
+        crate::config::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        crate::config::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    let name = match &tls.server_name {
+        Some(name) => {
+            ServerName::try_from(name.clone()).map_err(|e| format!("server_name `{name}`: {e}"))?
+        }
+        None => ServerName::IpAddress(address.ip().into()),
+    };
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+}
+
+/// Accepts any certificate: only for `tls.verify: false`.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,26 +1,34 @@
-//! Connections to one upstream instance: connect with a timeout, HTTP/1.1
-//! handshake, and a pool of idle keep-alive connections.
+//! Connections to one upstream instance: connect with a timeout, optional
+//! TLS, an HTTP/1.1 or HTTP/2 handshake, and a pool: idle keep-alive
+//! connections for HTTP/1.1, one shared multiplexed connection for HTTP/2.
 //!
 //! The pool belongs to the instance's shared state (see `registry`), so it
 //! survives snapshot swaps and is dropped, closing its connections, when the
-//! instance leaves the registry.
+//! instance leaves the registry. It keeps one slot per traffic worker: a
+//! connection's task runs on the worker that opened it, so handing it only
+//! to requests on that worker keeps every wake-up on one thread and the
+//! per-worker locks uncontended.
 //!
 //! Connecting is a separate step from sending so that a connect failure
 //! leaves the request untouched and the proxy can retry it elsewhere.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+
+use crate::config::{UpstreamProtocol, UpstreamTls};
 
 /// The body type sent upstream: the client's body, streamed through.
 pub type RequestBody = Incoming;
-/// A ready HTTP/1.1 connection to an instance.
-pub type Sender = http1::SendRequest<RequestBody>;
 
 /// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.
@@ -45,6 +53,14 @@ pub enum ConnectError {
         /// The limit.
         timeout: Duration,
     },
+    /// The TLS handshake failed (certificate not trusted, wrong name...).
+    #[error("TLS with {address} failed: {source}")]
+    Tls {
+        /// The instance.
+        address: SocketAddr,
+        /// What rustls said.
+        source: std::io::Error,
+    },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {address} failed: {source}")]
     Handshake {
@@ -55,15 +71,67 @@ pub enum ConnectError {
     },
 }
 
-/// The connection pool of one instance: one idle list per traffic worker.
-/// A connection's task runs on the worker that opened it, so handing it to
-/// requests on that same worker keeps every wake-up on one thread; the
-/// per-worker locks are never contended across threads.
+/// A connection that can carry a request.
 #[derive(Debug)]
+pub enum Sender {
+    /// One request at a time.
+    Http1(http1::SendRequest<RequestBody>),
+    /// Many requests at once (a clone of the shared connection).
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_ready(),
+            Sender::Http2(s) => s.is_ready(),
+        }
+    }
+
+    /// Sends `request`; when it could not be sent at all, the error gives
+    /// it back.
+    pub fn try_send_request(
+        &mut self,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + use<>
+    {
+        let sent: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match self {
+            Sender::Http1(s) => Box::pin(s.try_send_request(request)),
+            Sender::Http2(s) => Box::pin(s.try_send_request(request)),
+        };
+        sent
+    }
+}
+
+/// How to talk to the instances: protocol and TLS, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// HTTP version.
+    pub protocol: UpstreamProtocol,
+    /// TLS, if on.
+    pub tls: Option<UpstreamTls>,
+}
+
+struct Transport {
+    settings: Settings,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
+
+/// The connection pool of one instance.
 pub struct Pool {
     address: SocketAddr,
     idle: Box<[Mutex<Vec<Sender>>]>,
     max_idle: usize,
+    transport: ArcSwap<Transport>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("address", &self.address)
+            .field("settings", &self.transport.load().settings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A connection taken from the pool (or new).
@@ -77,19 +145,18 @@ pub struct Connection {
 }
 
 impl Pool {
-    /// An empty pool for `address` with `slots` idle lists (one per
+    /// An empty HTTP/1.1 pool for `address` with `slots` idle lists (one per
     /// traffic worker), each keeping up to `max_idle` connections.
     pub fn new(address: SocketAddr, slots: usize, max_idle: usize) -> Pool {
         Pool {
             address,
             idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             max_idle,
+            transport: ArcSwap::from_pointee(Transport {
+                settings: Settings::default(),
+                tls: None,
+            }),
         }
-    }
-
-    /// This worker's idle list.
-    fn slot(&self) -> &Mutex<Vec<Sender>> {
-        &self.idle[crate::server::current_worker() % self.idle.len()]
     }
 
     /// The instance address.
@@ -97,7 +164,36 @@ impl Pool {
         self.address
     }
 
-    /// Number of idle connections.
+    /// Applies the service's protocol and TLS settings. When they change,
+    /// the pooled connections (made the old way) are dropped.
+    pub fn configure(&self, settings: &Settings) -> Result<(), String> {
+        if self.transport.load().settings == *settings {
+            return Ok(());
+        }
+        let tls = match &settings.tls {
+            None => None,
+            Some(tls) => Some(crate::tls::upstream_connector(
+                tls,
+                settings.protocol,
+                self.address,
+            )?),
+        };
+        self.transport.store(Arc::new(Transport {
+            settings: settings.clone(),
+            tls,
+        }));
+        for slot in self.idle.iter() {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+        Ok(())
+    }
+
+    /// This worker's idle list.
+    fn slot(&self) -> &Mutex<Vec<Sender>> {
+        &self.idle[crate::server::current_worker() % self.idle.len()]
+    }
+
+    /// Number of pooled connections.
     pub fn idle_count(&self) -> usize {
         self.idle
             .iter()
@@ -105,27 +201,32 @@ impl Pool {
             .sum()
     }
 
-    /// A ready connection: the most recently used idle one, or a new one.
+    /// A ready connection: the most recently used idle one (HTTP/1.1), the
+    /// shared one (HTTP/2), or a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
-            let idle = self
-                .slot()
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            match idle {
-                Some(sender) if sender.is_ready() => {
-                    return Ok(Connection {
-                        sender,
-                        reused: true,
-                    })
+            let mut idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner);
+            let sender = match idle.pop() {
+                Some(Sender::Http2(shared)) if shared.is_ready() => {
+                    // HTTP/2 is shared: it stays in the pool.
+                    let clone = shared.clone();
+                    idle.push(Sender::Http2(shared));
+                    Sender::Http2(clone)
                 }
+                Some(sender @ Sender::Http1(_)) if sender.is_ready() => sender,
                 Some(_closed) => continue,
                 None => break,
-            }
+            };
+            return Ok(Connection {
+                sender,
+                reused: true,
+            });
         }
         let sender = self.connect(connect_timeout).await?;
+        if let Sender::Http2(shared) = &sender {
+            self.push(Sender::Http2(shared.clone()));
+        }
         Ok(Connection {
             sender,
             reused: false,
@@ -134,16 +235,19 @@ impl Pool {
 
     /// Returns a connection whose response has been read to the end.
     pub fn checkin(self: &Arc<Self>, sender: Sender) {
+        let Sender::Http1(mut sender) = sender else {
+            // An HTTP/2 clone: the shared connection is already pooled.
+            return;
+        };
         if sender.is_ready() {
-            self.push(sender);
+            self.push(Sender::Http1(sender));
         } else if !sender.is_closed() {
             // The connection task has not yet noticed the response ended;
             // wait for it off the request path.
             let pool = Arc::clone(self);
             tokio::spawn(async move {
-                let mut sender = sender;
                 if sender.ready().await.is_ok() {
-                    pool.push(sender);
+                    pool.push(Sender::Http1(sender));
                 }
             });
         }
@@ -158,22 +262,61 @@ impl Pool {
 
     async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let address = self.address;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(ConnectError::Io { address, source }),
-            Err(_) => return Err(ConnectError::Timeout { address, timeout }),
-        };
-        // Requests are small writes; Nagle would delay them by an RTT.
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { address, source })?;
-        tokio::spawn(async move {
-            // With upgrades: a 101 answer hands the socket over to a tunnel.
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%address, %error, "upstream connection closed with an error");
+        let transport = self.transport.load_full();
+        let connecting = async {
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|source| ConnectError::Io { address, source })?;
+            // Requests are small writes; Nagle would delay them by an RTT.
+            let _ = stream.set_nodelay(true);
+            match &transport.tls {
+                None => handshake(stream, transport.settings.protocol, address).await,
+                Some((connector, name)) => {
+                    let stream = connector
+                        .connect(name.clone(), stream)
+                        .await
+                        .map_err(|source| ConnectError::Tls { address, source })?;
+                    handshake(stream, transport.settings.protocol, address).await
+                }
             }
-        });
-        Ok(sender)
+        };
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout { address, timeout }),
+        }
+    }
+}
+
+async fn handshake<I>(
+    io: I,
+    protocol: UpstreamProtocol,
+    address: SocketAddr,
+) -> Result<Sender, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |source| ConnectError::Handshake { address, source };
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(failed)?;
+            tokio::spawn(async move {
+                // With upgrades: a 101 answer hands the socket over to a tunnel.
+                if let Err(error) = connection.with_upgrades().await {
+                    tracing::debug!(%address, %error, "upstream connection closed with an error");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+        UpstreamProtocol::Http2 => {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%address, %error, "upstream HTTP/2 connection closed with an error");
+                }
+            });
+            Ok(Sender::Http2(sender))
+        }
     }
 }

@@ -119,6 +119,9 @@ fn instance_view(
     instance: &Arc<Instance>,
     now: tokio::time::Instant,
 ) -> InstanceView {
+    // Before the health lock: the registry lock is always taken first
+    // (snapshot builds hold it while reading health), never after.
+    let lease = registry.lease(&service.name, &instance.id);
     let health = instance.state.health();
     let (state, reason) = health.describe(now);
     let active = health.active.as_ref();
@@ -144,12 +147,10 @@ fn instance_view(
         requests_total: instance.state.stats.requests_total(),
         idle_connections: instance.state.pool.idle_count(),
         registered_at: humantime::format_rfc3339_seconds(instance.state.registered_at).to_string(),
-        lease: registry
-            .lease(&service.name, &instance.id)
-            .map(|(ttl, left)| LeaseView {
-                ttl_ms: ttl.as_millis(),
-                remaining_ms: left.as_millis(),
-            }),
+        lease: lease.map(|(ttl, left)| LeaseView {
+            ttl_ms: ttl.as_millis(),
+            remaining_ms: left.as_millis(),
+        }),
     }
 }
 

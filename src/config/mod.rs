@@ -259,8 +259,35 @@ pub struct ServiceConfig {
     pub panic_threshold: u8,
     /// Instances also come from Consul.
     pub discovery: Option<ConsulDiscovery>,
+    /// HTTP version spoken to the instances.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the instances, if on.
+    pub tls: Option<UpstreamTls>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// The HTTP version spoken to a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a pool of keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 (prior knowledge in cleartext, ALPN `h2` over TLS), one
+    /// multiplexed connection per worker and instance.
+    Http2,
+}
+
+/// TLS towards a service's instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Trusted CA certificates (DER) from `ca_file`; the Mozilla roots when
+    /// none is given.
+    pub ca_certificates: Option<Vec<Vec<u8>>>,
+    /// The name to send in SNI and to verify (default: the instance IP).
+    pub server_name: Option<String>,
+    /// Verify the instance's certificate (on unless turned off by hand).
+    pub verify: bool,
 }
 
 /// Active health checking of a service's instances.
@@ -525,6 +552,8 @@ impl ServiceConfig {
             outlier_detection: None,
             panic_threshold: 0,
             discovery: None,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
             instances: Vec::new(),
         }
     }

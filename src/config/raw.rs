@@ -175,6 +175,10 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub(crate) discovery: Option<RawDiscovery>,
     #[serde(default)]
+    pub(crate) protocol: Option<String>,
+    #[serde(default)]
+    pub(crate) tls: Option<RawUpstreamTls>,
+    #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,
 }
 
@@ -232,6 +236,17 @@ pub(crate) struct RawOutlierDetection {
     pub(crate) max_ejection_time: Option<String>,
     #[serde(default)]
     pub(crate) max_ejection_percent: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
+    #[serde(default)]
+    pub(crate) server_name: Option<String>,
+    #[serde(default)]
+    pub(crate) verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -355,6 +355,21 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         datacenter: d.consul.datacenter.clone(),
         passing_only: d.consul.passing_only.unwrap_or(true),
     });
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("http1") => Some(UpstreamProtocol::Http1),
+        Some("http2") => Some(UpstreamProtocol::Http2),
+        Some(other) => {
+            errors.push(
+                format!("{path}.protocol"),
+                format!("`{other}` must be http1 or http2"),
+            );
+            None
+        }
+    };
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|tls| validate_upstream_tls(&format!("{path}.tls"), tls, errors));
     let panic_threshold = match raw.panic_threshold {
         None => Some(0),
         Some(p) => errors.check(format!("{path}.panic_threshold"), percent(p)),
@@ -392,6 +407,8 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         outlier_detection,
         panic_threshold: panic_threshold?,
         discovery,
+        protocol: protocol?,
+        tls: tls.flatten(),
         instances,
     })
 }
@@ -447,6 +464,46 @@ fn validate_limits(
         ),
         max_concurrent_streams,
     }
+}
+
+fn validate_upstream_tls(
+    path: &str,
+    raw: &super::raw::RawUpstreamTls,
+    errors: &mut Errors,
+) -> Option<UpstreamTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let before = errors.0.len();
+    let ca_certificates = raw.ca_file.as_ref().and_then(|file| {
+        let pem = errors.check(
+            format!("{path}.ca_file"),
+            std::fs::read(file).map_err(|e| format!("cannot read `{file}`: {e}")),
+        )?;
+        let certificates: Result<Vec<CertificateDer<'static>>, _> =
+            CertificateDer::pem_slice_iter(&pem).collect();
+        errors.check(
+            format!("{path}.ca_file"),
+            match certificates {
+                Ok(list) if !list.is_empty() => Ok(list.into_iter().map(|c| c.to_vec()).collect()),
+                Ok(_) => Err(format!("`{file}` holds no certificate")),
+                Err(e) => Err(format!("`{file}` is not a PEM certificate bundle: {e}")),
+            },
+        )
+    });
+    if let Some(name) = &raw.server_name {
+        if ServerName::try_from(name.as_str()).is_err() {
+            errors.push(
+                format!("{path}.server_name"),
+                format!("`{name}` is not a host name or IP address"),
+            );
+        }
+    }
+    (errors.0.len() == before).then(|| UpstreamTls {
+        ca_certificates,
+        server_name: raw.server_name.clone(),
+        verify: raw.verify.unwrap_or(true),
+    })
 }
 
 /// Reads and checks every certificate of a TLS listener: the PEM files

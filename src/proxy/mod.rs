@@ -25,6 +25,7 @@ pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
 use crate::balance::hash_ip;
+use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::router::host_without_port;
 use crate::upstream::ConnectError;
@@ -218,7 +219,28 @@ impl Proxy {
             self.scheme,
             host_value.as_ref(),
         );
-        if let Some(host) = host_value {
+        if service.protocol == UpstreamProtocol::Http2 {
+            // HTTP/2 carries the target as :scheme and :authority.
+            let scheme = if service.tls { "https" } else { "http" };
+            let authority = host_value
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost")
+                .to_string();
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            parts.uri = Uri::try_from(format!("{scheme}://{authority}{target}")).map_err(|_| {
+                ProxyError::BadRequest {
+                    reason: "the request's host cannot be forwarded over HTTP/2",
+                }
+            })?;
+            parts.version = Version::HTTP_2;
+            // HTTP/2 forbids connection-specific fields; :authority has the host.
+            parts.headers.remove(HOST);
+        } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
         let request = Request::from_parts(parts, body);

@@ -196,8 +196,10 @@ pub struct InstanceState {
     pub source: Source,
     /// When it joined the registry.
     pub registered_at: std::time::SystemTime,
-    /// Health verdicts. Locked only by health updates and snapshot builds,
-    /// never on the request path.
+    /// Health verdicts. Locked only by health updates, snapshot builds and
+    /// the admin API, never on the request path. Lock order: the registry
+    /// lock first, then this one; never take the registry lock while
+    /// holding it.
     pub health: Mutex<InstanceHealth>,
     /// Metric handles.
     pub metrics: InstanceMetrics,
@@ -703,6 +705,13 @@ fn build(
             };
             if service.outlier_detection.is_none() {
                 shared.stats.reset_failures();
+            }
+            let settings = upstream::Settings {
+                protocol: service.protocol,
+                tls: service.tls.clone(),
+            };
+            if let Err(error) = shared.pool.configure(&settings) {
+                tracing::error!(service = %service_name, instance = %instance.id, %error, "cannot set up TLS to the instance");
             }
             kept.insert(key, Arc::clone(&shared));
             shared

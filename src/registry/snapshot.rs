@@ -63,6 +63,10 @@ pub struct ServiceSnapshot {
     pub max_attempts: NonZeroU32,
     /// Passive health checking, if on.
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// HTTP version spoken to the instances.
+    pub protocol: crate::config::UpstreamProtocol,
+    /// Whether the instances are reached over TLS.
+    pub tls: bool,
     /// Metric handles.
     pub metrics: ServiceMetrics,
     failures: mpsc::UnboundedSender<FailureStreak>,
@@ -191,6 +195,8 @@ impl Snapshot {
                     request_timeout: service.request_timeout,
                     max_attempts: service.max_attempts,
                     outlier_detection: service.outlier_detection.clone(),
+                    protocol: service.protocol,
+                    tls: service.tls.is_some(),
                     metrics: metrics.service(name.as_str()),
                     failures: failures.clone(),
                 }

@@ -120,22 +120,25 @@ impl Got {
     }
 }
 
-/// Sends `request` and reads the whole response (with a 10 s limit).
+/// Sends `request` and reads the whole response (with a 10 s limit on the
+/// whole exchange, so a broken proxy fails a test instead of hanging it).
 pub async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> Got {
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+    let exchange = async {
+        let response = client.request(request).await.expect("response");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Got {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
-        .expect("response within 10s")
-        .expect("response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Got {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+        .expect("a whole response within 10s")
 }
 
 /// GET `url` with extra headers.
