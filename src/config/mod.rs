@@ -79,7 +79,8 @@ pub struct ListenerLimits {
     /// also bounds how long a keep-alive connection waits for its next
     /// request.
     pub header_read_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed.
+    /// A connection with no bytes moving for this long is closed (checked
+    /// once per period, so it closes within two periods of falling idle).
     pub idle_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,

@@ -699,28 +699,28 @@ async fn serve<H, F>(
     }
 }
 
-/// When bytes last moved on a connection, for the idle timeout.
+/// Counts reads and writes on a connection, for the idle timeout. A
+/// counter, not a timestamp: no clock read per I/O operation.
 struct LastActivity {
-    epoch: tokio::time::Instant,
-    /// Milliseconds since `epoch`.
-    millis: AtomicU64,
+    operations: AtomicU64,
 }
 
 impl LastActivity {
     fn touch(&self) {
-        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.millis.store(millis, Ordering::Relaxed);
+        self.operations.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns once no byte has moved for `timeout`.
+    /// Returns once a whole `timeout` passed with no read or write (so a
+    /// connection closes between one and two timeouts after it fell idle).
     async fn idle_for(&self, timeout: Duration) {
+        let mut seen = self.operations.load(Ordering::Relaxed);
         loop {
-            let last = self.epoch + Duration::from_millis(self.millis.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if tokio::time::Instant::now() >= deadline {
+            tokio::time::sleep(timeout).await;
+            let now = self.operations.load(Ordering::Relaxed);
+            if now == seen {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            seen = now;
         }
     }
 }
@@ -734,8 +734,7 @@ struct Activity<I> {
 impl<I> Activity<I> {
     fn new(io: I) -> (Activity<I>, Arc<LastActivity>) {
         let last = Arc::new(LastActivity {
-            epoch: tokio::time::Instant::now(),
-            millis: AtomicU64::new(0),
+            operations: AtomicU64::new(0),
         });
         (
             Activity {
