@@ -108,7 +108,10 @@ pub(super) fn service_view(
         instances: service
             .all_instances
             .iter()
-            .map(|instance| instance_view(registry, service, instance, now))
+            .zip(&service.in_rotation)
+            .map(|(instance, in_rotation)| {
+                instance_view(registry, service, instance, *in_rotation, now)
+            })
             .collect(),
     }
 }
@@ -117,6 +120,7 @@ fn instance_view(
     registry: &Registry,
     service: &ServiceSnapshot,
     instance: &Arc<Instance>,
+    in_rotation: bool,
     now: tokio::time::Instant,
 ) -> InstanceView {
     // Before the health lock: the registry lock is always taken first
@@ -134,7 +138,7 @@ fn instance_view(
         source: instance.state.source.as_str(),
         health: state,
         reason,
-        in_rotation: service.instances.iter().any(|i| Arc::ptr_eq(i, instance)),
+        in_rotation,
         last_check_at: active
             .and_then(|a| a.last_check)
             .map(|t| humantime::format_rfc3339_millis(t).to_string()),

@@ -754,9 +754,8 @@ fn build(
                 tracing::info!(service = %service.name, "enough healthy instances again: leaving panic routing");
             }
         }
-        for instance in &service.all_instances {
-            let in_rotation = service.instances.iter().any(|i| Arc::ptr_eq(i, instance));
-            instance.state.metrics.set_healthy(in_rotation);
+        for (instance, in_rotation) in service.all_instances.iter().zip(&service.in_rotation) {
+            instance.state.metrics.set_healthy(*in_rotation);
         }
         let fingerprint = fingerprint(service, now);
         let index = match state.indexes.get(&service.name) {

@@ -51,6 +51,8 @@ pub struct ServiceSnapshot {
     pub instances: Vec<Arc<Instance>>,
     /// Every instance, healthy or not.
     pub all_instances: Vec<Arc<Instance>>,
+    /// For each of `all_instances`: whether it is in `instances`.
+    pub in_rotation: Vec<bool>,
     /// How many instances are healthy.
     pub healthy_count: usize,
     /// Too few are healthy, so `instances` holds all of them (fail open).
@@ -156,21 +158,26 @@ impl Snapshot {
                         })
                     })
                     .collect();
-                let healthy: Vec<Arc<Instance>> = all_instances
+                let healthy: Vec<bool> = all_instances
                     .iter()
-                    .filter(|i| i.state.health().takes_traffic(now))
-                    .cloned()
+                    .map(|i| i.state.health().takes_traffic(now))
                     .collect();
-                let healthy_count = healthy.len();
+                let healthy_count = healthy.iter().filter(|h| **h).count();
                 let panic = service.panic_threshold > 0
                     && !all_instances.is_empty()
                     && healthy_count * 100
                         < usize::from(service.panic_threshold) * all_instances.len();
-                let instances = if panic {
-                    all_instances.clone()
+                let in_rotation = if panic {
+                    vec![true; all_instances.len()]
                 } else {
                     healthy
                 };
+                let instances: Vec<Arc<Instance>> = all_instances
+                    .iter()
+                    .zip(&in_rotation)
+                    .filter(|(_, in_rotation)| **in_rotation)
+                    .map(|(instance, _)| Arc::clone(instance))
+                    .collect();
                 let keys: Vec<String> = instances
                     .iter()
                     .map(|i| format!("{name}/{}", i.id))
@@ -189,6 +196,7 @@ impl Snapshot {
                     balancer: Balancer::build(service.strategy, &members),
                     instances,
                     all_instances,
+                    in_rotation,
                     healthy_count,
                     panic,
                     connect_timeout: service.connect_timeout,

@@ -642,41 +642,23 @@ async fn serve<H, F>(
             metrics.accepted.inc();
             metrics.open.inc();
         }
+        let (stream, activity) = Activity::new(stream);
         let connection = Connection {
             stop: stop.clone(),
             _open: open.clone(),
             metrics: connections.clone(),
+            activity,
+            idle_timeout,
         };
         let (builder, handler, tls) = (Arc::clone(&builder), handler.clone(), tls.clone());
         tokio::spawn(async move {
-            let (stream, activity) = Activity::new(stream);
             match tls {
-                None => {
-                    serve_connection(
-                        &builder,
-                        stream,
-                        activity,
-                        idle_timeout,
-                        peer,
-                        connection,
-                        handler,
-                    )
-                    .await
-                }
+                None => serve_connection(&builder, stream, peer, connection, handler).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(
-                                &builder,
-                                stream,
-                                activity,
-                                idle_timeout,
-                                peer,
-                                connection,
-                                handler,
-                            )
-                            .await
+                            serve_connection(&builder, stream, peer, connection, handler).await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -817,6 +799,9 @@ struct Connection {
     /// Held, never used: the drain waits until every clone is dropped.
     _open: tokio::sync::mpsc::Sender<()>,
     metrics: Option<ListenerMetrics>,
+    /// Reads and writes seen, for the idle timeout.
+    activity: Arc<LastActivity>,
+    idle_timeout: Duration,
 }
 
 impl Drop for Connection {
@@ -832,8 +817,6 @@ impl Drop for Connection {
 async fn serve_connection<I, H, F>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
-    activity: Arc<LastActivity>,
-    idle_timeout: Duration,
     peer: SocketAddr,
     mut connection: Connection,
     handler: H,
@@ -861,8 +844,8 @@ async fn serve_connection<I, H, F>(
             served.as_mut().graceful_shutdown();
             served.await
         }
-        () = activity.idle_for(idle_timeout) => {
-            tracing::debug!(%peer, ?idle_timeout, "closing an idle connection");
+        () = connection.activity.idle_for(connection.idle_timeout) => {
+            tracing::debug!(%peer, idle_timeout = ?connection.idle_timeout, "closing an idle connection");
             served.as_mut().graceful_shutdown();
             served.await
         }
