@@ -101,31 +101,36 @@ impl Proxy {
             Box::new(log)
         });
         let mut response = match result {
-            Ok((mut response, mut completion))
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-            {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                let (mut parts, _empty) = response.into_parts();
+            Ok((mut response, mut completion)) => {
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
+                let (mut parts, body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
-                if let Some(protocol) = protocol {
-                    headers::set_upgrade(&mut parts.headers, protocol);
-                }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
                 completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
-                // The upstream connection becomes the tunnel's: never pooled.
-                completion.connection = None;
-                match upgrade {
-                    Some((_, client_upgrade)) => {
+                if switching {
+                    // The upstream connection becomes the tunnel's: never pooled.
+                    completion.connection = None;
+                }
+                match (upstream_upgrade, upgrade) {
+                    (None, _) => Response::from_parts(
+                        parts,
+                        ProxyBody::Upstream(UpstreamBody::new(body, completion)),
+                    ),
+                    (Some(upstream_upgrade), Some((_, client_upgrade))) => {
+                        if let Some(protocol) = protocol {
+                            headers::set_upgrade(&mut parts.headers, protocol);
+                        }
                         tokio::spawn(body::tunnel(client_upgrade, upstream_upgrade, completion));
                         Response::from_parts(parts, ProxyBody::message(bytes::Bytes::new()))
                     }
                     // A 101 nobody asked for: refuse it rather than pass on
                     // a protocol switch the client cannot follow.
-                    None => {
+                    (Some(_), None) => {
                         completion.finish(false);
                         error_response(&ProxyError::UpstreamFailed {
                             service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
@@ -133,19 +138,6 @@ impl Proxy {
                         })
                     }
                 }
-            }
-            Ok((response, mut completion)) => {
-                let (mut parts, body) = response.into_parts();
-                headers::remove_hop_by_hop(&mut parts.headers);
-                if let Some(mut log) = log {
-                    log.status = parts.status.as_u16();
-                    completion.log = Some(log);
-                }
-                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
-                Response::from_parts(
-                    parts,
-                    ProxyBody::Upstream(UpstreamBody::new(body, completion)),
-                )
             }
             Err(error) => {
                 let response = error_response(&error);
