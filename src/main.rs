@@ -138,7 +138,7 @@ fn main() -> ExitCode {
             };
             let result = run(&cli.config, args, demo);
             if let Err(error) = &result {
-                tracing::error!("{error:#}");
+                tracing::error!("{}", describe(error));
             }
             result
         }
@@ -146,10 +146,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("switchyard: {error:#}");
+            eprintln!("switchyard: {}", describe(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: our own error
+/// types already end their message with their cause.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

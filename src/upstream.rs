@@ -223,7 +223,10 @@ impl Pool {
                 reused: true,
             });
         }
-        let sender = self.connect(connect_timeout).await?;
+        // Boxed: connecting (TLS, HTTP/2 handshakes) needs kilobytes of
+        // future state that the usual pooled path would otherwise carry
+        // and copy on every request.
+        let sender = Box::pin(self.connect(connect_timeout)).await?;
         if let Sender::Http2(shared) = &sender {
             self.push(Sender::Http2(shared.clone()));
         }

@@ -110,6 +110,37 @@ fn check_reports_a_missing_file() {
 }
 
 #[test]
+fn a_taken_address_is_reported_once_in_plain_words() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = temp_dir();
+    let path = dir.join("proxy.yaml");
+    std::fs::write(
+        &path,
+        VALID.replacen("127.0.0.1:0", &address.to_string(), 1),
+    )
+    .unwrap();
+    let output = command()
+        .args(["run", "--no-watch", "-c"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.join("versions"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("switchyard: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert!(
+        line.contains(&format!("cannot listen on {address}")),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
+
+#[test]
 fn every_command_has_help() {
     for args in [
         &["--help"][..],
