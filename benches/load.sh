@@ -9,6 +9,9 @@
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
 #                                   # metrics-and-logs variants
 #
+# A fifth target, HAProxy as a plain TCP relay, shows the ceiling: it parses
+# no HTTP but makes the same socket calls per request as the HTTP proxies.
+#
 # Prints, per connection count: median req/s, p50 and p99 latency, errors,
 # CPU time per request (user+sys of the proxy's processes over the run,
 # divided by the requests served) and each proxy's req/s as a ratio to the
@@ -48,7 +51,7 @@ trap cleanup EXIT INT TERM
 
 UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
 NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))
-SY_PORT=$((BASE_PORT + 12)) SY_ADMIN=$((BASE_PORT + 13))
+SY_PORT=$((BASE_PORT + 12)) SY_ADMIN=$((BASE_PORT + 13)) RELAY_PORT=$((BASE_PORT + 14))
 
 # --- upstreams: nginx, one worker each, `return 200` with ~100 bytes ------
 BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'
@@ -132,6 +135,16 @@ haproxy -f "$WORK/haproxy.cfg" -db 2>"$WORK/haproxy.log" &
 HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
+# --- the ceiling: HAProxy as a plain TCP relay (mode tcp), which parses no
+# HTTP and pins each client connection to one upstream connection. It makes
+# the same four socket calls per request as any HTTP proxy here, so no
+# HTTP proxy can be expected to beat it on this machine.
+sed -e 's/mode http/mode tcp/' -e '/option http-keep-alive/d' -e '/http-reuse/d' \
+  -e "s/:$HAPROXY_PORT\$/:$RELAY_PORT/" "$WORK/haproxy.cfg" > "$WORK/relay.cfg"
+haproxy -f "$WORK/relay.cfg" -db 2>"$WORK/relay.log" &
+RELAY_PID=$!
+PIDS+=($RELAY_PID)
+
 # --- switchyard ------------------------------------------------------------
 sy_config() { # strategy
   cat <<EOF
@@ -163,10 +176,10 @@ start_switchyard() { # strategy log-filter
 }
 start_switchyard round_robin warn
 
-for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT; do
+for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT $RELAY_PORT; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-for port in $NGINX_PORT $HAPROXY_PORT; do
+for port in $NGINX_PORT $HAPROXY_PORT $RELAY_PORT; do
   curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "proxy on $port is not answering" >&2; cat "$WORK"/haproxy.log >&2; exit 1; }
 done
 NGINX_PIDS() { echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; }
@@ -216,6 +229,7 @@ for round in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2046
     measure haproxy "$HAPROXY_PORT" "$conns" $(HAPROXY_PIDS)
     measure switchyard "$SY_PORT" "$conns" "$SY_PID"
+    measure tcp-relay "$RELAY_PORT" "$conns" "$RELAY_PID"
   done
 done
 

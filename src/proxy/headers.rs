@@ -145,14 +145,17 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let peer_text = peer.to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if peer_trusted || !existing.is_empty() => {
-            format!("{existing}, {peer_text}")
-        }
-        _ => peer_text,
-    };
-    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+    let existing = headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|v| v.to_str().is_ok() && (peer_trusted || !v.is_empty()))
+        .map(HeaderValue::as_bytes);
+    let mut forwarded_for = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + 39);
+    if let Some(existing) = existing {
+        forwarded_for.extend_from_slice(existing);
+        forwarded_for.extend_from_slice(b", ");
+    }
+    write_ip(peer, &mut forwarded_for);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for)) {
         // Several X-Forwarded-For lines are folded into the one we write.
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -162,6 +165,32 @@ pub fn add_forwarded(
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+    }
+}
+
+/// Appends `ip` as text; IPv4 (the usual case) without the formatting
+/// machinery, as this runs on every request.
+fn write_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -198,6 +227,25 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn writes_ips_as_std_does() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.255",
+            "9.99.100.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(ip, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
