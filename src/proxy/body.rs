@@ -11,14 +11,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::access_log::AccessLog;
 use crate::registry::InFlightGuard;
-use crate::upstream::{Pool, Sender};
+use crate::upstream::{BoxError, Pool, ResponseBody, Sender};
 
 /// A response body: streamed from an upstream, or a message of our own.
 #[derive(Debug)]
@@ -39,7 +38,7 @@ impl ProxyBody {
 /// An upstream response body with its bookkeeping.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: ResponseBody,
     completion: Option<Completion>,
 }
 
@@ -96,7 +95,7 @@ pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut completio
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, completion: Completion) -> UpstreamBody {
+    pub(crate) fn new(inner: ResponseBody, completion: Completion) -> UpstreamBody {
         UpstreamBody {
             inner,
             completion: Some(completion),
@@ -121,12 +120,12 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -158,12 +157,12 @@ impl Body for UpstreamBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Message(full) => Pin::new(full)

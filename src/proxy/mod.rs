@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use access_log::AccessLog;
@@ -28,7 +29,7 @@ use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::router::host_without_port;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Pool, ResponseBody, Sender};
 
 /// A reused keep-alive connection can turn out closed just as a request is
 /// handed to it; the request was not sent, so it goes on a fresh
@@ -173,7 +174,7 @@ impl Proxy {
         client_ip: std::net::IpAddr,
         upgrade: Option<HeaderValue>,
         outcome: &mut Outcome,
-    ) -> Result<(Response<Incoming>, Completion), ProxyError> {
+    ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
         let host = request_host(&request).map(host_without_port).unwrap_or("");
         let Some(route) = snapshot.router.find(host, request.uri().path()) else {
             return Err(ProxyError::NoRoute {
@@ -200,6 +201,8 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers);
+        // Requests without a body (most of them) can take the lean client.
+        let lean = upgrade.is_none() && body.is_end_stream();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -237,19 +240,21 @@ impl Proxy {
         }
         let request = Request::from_parts(parts, body);
 
-        send_with_retries(service, request, hash_ip(client_ip), outcome).await
+        send_with_retries(service, request, hash_ip(client_ip), lean, outcome).await
     }
 }
 
 /// Tries instances until one accepts the connection, at most
 /// `max_attempts` times, each on an instance not tried before. Once the
-/// request has been handed to a connection it is never sent again.
+/// request has been handed to a connection it is never sent again, except
+/// when that connection had been closed by the upstream (see [`Sent`]).
 async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<Incoming>,
     client_hash: u64,
+    lean: bool,
     outcome: &mut Outcome,
-) -> Result<(Response<Incoming>, Completion), ProxyError> {
+) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
@@ -267,11 +272,39 @@ async fn send_with_retries(
         }
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
-
-        let mut stale = 0;
-        let mut connection = match pool.checkout(service.connect_timeout).await {
-            Ok(connection) => connection,
-            Err(error) => {
+        let sent = if lean && pool.takes_lean() {
+            send_lean(service, pool, request).await
+        } else {
+            send_hyper(service, pool, request).await
+        };
+        match sent {
+            Sent::Answered {
+                response,
+                took,
+                connection,
+            } => {
+                outcome.upstream_time = Some(took);
+                let status = response.status();
+                let server_error = status.is_server_error()
+                    && service
+                        .outlier_detection
+                        .as_ref()
+                        .is_some_and(|o| o.include_5xx);
+                instance.state.metrics.response(status.as_u16());
+                service.record_outcome(
+                    instance,
+                    server_error.then_some(&status as &dyn std::fmt::Display),
+                );
+                let completion = Completion {
+                    _in_flight: in_flight,
+                    connection: connection.map(|sender| (sender, Arc::clone(pool))),
+                    log: None,
+                    duration: None,
+                    bytes: 0,
+                };
+                return Ok((response, completion));
+            }
+            Sent::ConnectFailed(error, unsent) => {
                 tracing::warn!(
                     service = %service.name,
                     instance = %instance.id,
@@ -283,86 +316,34 @@ async fn send_with_retries(
                 service.metrics.connect_errors.inc();
                 tried.push(index);
                 last_error = Some(error);
-                continue;
+                request = unsent;
             }
-        };
-        loop {
-            let sent = Instant::now();
-            let response = tokio::time::timeout(
-                service.request_timeout,
-                connection.sender.try_send_request(request),
-            )
-            .await;
-            match response {
-                Ok(Ok(response)) => {
-                    outcome.upstream_time = Some(sent.elapsed());
-                    let server_error = response.status().is_server_error()
-                        && service
-                            .outlier_detection
-                            .as_ref()
-                            .is_some_and(|o| o.include_5xx);
-                    let status = response.status();
-                    instance.state.metrics.response(status.as_u16());
-                    service.record_outcome(
-                        instance,
-                        server_error.then_some(&status as &dyn std::fmt::Display),
-                    );
-                    let completion = Completion {
-                        _in_flight: in_flight,
-                        connection: Some((connection.sender, Arc::clone(pool))),
-                        log: None,
-                        duration: None,
-                        bytes: 0,
-                    };
-                    return Ok((response, completion));
-                }
-                Err(_elapsed) => {
-                    let error = ProxyError::UpstreamTimeout {
-                        service: service.name.clone(),
-                        timeout: service.request_timeout,
-                    };
-                    service.record_outcome(instance, Some(&"timed out waiting for the response"));
-                    service.metrics.timeouts.inc();
-                    return Err(error);
-                }
-                Ok(Err(mut error)) => match error.take_message() {
-                    // Not sent: the pooled connection had been closed.
-                    Some(unsent) if connection.reused && stale < STALE_CONNECTION_RETRIES => {
-                        stale += 1;
-                        request = unsent;
-                        connection = match pool.checkout(service.connect_timeout).await {
-                            Ok(connection) => connection,
-                            Err(error) => {
-                                service.record_outcome(instance, Some(&error));
-                                service.metrics.connect_errors.inc();
-                                tried.push(index);
-                                last_error = Some(error);
-                                break;
-                            }
-                        };
-                    }
-                    Some(unsent) => {
-                        request = unsent;
-                        tried.push(index);
-                        last_error = None;
-                        tracing::warn!(service = %service.name, instance = %instance.id, error = %error.error(), "request not sent");
-                        break;
-                    }
-                    None => {
-                        let error = error.into_error();
-                        service.record_outcome(instance, Some(&error));
-                        tracing::warn!(
-                            service = %service.name,
-                            instance = %instance.id,
-                            %error,
-                            "upstream failed after the request was sent"
-                        );
-                        return Err(ProxyError::UpstreamFailed {
-                            service: service.name.clone(),
-                            detail: error.to_string(),
-                        });
-                    }
-                },
+            Sent::Unsent(unsent, error) => {
+                tracing::warn!(service = %service.name, instance = %instance.id, %error, "request not sent");
+                tried.push(index);
+                last_error = None;
+                request = unsent;
+            }
+            Sent::TimedOut => {
+                service.record_outcome(instance, Some(&"timed out waiting for the response"));
+                service.metrics.timeouts.inc();
+                return Err(ProxyError::UpstreamTimeout {
+                    service: service.name.clone(),
+                    timeout: service.request_timeout,
+                });
+            }
+            Sent::Failed(error) => {
+                service.record_outcome(instance, Some(&error));
+                tracing::warn!(
+                    service = %service.name,
+                    instance = %instance.id,
+                    %error,
+                    "upstream failed after the request was sent"
+                );
+                return Err(ProxyError::UpstreamFailed {
+                    service: service.name.clone(),
+                    detail: error,
+                });
             }
         }
     }
@@ -381,6 +362,104 @@ async fn send_with_retries(
             |e| e.to_string(),
         ),
     })
+}
+
+/// How sending a request to one instance went.
+enum Sent {
+    /// A response head arrived after `took`; `connection` (hyper's) goes
+    /// back to the pool when the body has been read.
+    Answered {
+        response: Response<ResponseBody>,
+        took: Duration,
+        connection: Option<Sender>,
+    },
+    /// No connection could be made; the request is given back.
+    ConnectFailed(ConnectError, Request<Incoming>),
+    /// Connections were made but the request never went out on one.
+    Unsent(Request<Incoming>, String),
+    /// No response head within the request timeout.
+    TimedOut,
+    /// The request went out and the exchange failed.
+    Failed(String),
+}
+
+/// Sends through hyper's client. A reused keep-alive connection that turns
+/// out closed as the request is handed to it did not send it, so the
+/// request goes on a fresh connection, a bounded number of times.
+async fn send_hyper(
+    service: &ServiceSnapshot,
+    pool: &Pool,
+    mut request: Request<Incoming>,
+) -> Sent {
+    let mut stale = 0;
+    loop {
+        let mut connection = match pool.checkout(service.connect_timeout).await {
+            Ok(connection) => connection,
+            Err(error) => return Sent::ConnectFailed(error, request),
+        };
+        let sent = Instant::now();
+        let response = tokio::time::timeout(
+            service.request_timeout,
+            connection.sender.try_send_request(request),
+        )
+        .await;
+        match response {
+            Ok(Ok(response)) => {
+                return Sent::Answered {
+                    response: response.map(ResponseBody::Hyper),
+                    took: sent.elapsed(),
+                    connection: Some(connection.sender),
+                }
+            }
+            Err(_elapsed) => return Sent::TimedOut,
+            Ok(Err(mut error)) => match error.take_message() {
+                // Not sent: the pooled connection had been closed.
+                Some(unsent) if connection.reused && stale < STALE_CONNECTION_RETRIES => {
+                    stale += 1;
+                    request = unsent;
+                }
+                Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
+                None => return Sent::Failed(error.into_error().to_string()),
+            },
+        }
+    }
+}
+
+/// Sends a request without a body through the lean HTTP/1.1 client, with
+/// the same rule for connections closed under us.
+async fn send_lean(
+    service: &ServiceSnapshot,
+    pool: &Arc<Pool>,
+    request: Request<Incoming>,
+) -> Sent {
+    let mut stale = 0;
+    loop {
+        let (conn, reused) = match pool.checkout_h1(service.connect_timeout).await {
+            Ok(checked_out) => checked_out,
+            Err(error) => return Sent::ConnectFailed(error, request),
+        };
+        let sent = Instant::now();
+        let response = tokio::time::timeout(
+            service.request_timeout,
+            conn.send(&request, reused, Arc::clone(pool)),
+        )
+        .await;
+        match response {
+            Ok(Ok(response)) => {
+                return Sent::Answered {
+                    response: response.map(ResponseBody::Lean),
+                    took: sent.elapsed(),
+                    connection: None,
+                }
+            }
+            Err(_elapsed) => return Sent::TimedOut,
+            Ok(Err(failed)) if failed.unsent && stale < STALE_CONNECTION_RETRIES => stale += 1,
+            Ok(Err(failed)) if failed.unsent => {
+                return Sent::Unsent(request, failed.error.to_string())
+            }
+            Ok(Err(failed)) => return Sent::Failed(failed.error.to_string()),
+        }
+    }
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute

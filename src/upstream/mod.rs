@@ -11,6 +11,12 @@
 //!
 //! Connecting is a separate step from sending so that a connect failure
 //! leaves the request untouched and the proxy can retry it elsewhere.
+//!
+//! Requests without a body to a plain HTTP/1.1 instance use the lean
+//! client in [`h1`]; everything else uses hyper's client. Both kinds of
+//! idle connection are pooled side by side.
+
+pub mod h1;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,6 +109,51 @@ impl Sender {
     }
 }
 
+/// Errors of a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body from either client.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// From hyper's client.
+    Hyper(Incoming),
+    /// From the lean HTTP/1.1 client.
+    Lean(h1::Body),
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Hyper(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(Into::into))),
+            ResponseBody::Lean(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Hyper(body) => body.is_end_stream(),
+            ResponseBody::Lean(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ResponseBody::Hyper(body) => body.size_hint(),
+            ResponseBody::Lean(body) => body.size_hint(),
+        }
+    }
+}
+
 /// How to talk to the instances: protocol and TLS, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Settings {
@@ -117,10 +168,19 @@ struct Transport {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
 }
 
+/// Idle connections of one traffic worker.
+#[derive(Default)]
+struct Slot {
+    /// hyper's (HTTP/1.1, or the shared HTTP/2 one).
+    hyper: Vec<Sender>,
+    /// The lean client's.
+    lean: Vec<h1::Conn>,
+}
+
 /// The connection pool of one instance.
 pub struct Pool {
     address: SocketAddr,
-    idle: Box<[Mutex<Vec<Sender>>]>,
+    idle: Box<[Mutex<Slot>]>,
     max_idle: usize,
     transport: ArcSwap<Transport>,
 }
@@ -150,7 +210,7 @@ impl Pool {
     pub fn new(address: SocketAddr, slots: usize, max_idle: usize) -> Pool {
         Pool {
             address,
-            idle: (0..slots.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..slots.max(1)).map(|_| Mutex::default()).collect(),
             max_idle,
             transport: ArcSwap::from_pointee(Transport {
                 settings: Settings::default(),
@@ -183,21 +243,26 @@ impl Pool {
             tls,
         }));
         for slot in self.idle.iter() {
-            slot.lock().unwrap_or_else(PoisonError::into_inner).clear();
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::default();
         }
         Ok(())
     }
 
     /// This worker's idle list.
-    fn slot(&self) -> &Mutex<Vec<Sender>> {
-        &self.idle[crate::server::current_worker() % self.idle.len()]
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.idle[crate::server::current_worker() % self.idle.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Number of pooled connections.
     pub fn idle_count(&self) -> usize {
         self.idle
             .iter()
-            .map(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|slot| {
+                let slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                slot.hyper.len() + slot.lean.len()
+            })
             .sum()
     }
 
@@ -206,12 +271,12 @@ impl Pool {
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
-            let mut idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner);
-            let sender = match idle.pop() {
+            let mut slot = self.slot();
+            let sender = match slot.hyper.pop() {
                 Some(Sender::Http2(shared)) if shared.is_ready() => {
                     // HTTP/2 is shared: it stays in the pool.
                     let clone = shared.clone();
-                    idle.push(Sender::Http2(shared));
+                    slot.hyper.push(Sender::Http2(shared));
                     Sender::Http2(clone)
                 }
                 Some(sender @ Sender::Http1(_)) if sender.is_ready() => sender,
@@ -257,9 +322,54 @@ impl Pool {
     }
 
     fn push(&self, sender: Sender) {
-        let mut idle = self.slot().lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push(sender);
+        let mut slot = self.slot();
+        if slot.hyper.len() < self.max_idle {
+            slot.hyper.push(sender);
+        }
+    }
+
+    /// Whether requests without a body can use the lean client: plain
+    /// TCP and HTTP/1.1.
+    pub fn takes_lean(&self) -> bool {
+        let transport = self.transport.load();
+        transport.tls.is_none() && transport.settings.protocol == UpstreamProtocol::Http1
+    }
+
+    /// A lean-client connection: the most recently used idle one that is
+    /// still open, or a new one. The flag says whether it was reused.
+    pub async fn checkout_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(h1::Conn, bool), ConnectError> {
+        loop {
+            // The lock is held only for the pop, never across an await.
+            let Some(mut conn) = self.slot().lean.pop() else {
+                break;
+            };
+            let closed =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(conn.closed_while_idle(cx))).await;
+            if !closed {
+                return Ok((conn, true));
+            }
+        }
+        let address = self.address;
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                address,
+                timeout: connect_timeout,
+            })?
+            .map_err(|source| ConnectError::Io { address, source })?;
+        // Requests are small writes; Nagle would delay them by an RTT.
+        let _ = stream.set_nodelay(true);
+        Ok((h1::Conn::new(stream), false))
+    }
+
+    /// Returns a lean-client connection whose response was read to the end.
+    pub fn checkin_h1(&self, conn: h1::Conn) {
+        let mut slot = self.slot();
+        if slot.lean.len() < self.max_idle {
+            slot.lean.push(conn);
         }
     }
 
