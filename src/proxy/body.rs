@@ -3,10 +3,11 @@
 //! to the pool (only if the body was read to the end), and the access-log
 //! event is written with the bytes sent.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,6 +15,7 @@ use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Sleep;
 
 use super::access_log::AccessLog;
 use crate::registry::InFlightGuard;
@@ -35,11 +37,17 @@ impl ProxyBody {
     }
 }
 
-/// An upstream response body with its bookkeeping.
+/// An upstream response body with its bookkeeping. An upstream that goes
+/// silent in the middle of a body for longer than `read_timeout` fails it,
+/// so a stalled instance cannot hold a client forever.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: ResponseBody,
     completion: Option<Completion>,
+    read_timeout: Duration,
+    /// Armed when a poll finds no bytes; reset when bytes come.
+    silence: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 /// Done once, when the body ends or is dropped.
@@ -95,11 +103,38 @@ pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut completio
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: ResponseBody, completion: Completion) -> UpstreamBody {
+    pub(crate) fn new(
+        inner: ResponseBody,
+        completion: Completion,
+        read_timeout: Duration,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner,
             completion: Some(completion),
+            read_timeout,
+            silence: None,
+            waiting: false,
         }
+    }
+
+    /// Whether the upstream has now been silent for too long. Only a poll
+    /// that found nothing pays for the timer.
+    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.waiting {
+            self.waiting = true;
+            let now = tokio::time::Instant::now();
+            // (A year stands in for "never" where the sum would overflow.)
+            let deadline = now
+                .checked_add(self.read_timeout)
+                .unwrap_or(now + Duration::from_secs(365 * 86_400));
+            match self.silence.as_mut() {
+                Some(silence) => silence.as_mut().reset(deadline),
+                None => self.silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.silence
+            .as_mut()
+            .is_some_and(|silence| silence.as_mut().poll(cx).is_ready())
     }
 
     fn finish(&mut self, complete: bool) {
@@ -127,6 +162,19 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if self.silent_too_long(cx) {
+                self.finish(false);
+                let error = format!(
+                    "the upstream sent nothing for {:?} in the middle of the body",
+                    self.read_timeout
+                );
+                tracing::warn!(%error, "response body cut short");
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            return Poll::Pending;
+        }
+        self.waiting = false;
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 use crate::config::Cidr;
@@ -37,7 +37,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 /// `TE: trailers` is kept: it is the one TE value HTTP/2 allows, and gRPC
-/// servers require it.
+/// servers require it. A message that came with `Transfer-Encoding` also
+/// loses `Content-Length`, which it overrides (RFC 9112 §6.3 requires a
+/// proxy to drop it): the next hop frames the body anew.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) names present, comparing interned names, so
     // that the usual message (none, or only `Connection: keep-alive`) costs
@@ -75,6 +77,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
+            if *name == TRANSFER_ENCODING {
+                headers.remove(CONTENT_LENGTH);
+            }
         }
     }
     if trailers {
@@ -246,6 +251,16 @@ mod tests {
             write_ip(ip, &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
+    }
+
+    #[test]
+    fn transfer_encoding_overrides_content_length() {
+        let mut h = headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = headers(&[("content-length", "3"), ("connection", "keep-alive")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.get("content-length").unwrap(), "3");
     }
 
     #[test]

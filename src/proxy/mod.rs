@@ -120,7 +120,11 @@ impl Proxy {
                 match (upstream_upgrade, upgrade) {
                     (None, _) => Response::from_parts(
                         parts,
-                        ProxyBody::Upstream(UpstreamBody::new(body, completion)),
+                        ProxyBody::Upstream(UpstreamBody::new(
+                            body,
+                            completion,
+                            service.map_or(Duration::MAX, |s| s.request_timeout),
+                        )),
                     ),
                     (Some(upstream_upgrade), Some((_, client_upgrade))) => {
                         if let Some(protocol) = protocol {

@@ -77,15 +77,16 @@ pub struct SendError {
 }
 
 impl Conn {
-    /// Wraps a connected socket.
-    pub fn new(io: TcpStream) -> Conn {
-        Conn {
+    /// Wraps a connected socket. Boxed: it moves between the pool, the
+    /// request and the response body, always as one pointer.
+    pub fn new(io: TcpStream) -> Box<Conn> {
+        Box::new(Conn {
             io,
             buf: vec![0; BUFFER],
             start: 0,
             end: 0,
             head: Vec::with_capacity(512),
-        }
+        })
     }
 
     /// Whether an idle pooled connection was closed (or sent bytes nobody
@@ -111,7 +112,7 @@ impl Conn {
     /// as the returned response's body is polled; at its end the connection
     /// goes back to `pool` if it can carry another request.
     pub async fn send<B>(
-        mut self,
+        mut self: Box<Self>,
         request: &Request<B>,
         reused: bool,
         pool: Arc<Pool>,
@@ -166,9 +167,14 @@ impl Conn {
                     // A reused connection closed before any answer: the
                     // upstream dropped it as the request went out. Only a
                     // safe method is sent again (it may have been seen).
+                    let closed = match &error {
+                        Error::ClosedBeforeResponse => true,
+                        Error::Io(error) => is_closed_error(error),
+                        _ => false,
+                    };
                     let unsent = reused
                         && !received_any
-                        && matches!(error, Error::ClosedBeforeResponse)
+                        && closed
                         && matches!(
                             *request.method(),
                             Method::GET | Method::HEAD | Method::OPTIONS
@@ -443,7 +449,7 @@ enum Chunk {
 /// A response body read from the connection as it is polled.
 #[derive(Debug)]
 pub struct Body {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     pool: Option<Arc<Pool>>,
     state: State,
     reusable: bool,
@@ -454,8 +460,13 @@ impl Body {
     /// keeps it open and sent nothing beyond this response.
     fn finish(&mut self) {
         self.state = State::Done;
-        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+        if let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
             if self.reusable && conn.start == conn.end {
+                (conn.start, conn.end) = (0, 0);
+                if conn.buf.len() > BUFFER {
+                    // Grown for a large head: idle connections keep the usual size.
+                    conn.buf = vec![0; BUFFER];
+                }
                 pool.checkin_h1(conn);
             }
         }
@@ -504,7 +515,7 @@ impl Body {
                 Poll::Ready(Ok(Some(Frame::data(chunk))))
             }
             State::Chunked(Chunk::Size) => {
-                let Some(line_end) = find_crlf(conn.buffered()) else {
+                let Some(line_end) = find_crlf(conn.buffered())? else {
                     return more(conn, cx, MAX_CHUNK_LINE, "chunk-size line too long");
                 };
                 let size = chunk_size(&conn.buffered()[..line_end])?;
@@ -576,21 +587,34 @@ fn more(
     }
 }
 
-fn find_crlf(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|pair| pair == b"\r\n")
+/// Where the first line ends (its CR), if it has ended; a bare LF is an error.
+fn find_crlf(bytes: &[u8]) -> Result<Option<usize>, Error> {
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(lf) if lf > 0 && bytes[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err(Error::Invalid("chunk-size line not ended by CRLF")),
+        None => Ok(None),
+    }
 }
 
-/// The size on a chunk-size line (hex digits, then optional extensions).
+/// The size on a chunk-size line: hex digits, then nothing or extensions
+/// (`;`, optionally after spaces or tabs), as RFC 9112 §7.1 has it.
 fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let digits = line
+    let bad = Error::Invalid("bad chunk size");
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let extensions = rest
         .iter()
-        .position(|&b| b == b';' || b == b' ' || b == b'\t')
-        .map_or(line, |end| &line[..end]);
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(Error::Invalid("bad chunk size"));
+        .position(|&b| b != b' ' && b != b'\t')
+        .is_some_and(|i| rest[i] == b';');
+    if digits == 0 || digits > 15 || !(rest.is_empty() || extensions) {
+        return Err(bad);
     }
-    let text = std::str::from_utf8(digits).map_err(|_| Error::Invalid("bad chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| Error::Invalid("bad chunk size"))
+    line[..digits].iter().try_fold(0u64, |size, &b| {
+        let digit = (b as char)
+            .to_digit(16)
+            .ok_or(Error::Invalid("bad chunk size"))?;
+        Ok(size << 4 | u64::from(digit))
+    })
 }
 
 impl http_body::Body for Body {
@@ -649,6 +673,23 @@ mod tests {
         assert!(chunk_size(b"").is_err());
         assert!(chunk_size(b"xyz").is_err());
         assert!(chunk_size(b"1000000000000000").is_err());
+        assert_eq!(chunk_size(b"a ;x").unwrap(), 10);
+        for bad in [&b"+3"[..], b"-3", b"3 junk", b"3 ", b"0x3", b";x"] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_end_with_crlf() {
+        assert_eq!(find_crlf(b"3\r\nabc").unwrap(), Some(1));
+        assert_eq!(find_crlf(b"3").unwrap(), None);
+        assert_eq!(find_crlf(b"3\r").unwrap(), None);
+        assert!(find_crlf(b"3\nabc").is_err());
+        assert!(find_crlf(b"\n").is_err());
     }
 
     #[test]

@@ -173,8 +173,10 @@ struct Transport {
 struct Slot {
     /// hyper's (HTTP/1.1, or the shared HTTP/2 one).
     hyper: Vec<Sender>,
-    /// The lean client's.
-    lean: Vec<h1::Conn>,
+    /// The lean client's, boxed once per connection so that handing one to
+    /// a request and its body moves a pointer, not the whole state.
+    #[allow(clippy::vec_box)]
+    lean: Vec<Box<h1::Conn>>,
 }
 
 /// The connection pool of one instance.
@@ -340,7 +342,7 @@ impl Pool {
     pub async fn checkout_h1(
         &self,
         connect_timeout: Duration,
-    ) -> Result<(h1::Conn, bool), ConnectError> {
+    ) -> Result<(Box<h1::Conn>, bool), ConnectError> {
         loop {
             // The lock is held only for the pop, never across an await.
             let Some(mut conn) = self.slot().lean.pop() else {
@@ -366,7 +368,7 @@ impl Pool {
     }
 
     /// Returns a lean-client connection whose response was read to the end.
-    pub fn checkin_h1(&self, conn: h1::Conn) {
+    pub fn checkin_h1(&self, conn: Box<h1::Conn>) {
         let mut slot = self.slot();
         if slot.lean.len() < self.max_idle {
             slot.lean.push(conn);
