@@ -145,11 +145,12 @@ haproxy -f "$WORK/relay.cfg" -db 2>"$WORK/relay.log" &
 RELAY_PID=$!
 PIDS+=($RELAY_PID)
 
-# --- switchyard ------------------------------------------------------------
-sy_config() { # strategy
+# --- switchyard: one process per variant, each on its own ports, so every
+# variant is measured inside the same interleaved rounds as the references
+sy_config() { # strategy port admin-port
   cat <<EOF
-listeners: [{address: "127.0.0.1:$SY_PORT"}]
-admin: {address: "127.0.0.1:$SY_ADMIN"}
+listeners: [{address: "127.0.0.1:$2"}]
+admin: {address: "127.0.0.1:$3"}
 routes: [{service: bench}]
 services:
   bench:
@@ -160,21 +161,35 @@ services:
       - {address: "127.0.0.1:$UP3"}
 EOF
 }
-SY_PID=
-start_switchyard() { # strategy log-filter
-  [ -n "$SY_PID" ] && { kill "$SY_PID"; wait "$SY_PID" 2>/dev/null || true; }
-  sy_config "$1" > "$WORK/switchyard.yaml"
-  RUST_LOG=$2 "$BIN" run -c "$WORK/switchyard.yaml" --state-dir "$WORK/versions" --no-watch \
-    --log-format json 2>>"$WORK/switchyard.log" >/dev/null &
-  SY_PID=$!
-  PIDS+=($SY_PID)
+declare -A SY_PIDS SY_PORTS
+SY_NAMES=()
+start_switchyard() { # name port strategy log-filter
+  local name=$1 port=$2 dir="$WORK/sy-${#SY_NAMES[@]}"
+  if [ -n "${SY_PIDS[$name]:-}" ]; then
+    kill "${SY_PIDS[$name]}"; wait "${SY_PIDS[$name]}" 2>/dev/null || true
+  else
+    SY_NAMES+=("$name")
+  fi
+  mkdir -p "$dir"
+  sy_config "$3" "$port" "$((port + 100))" > "$dir/switchyard.yaml"
+  RUST_LOG=$4 "$BIN" run -c "$dir/switchyard.yaml" --state-dir "$dir/versions" --no-watch \
+    --log-format json 2>>"$dir/switchyard.log" >/dev/null &
+  SY_PIDS[$name]=$!
+  SY_PORTS[$name]=$port
+  PIDS+=($!)
   for _ in $(seq 50); do
-    curl -fsS "http://127.0.0.1:$SY_PORT/" >/dev/null 2>&1 && return
+    curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && return
     sleep 0.1
   done
-  echo "switchyard did not start" >&2; cat "$WORK/switchyard.log" >&2; exit 1
+  echo "switchyard ($name) did not start" >&2; cat "$dir/switchyard.log" >&2; exit 1
 }
-start_switchyard round_robin warn
+start_switchyard switchyard "$SY_PORT" round_robin warn
+if [ "$VARIANTS" = 1 ]; then
+  start_switchyard switchyard/least_connections $((BASE_PORT + 15)) least_connections warn
+  start_switchyard switchyard/ip_hash $((BASE_PORT + 16)) ip_hash warn
+  # info turns the access log on (one JSON line per request)
+  start_switchyard switchyard+access-log $((BASE_PORT + 17)) round_robin info
+fi
 
 for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT $RELAY_PORT; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -228,14 +243,17 @@ for round in $(seq "$ROUNDS"); do
     measure nginx "$NGINX_PORT" "$conns" $(NGINX_PIDS)
     # shellcheck disable=SC2046
     measure haproxy "$HAPROXY_PORT" "$conns" $(HAPROXY_PIDS)
-    measure switchyard "$SY_PORT" "$conns" "$SY_PID"
+    for name in "${SY_NAMES[@]}"; do
+      measure "$name" "${SY_PORTS[$name]}" "$conns" "${SY_PIDS[$name]}"
+    done
     measure tcp-relay "$RELAY_PORT" "$conns" "$RELAY_PID"
   done
 done
 
 # --- memory -------------------------------------------------------------------
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-start_switchyard round_robin warn
+start_switchyard switchyard "$SY_PORT" round_robin warn
+SY_PID=${SY_PIDS[switchyard]}
 IDLE_RSS=$(rss_kib "$SY_PID")
 wrk -t2 -c256 -d"${DURATION}s" "http://127.0.0.1:$SY_PORT/" >/dev/null 2>&1 &
 WRK=$!
@@ -270,18 +288,6 @@ read -r IDLE_CONNS IDLE_CONNS_RSS PER_CONN < "$WORK/memory"
 printf 'memory: idle %s KiB; %s KiB during 256-connection load; %s KiB with %s idle keep-alive connections (%.1f KiB each)\n' \
   "$IDLE_RSS" "$LOADED_RSS" "$IDLE_CONNS_RSS" "$IDLE_CONNS" "$(awk -v b="$PER_CONN" 'BEGIN {print b / 1024}')" > "$WORK/memory.txt"
 cat "$WORK/memory.txt" >&2
-
-if [ "$VARIANTS" = 1 ]; then
-  for variant in "least_connections warn" "ip_hash warn" "round_robin info"; do
-    set -- $variant
-    start_switchyard "$1" "$2"
-    name="switchyard/$1"
-    [ "$2" = info ] && name="switchyard+access-log"
-    for round in $(seq "$ROUNDS"); do
-      for conns in $CONNECTIONS; do measure "$name" "$SY_PORT" "$conns" "$SY_PID"; done
-    done
-  done
-fi
 
 # --- the table: medians over rounds -----------------------------------------
 python3 - "$RESULTS" <<'EOF'
