@@ -9,13 +9,15 @@
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
 #                                   # metrics-and-logs variants
 #
-# A fifth target, HAProxy as a plain TCP relay, shows the ceiling: it parses
-# no HTTP but makes the same socket calls per request as the HTTP proxies.
+# Every switchyard variant (round_robin, least_connections, ip_hash, access
+# log on) runs as its own process and is measured in the same rounds. A last
+# target, HAProxy as a plain TCP relay, shows the ceiling: it parses no HTTP
+# but makes the same socket calls per request as the HTTP proxies.
 #
 # Prints, per connection count: median req/s, p50 and p99 latency, errors,
-# CPU time per request (user+sys of the proxy's processes over the run,
-# divided by the requests served) and each proxy's req/s as a ratio to the
-# direct run and to the better of nginx and HAProxy.
+# CPU time per request (user and sys time of the proxy's processes over the
+# run, divided by the requests served) and each proxy's req/s as a ratio to
+# the direct run and to the better of nginx and HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -200,15 +202,15 @@ done
 NGINX_PIDS() { echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; }
 HAPROXY_PIDS() { echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')"; }
 
-cpu_ticks() { # pids... -> utime+stime in clock ticks
-  local total=0
+cpu_ticks() { # pids... -> "utime stime" in clock ticks
+  local user=0 sys=0
   for pid in "$@"; do
     [ -r "/proc/$pid/stat" ] || continue
     # fields 14 and 15, after the parenthesised command name
     read -r u s < <(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
-    total=$((total + u + s))
+    user=$((user + u)) sys=$((sys + s))
   done
-  echo $total
+  echo "$user $sys"
 }
 TICKS=$(getconf CLK_TCK)
 
@@ -216,22 +218,25 @@ RESULTS="$WORK/results"
 : > "$RESULTS"
 measure() { # name port connections pids...
   local name=$1 port=$2 conns=$3; shift 3
-  local before after out
-  before=$(cpu_ticks "$@")
+  local user0 sys0 user1 sys1 out
+  read -r user0 sys0 < <(cpu_ticks "$@")
   out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1) || true
-  after=$(cpu_ticks "$@")
+  read -r user1 sys1 < <(cpu_ticks "$@")
   local rps p50 p99 requests errors
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   errors=$(awk '/Socket errors/ {gsub(",",""); s=$4+$6+$8+$10} /Non-2xx/ {n=$NF} END {print s+n+0}' <<<"$out")
-  local cpu_us="-"
+  local user_us="-" sys_us="-"
   if [ $# -gt 0 ] && [ "${requests:-0}" -gt 0 ]; then
-    cpu_us=$(awk -v d=$((after - before)) -v t="$TICKS" -v r="$requests" 'BEGIN {printf "%.1f", d / t * 1e6 / r}')
+    per_request() { awk -v d="$1" -v t="$TICKS" -v r="$requests" 'BEGIN {printf "%.1f", d / t * 1e6 / r}'; }
+    user_us=$(per_request $((user1 - user0)))
+    sys_us=$(per_request $((sys1 - sys0)))
   fi
-  echo "$name $conns $rps $p50 $p99 $errors $cpu_us" >> "$RESULTS"
-  printf '  %-26s c=%-4s %10s req/s  p50 %-8s p99 %-8s errors %-4s cpu/req %s us\n' "$name" "$conns" "$rps" "$p50" "$p99" "$errors" "$cpu_us" >&2
+  echo "$name $conns $rps $p50 $p99 $errors $user_us $sys_us" >> "$RESULTS"
+  printf '  %-28s c=%-4s %10s req/s  p50 %-8s p99 %-8s errors %-4s cpu/req %s user + %s sys us\n' \
+    "$name" "$conns" "$rps" "$p50" "$p99" "$errors" "$user_us" "$sys_us" >&2
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $ROUNDS rounds x ${DURATION}s" >&2
@@ -294,7 +299,8 @@ python3 - "$RESULTS" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, conns, rps, p50, p99, errors, cpu = line.split()
+    name, conns, rps, p50, p99, errors, user, sys_ = line.split()
+    cpu = None if user == "-" else (float(user), float(sys_))
     rows.setdefault((name, int(conns)), []).append((float(rps), p50, p99, int(errors), cpu))
 
 def ms(text):
@@ -313,21 +319,22 @@ for conns in sorted({c for _, c in rows}):
         runs = rows.get((name, conns))
         if not runs:
             continue
-        cpu = [float(r[4]) for r in runs if r[4] != "-"]
+        cpu = [r[4] for r in runs if r[4] is not None]
         med[name] = (
             statistics.median(r[0] for r in runs),
             statistics.median(ms(r[1]) for r in runs),
             statistics.median(ms(r[2]) for r in runs),
             sum(r[3] for r in runs),
-            statistics.median(cpu) if cpu else None,
+            # the run with the median total, so user + sys add up
+            sorted(cpu, key=sum)[len(cpu) // 2] if cpu else None,
         )
     direct = med.get("direct", (float("nan"),))[0]
     best_ref = max(med.get("nginx", (0,))[0], med.get("haproxy", (0,))[0])
     print(f"\n{conns} connections (median of {len(rows[('direct', conns)])} runs)")
-    print(f"| target | req/s | p50 ms | p99 ms | errors | CPU µs/req | × direct | × best of nginx/HAProxy |")
+    print(f"| target | req/s | p50 ms | p99 ms | errors | CPU µs/req (user + sys) | × direct | × best of nginx/HAProxy |")
     print(f"|---|---|---|---|---|---|---|---|")
     for name, (rps, p50, p99, errors, cpu) in med.items():
-        cpu_text = f"{cpu:.1f}" if cpu is not None else "-"
+        cpu_text = f"{sum(cpu):.1f} ({cpu[0]:.1f} + {cpu[1]:.1f})" if cpu is not None else "-"
         ref = f"{rps / best_ref:.2f}" if name != "direct" and best_ref else "-"
         print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu_text} | {rps / direct:.2f} | {ref} |")
 EOF

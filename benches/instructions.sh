@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Instructions the proxy executes per proxied request, counted by callgrind:
+# unlike req/s on a shared machine, the count repeats run after run, so it
+# shows what a change to the request path costs or saves.
+#
+#   benches/instructions.sh              # the release build of this checkout
+#   BIN=/path/to/switchyard benches/instructions.sh   # another build
+#
+# One nginx upstream (`return 200`, ~100 bytes) and switchyard under
+# callgrind on 127.0.0.1; wrk (1 thread, 8 connections) warms up for 3 s,
+# the counters are zeroed, then 10 s of load are counted. Start-up and
+# warm-up are not in the figure. Everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE_PORT=${BASE_PORT:-19080}
+need=()
+for tool in nginx wrk valgrind; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin switchyard
+  BIN=$PWD/target/release/switchyard
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 0.3
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+UPSTREAM=$BASE_PORT PROXY=$((BASE_PORT + 1)) ADMIN=$((BASE_PORT + 2))
+BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'
+cat > "$WORK/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/error.log crit;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UPSTREAM;
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+}
+EOF
+nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+cat > "$WORK/switchyard.yaml" <<EOF
+listeners: [{address: "127.0.0.1:$PROXY"}]
+admin: {address: "127.0.0.1:$ADMIN"}
+routes: [{service: bench}]
+services:
+  bench:
+    instances: [{address: "127.0.0.1:$UPSTREAM"}]
+EOF
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
+  "$BIN" run -c "$WORK/switchyard.yaml" --state-dir "$WORK/versions" --no-watch \
+  2>"$WORK/valgrind.log" >/dev/null &
+VALGRIND=$!
+PIDS+=($VALGRIND)
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break
+  sleep 0.3
+done
+curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null || { cat "$WORK/valgrind.log" >&2; exit 1; }
+
+wrk -t1 -c8 -d3s "http://127.0.0.1:$PROXY/" >/dev/null
+callgrind_control -z "$VALGRIND" >/dev/null 2>&1
+out=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PROXY/")
+callgrind_control -d "$VALGRIND" >/dev/null 2>&1
+requests=$(awk '/requests in/ {print $1}' <<<"$out")
+dump=$(ls "$WORK"/callgrind.*.1 | head -1)
+instructions=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+awk -v i="$instructions" -v r="$requests" \
+  'BEGIN {printf "%d requests, %d instructions: %.0f instructions per proxied request\n", r, i, i / r}'
