@@ -1,7 +1,8 @@
 //! Logging set-up: tracing to stderr, text or one JSON object per line.
 //!
 //! Lines are written by a background thread, so a request never waits for
-//! stderr (a pipe or a log shipper can be slow); the queue holds up to
+//! stderr (a pipe or a log shipper can be slow), in batches of whatever
+//! has queued up; the queue holds up to
 //! [`QUEUED_LINES`] lines and, when full, makes the writer wait rather than
 //! drop lines.
 
@@ -34,7 +35,13 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
         .lossy(false)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name("switchyard-log")
-        .finish(std::io::stderr());
+        // The thread drains the whole queue into this buffer before it
+        // flushes, so under load many lines go out in one write, and a lone
+        // line still goes out at once.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
