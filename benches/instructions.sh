@@ -14,28 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BASE_PORT=${BASE_PORT:-19080}
-need=()
-for tool in nginx wrk valgrind; do
-  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source benches/common.sh
+need_tools nginx wrk valgrind
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet --bin switchyard
   BIN=$PWD/target/release/switchyard
 fi
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
 
 UPSTREAM=$BASE_PORT PROXY=$((BASE_PORT + 1)) ADMIN=$((BASE_PORT + 2))
 BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'

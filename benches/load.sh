@@ -30,26 +30,10 @@ CONNECTIONS=${CONNECTIONS:-"64 256"}
 VARIANTS=${VARIANTS:-1}
 BASE_PORT=${BASE_PORT:-18080}
 
-need=()
-for tool in nginx haproxy wrk; do
-  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source benches/common.sh
+need_tools nginx haproxy wrk
 cargo build --release --quiet --bin switchyard
 BIN=$PWD/target/release/switchyard
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  sleep 0.3
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
 
 UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
 NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))

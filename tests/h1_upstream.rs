@@ -232,6 +232,14 @@ async fn fetch_whole(
     Ok((status, body))
 }
 
+/// GETs `url` and checks the answer is a 200 with `body`.
+async fn get_ok(client: &Client<HttpConnector, Full<Bytes>>, url: &str, body: &str) -> Got {
+    let got = get(client, url, &[]).await;
+    assert_eq!(got.status, 200, "{url}: {}", got.body);
+    assert_eq!(got.body, body, "{url}");
+    got
+}
+
 /// For answers the proxy cannot relay whole: a failed exchange (the client
 /// learns the body is broken) or a proxy error status is right; a clean 200
 /// is not, whatever its body.
@@ -269,9 +277,12 @@ async fn chunked_body_with_extensions_and_trailers_is_read_and_the_connection_re
     let proxy = proxy_to(&upstream, "").await;
     let client = client();
     for _ in 0..2 {
-        let got = get(&client, &format!("{}/chunked", base(&proxy)), &[]).await;
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.body, "hello chunked abcdefghijklmnopqrstuvwxyz");
+        get_ok(
+            &client,
+            &format!("{}/chunked", base(&proxy)),
+            "hello chunked abcdefghijklmnopqrstuvwxyz",
+        )
+        .await;
     }
     assert_eq!(upstream.accepted(), 1, "the connection was not reused");
 }
@@ -290,9 +301,7 @@ async fn transfer_encoding_wins_over_content_length_and_the_length_is_not_forwar
     let client = client();
     let url = format!("{}/", base(&proxy));
     for _ in 0..2 {
-        let got = get(&client, &url, &[]).await;
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.body, "ok");
+        let got = get_ok(&client, &url, "ok").await;
         assert!(
             got.headers.get("content-length").is_none(),
             "{:?}",
@@ -311,12 +320,8 @@ async fn close_delimited_body_is_read_to_the_end_and_the_connection_not_reused()
     let proxy = proxy_to(&upstream, "").await;
     let client = client();
     let url = format!("{}/", base(&proxy));
-    let got = get(&client, &url, &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "until the end");
-    let got = get(&client, &url, &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "until the end");
+    get_ok(&client, &url, "until the end").await;
+    get_ok(&client, &url, "until the end").await;
     assert_eq!(upstream.accepted(), 2);
 }
 
@@ -337,9 +342,7 @@ async fn head_answer_has_no_body_despite_its_content_length() {
     assert_eq!(got.body, "");
     // Had the client waited for 5 body bytes, the GET's answer would have
     // been taken as the HEAD's body.
-    let got = get(&client, &url, &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "hello");
+    get_ok(&client, &url, "hello").await;
     assert_eq!(upstream.accepted(), 1, "the connection was not reused");
 }
 
@@ -370,9 +373,7 @@ async fn no_content_and_not_modified_answers_have_no_body() {
     assert_eq!(got.status, 304, "{}", got.body);
     assert_eq!(got.headers["etag"], "\"v1\"");
     assert_eq!(got.body, "");
-    let got = get(&client, &format!("{base}/after"), &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "hello");
+    get_ok(&client, &format!("{base}/after"), "hello").await;
     assert_eq!(upstream.accepted(), 1, "the connection was not reused");
 }
 
@@ -394,9 +395,7 @@ async fn informational_answers_before_the_final_one_are_skipped() {
     let proxy = proxy_to(&upstream, "").await;
     let client = client();
     for _ in 0..2 {
-        let got = get(&client, &format!("{}/", base(&proxy)), &[]).await;
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.body, "final");
+        get_ok(&client, &format!("{}/", base(&proxy)), "final").await;
     }
     assert_eq!(upstream.accepted(), 1, "the connection was not reused");
 }
@@ -417,9 +416,7 @@ async fn connection_close_answer_is_not_reused() {
     let client = client();
     let url = format!("{}/", base(&proxy));
     for _ in 0..2 {
-        let got = get(&client, &url, &[]).await;
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.body, "bye");
+        get_ok(&client, &url, "bye").await;
     }
     assert_eq!(upstream.accepted(), 2);
 }
@@ -432,9 +429,12 @@ async fn sequential_requests_share_one_keep_alive_connection() {
     let proxy = proxy_to(&upstream, "").await;
     let client = client();
     for i in 0..5 {
-        let got = get(&client, &format!("{}/req/{i}", base(&proxy)), &[]).await;
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.body, format!("/req/{i}"));
+        get_ok(
+            &client,
+            &format!("{}/req/{i}", base(&proxy)),
+            &format!("/req/{i}"),
+        )
+        .await;
     }
     assert_eq!(upstream.accepted(), 1);
 }
@@ -453,14 +453,10 @@ async fn idle_connection_closed_by_the_upstream_is_replaced() {
     let proxy = proxy_to(&upstream, "").await;
     let client = client();
     let url = format!("{}/", base(&proxy));
-    let got = get(&client, &url, &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "connection 1");
+    get_ok(&client, &url, "connection 1").await;
     // The pooled connection is closed by the upstream while idle.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = get(&client, &url, &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "connection 2");
+    get_ok(&client, &url, "connection 2").await;
     assert_eq!(upstream.accepted(), 2);
 }
 
@@ -544,9 +540,7 @@ async fn oversized_response_head_is_a_502_and_the_proxy_goes_on() {
     let got = get(&client, &format!("{base}/big"), &[]).await;
     assert_eq!(got.status, 502, "{}", got.body);
     assert!(got.body.contains("invalid response"), "{}", got.body);
-    let got = get(&client, &format!("{base}/small"), &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "fine");
+    get_ok(&client, &format!("{base}/small"), "fine").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -694,7 +688,5 @@ async fn request_with_a_body_then_one_without_both_get_their_answers() {
     let got = send(&client, post).await;
     assert_eq!(got.status, 200, "{}", got.body);
     assert_eq!(got.body, "POST /submit [hello]");
-    let got = get(&client, &format!("{base}/fetch"), &[]).await;
-    assert_eq!(got.status, 200, "{}", got.body);
-    assert_eq!(got.body, "GET /fetch []");
+    get_ok(&client, &format!("{base}/fetch"), "GET /fetch []").await;
 }
