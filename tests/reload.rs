@@ -100,9 +100,20 @@ async fn a_file_edit_changes_instances_and_strategy_live() {
     let took = eventually(|| async { served_by(&running).await == "b" }).await;
     eprintln!("file edit served after {took:?}");
 
-    let (_, status) = admin(&running, Method::GET, "/admin/status").await;
+    // The version is recorded (and fsynced) just after the swap.
+    let started = Instant::now();
+    let status = loop {
+        let (_, status) = admin(&running, Method::GET, "/admin/status").await;
+        if status["config"]["current_version"] == 2 {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "version 2 not recorded in 10s: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert_eq!(status["services"][0]["strategy"], "weighted_round_robin");
-    assert_eq!(status["config"]["current_version"], 2);
     assert_eq!(status["config"]["last"]["source"], "file");
     assert_eq!(status["config"]["last"]["result"], "applied");
 }

@@ -355,16 +355,13 @@ impl Pool {
             }
         }
         let address = self.address;
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| ConnectError::Timeout {
+        match tokio::time::timeout(connect_timeout, tcp(address)).await {
+            Ok(stream) => Ok((h1::Conn::new(stream?), false)),
+            Err(_) => Err(ConnectError::Timeout {
                 address,
                 timeout: connect_timeout,
-            })?
-            .map_err(|source| ConnectError::Io { address, source })?;
-        // Requests are small writes; Nagle would delay them by an RTT.
-        let _ = stream.set_nodelay(true);
-        Ok((h1::Conn::new(stream), false))
+            }),
+        }
     }
 
     /// Returns a lean-client connection whose response was read to the end.
@@ -379,11 +376,7 @@ impl Pool {
         let address = self.address;
         let transport = self.transport.load_full();
         let connecting = async {
-            let stream = TcpStream::connect(address)
-                .await
-                .map_err(|source| ConnectError::Io { address, source })?;
-            // Requests are small writes; Nagle would delay them by an RTT.
-            let _ = stream.set_nodelay(true);
+            let stream = tcp(address).await?;
             match &transport.tls {
                 None => handshake(stream, transport.settings.protocol, address).await,
                 Some((connector, name)) => {
@@ -400,6 +393,16 @@ impl Pool {
             Err(_) => Err(ConnectError::Timeout { address, timeout }),
         }
     }
+}
+
+/// A TCP connection to `address`, with Nagle off: requests are small
+/// writes, which Nagle would hold back for a round trip.
+async fn tcp(address: SocketAddr) -> Result<TcpStream, ConnectError> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|source| ConnectError::Io { address, source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 async fn handshake<I>(
