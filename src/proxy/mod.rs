@@ -276,6 +276,8 @@ async fn send_with_retries(
         }
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
+        // Only the access log reports upstream time: no clock reads without it.
+        let started = access_log::enabled().then(Instant::now);
         let sent = if lean && pool.takes_lean() {
             send_lean(service, pool, request).await
         } else {
@@ -284,10 +286,9 @@ async fn send_with_retries(
         match sent {
             Sent::Answered {
                 response,
-                took,
                 connection,
             } => {
-                outcome.upstream_time = Some(took);
+                outcome.upstream_time = started.map(|started| started.elapsed());
                 let status = response.status();
                 let server_error = status.is_server_error()
                     && service
@@ -370,11 +371,10 @@ async fn send_with_retries(
 
 /// How sending a request to one instance went.
 enum Sent {
-    /// A response head arrived after `took`; `connection` (hyper's) goes
+    /// A response head arrived; `connection` (hyper's) goes
     /// back to the pool when the body has been read.
     Answered {
         response: Response<ResponseBody>,
-        took: Duration,
         connection: Option<Sender>,
     },
     /// No connection could be made; the request is given back.
@@ -401,7 +401,6 @@ async fn send_hyper(
             Ok(connection) => connection,
             Err(error) => return Sent::ConnectFailed(error, request),
         };
-        let sent = Instant::now();
         let response = tokio::time::timeout(
             service.request_timeout,
             connection.sender.try_send_request(request),
@@ -411,7 +410,6 @@ async fn send_hyper(
             Ok(Ok(response)) => {
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
-                    took: sent.elapsed(),
                     connection: Some(connection.sender),
                 }
             }
@@ -442,7 +440,6 @@ async fn send_lean(
             Ok(checked_out) => checked_out,
             Err(error) => return Sent::ConnectFailed(error, request),
         };
-        let sent = Instant::now();
         let response = tokio::time::timeout(
             service.request_timeout,
             conn.send(&request, reused, Arc::clone(pool)),
@@ -452,7 +449,6 @@ async fn send_lean(
             Ok(Ok(response)) => {
                 return Sent::Answered {
                     response: response.map(ResponseBody::Lean),
-                    took: sent.elapsed(),
                     connection: None,
                 }
             }
