@@ -364,8 +364,12 @@ impl Pool {
         }
     }
 
-    /// Returns a lean-client connection whose response was read to the end.
+    /// Returns a lean-client connection whose response was read to the end
+    /// (unless the service moved to TLS or HTTP/2 meanwhile).
     pub fn checkin_h1(&self, conn: Box<h1::Conn>) {
+        if !self.takes_lean() {
+            return;
+        }
         let mut slot = self.slot();
         if slot.lean.len() < self.max_idle {
             slot.lean.push(conn);
