@@ -150,7 +150,7 @@ pub fn upstream_connector(
         tracing::warn!(%address, "TLS to this instance is not verified (tls.verify: false)");
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_custom_certificate_verifier(accept_any_certificate(provider))
             .with_no_client_auth()
     };
     config.alpn_protocols = match protocol {
@@ -166,7 +166,15 @@ pub fn upstream_connector(
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
 }
 
-/// Accepts any certificate: only for `tls.verify: false`.
+/// A verifier that accepts any server certificate (handshake signatures
+/// are still checked): what `tls.verify: false` uses, and what tests use to
+/// look at the certificate a listener presents.
+pub fn accept_any_certificate(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(NoVerification(provider))
+}
+
 #[derive(Debug)]
 struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
 
