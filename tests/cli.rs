@@ -209,6 +209,14 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         got.headers["x-request-id"].to_str().unwrap()
     );
     assert!(access["total_ms"].as_f64().unwrap() >= 800.0, "{access}");
+    // The upstream took its 800 ms before answering; the proxy's own part is
+    // the rest.
+    let upstream_ms = access["upstream_ms"].as_f64().unwrap();
+    assert!(upstream_ms >= 800.0, "{access}");
+    assert!(
+        upstream_ms <= access["total_ms"].as_f64().unwrap(),
+        "{access}"
+    );
     assert!(access["timestamp"].as_str().unwrap().contains('T'));
     assert!(events.iter().any(|e| e["message"] == "stopped"));
 }

@@ -47,7 +47,9 @@ struct Outcome {
     /// Index of the routed service in the snapshot.
     service: Option<usize>,
     instance: Option<Arc<Instance>>,
+    /// Measured only for the access log (no clock reads without it).
     upstream_time: Option<Duration>,
+    wants_upstream_time: bool,
 }
 
 impl Proxy {
@@ -83,6 +85,7 @@ impl Proxy {
             service: None,
             instance: None,
             upstream_time: None,
+            wants_upstream_time: log.is_some(),
         };
         // HTTP/1.1 upgrades (WebSocket and others) become a tunnel once the
         // upstream agrees (101).
@@ -276,8 +279,7 @@ async fn send_with_retries(
         }
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
-        // Only the access log reports upstream time: no clock reads without it.
-        let started = access_log::enabled().then(Instant::now);
+        let started = outcome.wants_upstream_time.then(Instant::now);
         let sent = if lean && pool.takes_lean() {
             send_lean(service, pool, request).await
         } else {
