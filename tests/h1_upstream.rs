@@ -440,6 +440,42 @@ async fn sequential_requests_share_one_keep_alive_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_beyond_the_response_retire_the_connection() {
+    // Bytes after a complete response belong to no request: whether they
+    // come with the response or while the connection waits in the pool, the
+    // connection is not used again (reading them as the next answer would
+    // hand one client another's response).
+    for (case, pieces) in [
+        (
+            "with the response",
+            vec![format!("{}stray", ok("connection 1"))],
+        ),
+        ("while idle", vec![ok("connection 1"), "stray".to_string()]),
+    ] {
+        let upstream = Scripted::start(move |seen| {
+            if seen.connection == 1 {
+                Reply::pieces(pieces.clone(), Then::KeepOpen)
+            } else {
+                Reply::keep(ok(&format!("connection {}", seen.connection)))
+            }
+        })
+        .await;
+        let proxy = proxy_to(&upstream, "").await;
+        let client = client();
+        let url = format!("{}/", base(&proxy));
+        get_ok(&client, &url, "connection 1").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let got = get(&client, &url, &[]).await;
+        assert_eq!(
+            (got.status, got.body.as_str()),
+            (200, "connection 2"),
+            "{case}"
+        );
+        assert_eq!(upstream.accepted(), 2, "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_closed_by_the_upstream_is_replaced() {
     let upstream = Scripted::start(|seen| {
         let then = if seen.connection == 1 {
