@@ -5,6 +5,11 @@
 #
 #   benches/instructions.sh              # the release build of this checkout
 #   BIN=/path/to/switchyard benches/instructions.sh   # another build
+#   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
+#     callgrind_annotate out.callgrind | head -40       # where they go
+#
+# With PROFILE the counters are not zeroed (callgrind loses the per-function
+# split of a zeroed dump), so start-up and warm-up, a few percent, are in it.
 #
 # One nginx upstream (`return 200`, ~100 bytes) and switchyard under
 # callgrind on 127.0.0.1; wrk (1 thread, 8 connections) warms up for 3 s,
@@ -60,11 +65,16 @@ done
 curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null || { cat "$WORK/valgrind.log" >&2; exit 1; }
 
 wrk -t1 -c8 -d3s "http://127.0.0.1:$PROXY/" >/dev/null
-callgrind_control -z "$VALGRIND" >/dev/null 2>&1
+[ -z "${PROFILE:-}" ] && callgrind_control -z "$VALGRIND" >/dev/null 2>&1
 out=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PROXY/")
 callgrind_control -d "$VALGRIND" >/dev/null 2>&1
 requests=$(awk '/requests in/ {print $1}' <<<"$out")
 dump=$(ls "$WORK"/callgrind.*.1 | head -1)
+if [ -n "${PROFILE:-}" ]; then
+  cp "$dump" "$PROFILE"
+  echo "profile of $requests counted requests (plus start-up and warm-up) written to $PROFILE"
+  exit 0
+fi
 instructions=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
 awk -v i="$instructions" -v r="$requests" \
   'BEGIN {printf "%d requests, %d instructions: %.0f instructions per proxied request\n", r, i, i / r}'

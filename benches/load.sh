@@ -241,6 +241,39 @@ done
 
 # --- memory -------------------------------------------------------------------
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Idle client connections: 10,000 (bounded in count and time) that never
+# send a request, then, in a fresh process after the 256-connection load,
+# 10,000 keep-alive clients that send one, read the answer and sit idle.
+idle_connections() { # port pid send-request(0|1) -> "count rss-after KiB-each"
+  python3 - "$@" <<'PY'
+import resource, socket, sys, time
+port, pid, send_request = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
+count = min(10_000, min(hard, 20000) - 200)
+request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+def rss():
+    return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
+
+before, conns, deadline = rss(), [], time.time() + 120
+for _ in range(count):
+    if time.time() > deadline:
+        break
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if send_request:
+        s.sendall(request)
+        s.recv(4096)
+    conns.append(s)
+time.sleep(1)
+after = rss()
+print(len(conns), after, f"{(after - before) / max(len(conns), 1):.1f}")
+for s in conns:
+    s.close()
+PY
+}
+start_switchyard switchyard "$SY_PORT" round_robin warn
+read -r _ _ PER_SILENT_CONN < <(idle_connections "$SY_PORT" "${SY_PIDS[switchyard]}" 0)
 start_switchyard switchyard "$SY_PORT" round_robin warn
 SY_PID=${SY_PIDS[switchyard]}
 IDLE_RSS=$(rss_kib "$SY_PID")
@@ -249,33 +282,9 @@ WRK=$!
 sleep $((DURATION / 2 + 1))
 LOADED_RSS=$(rss_kib "$SY_PID")
 wait $WRK || true
-BEFORE_IDLE_CONNS=$(rss_kib "$SY_PID")
-# 10,000 keep-alive clients: each sends one request, reads the answer, then
-# sits idle; bounded in count and time.
-python3 - "$SY_PORT" "$SY_PID" "$BEFORE_IDLE_CONNS" > "$WORK/memory" <<'PY'
-import resource, socket, sys, time
-port, pid, before = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
-count = min(10_000, min(hard, 20000) - 200)
-conns, deadline = [], time.time() + 120
-request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-for _ in range(count):
-    if time.time() > deadline:
-        break
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(request)
-    s.recv(4096)
-    conns.append(s)
-time.sleep(1)
-rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
-print(len(conns), rss, (rss - before) * 1024 / max(len(conns), 1))
-for s in conns:
-    s.close()
-PY
-read -r IDLE_CONNS IDLE_CONNS_RSS PER_CONN < "$WORK/memory"
-printf 'memory: idle %s KiB; %s KiB during 256-connection load; %s KiB with %s idle keep-alive connections (%.1f KiB each)\n' \
-  "$IDLE_RSS" "$LOADED_RSS" "$IDLE_CONNS_RSS" "$IDLE_CONNS" "$(awk -v b="$PER_CONN" 'BEGIN {print b / 1024}')" > "$WORK/memory.txt"
+read -r IDLE_CONNS IDLE_CONNS_RSS PER_CONN < <(idle_connections "$SY_PORT" "$SY_PID" 1)
+printf 'memory: idle %s KiB; %s KiB during 256-connection load; %s KiB with %s idle keep-alive connections (%s KiB each; %s KiB each before their first request)\n' \
+  "$IDLE_RSS" "$LOADED_RSS" "$IDLE_CONNS_RSS" "$IDLE_CONNS" "$PER_CONN" "$PER_SILENT_CONN" > "$WORK/memory.txt"
 cat "$WORK/memory.txt" >&2
 
 # --- the table: medians over rounds -----------------------------------------
