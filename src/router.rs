@@ -15,6 +15,8 @@ pub struct Route {
     pub path_prefix: Box<str>,
     /// Remove the prefix before forwarding.
     pub strip_prefix: bool,
+    /// The `Upgrade` protocols this route lets through (lower case).
+    pub upgrades: Box<[Box<str>]>,
 }
 
 impl Route {
@@ -30,6 +32,16 @@ impl Route {
             // Unreachable: prefixes match at segment boundaries.
             Some(_) => path,
         }
+    }
+
+    /// Whether this route lets a request upgrade to `protocol`, an entry of
+    /// an `Upgrade` field (`websocket`, `name/version`): its name, ignoring
+    /// case and version, must be one of the route's `upgrades`.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        let name = protocol.split('/').next().unwrap_or(protocol).trim();
+        self.upgrades
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
     }
 }
 
@@ -59,6 +71,7 @@ impl Router {
                 service,
                 path_prefix: config.path_prefix.as_str().into(),
                 strip_prefix: config.strip_prefix,
+                upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
             };
             let list = match &config.host {
                 HostMatch::Any => &mut router.any,
@@ -151,6 +164,7 @@ mod tests {
             host,
             path_prefix: prefix.into(),
             strip_prefix: true,
+            upgrades: vec!["websocket".into()],
             service: ServiceName::from(service),
         }
     }
@@ -204,6 +218,7 @@ mod tests {
                 service: 0,
                 path_prefix: prefix.into(),
                 strip_prefix: true,
+                upgrades: Box::default(),
             }
             .upstream_path(path)
         };
@@ -211,6 +226,16 @@ mod tests {
         assert_eq!(strip("/api", "/api"), "/");
         assert_eq!(strip("/api/", "/api/users"), "/users");
         assert_eq!(strip("/", "/users"), "/users");
+    }
+
+    #[test]
+    fn upgrades_match_by_protocol_name() {
+        let r = router();
+        let route = r.find("other.org", "/").unwrap();
+        assert!(route.allows_upgrade("websocket"));
+        assert!(route.allows_upgrade(" WebSocket/13"));
+        assert!(!route.allows_upgrade("h2c"));
+        assert!(!route.allows_upgrade("websockets"));
     }
 
     #[test]

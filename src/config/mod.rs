@@ -47,6 +47,9 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Consul, if used.
     pub consul: Option<ConsulConfig>,
+    /// Forward request headers whose names contain `_` (dropped by
+    /// default, like nginx's `underscores_in_headers off`).
+    pub underscores_in_headers: bool,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -69,6 +72,10 @@ pub struct ListenerConfig {
     pub redirect_https: Option<u16>,
 }
 
+/// hyper's own limit on HTTP/1.1 request fields. Kept as the default: any
+/// other value makes hyper allocate its field table per request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Per-listener limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerLimits {
@@ -84,6 +91,8 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// Most header fields in an HTTP/1.1 request head; more gets 431.
+    pub max_headers: usize,
 }
 
 impl Default for ListenerLimits {
@@ -93,6 +102,7 @@ impl Default for ListenerLimits {
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             max_concurrent_streams: 200,
+            max_headers: DEFAULT_MAX_HEADERS,
         }
     }
 }
@@ -235,6 +245,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Remove the prefix from the path before forwarding.
     pub strip_prefix: bool,
+    /// `Upgrade` protocols let through (lower-case tokens; never `h2c`).
+    /// A request asking for others is forwarded without the upgrade.
+    pub upgrades: Vec<String>,
     /// The service that serves matching requests.
     pub service: ServiceName,
 }

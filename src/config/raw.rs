@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) consul: Option<RawConsul>,
     #[serde(default)]
+    pub(crate) underscores_in_headers: bool,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
@@ -56,6 +58,8 @@ pub(crate) struct RawLimits {
     pub(crate) idle_timeout: Option<String>,
     #[serde(default)]
     pub(crate) max_concurrent_streams: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_headers: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +156,8 @@ pub(crate) struct RawRoute {
     pub(crate) path_prefix: Option<String>,
     #[serde(default)]
     pub(crate) strip_prefix: bool,
+    #[serde(default)]
+    pub(crate) upgrades: Option<Vec<String>>,
     pub(crate) service: String,
 }
 

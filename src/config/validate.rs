@@ -218,6 +218,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             allow_new_services: raw.registry.as_ref().is_some_and(|r| r.allow_new_services),
         },
         consul,
+        underscores_in_headers: raw.underscores_in_headers,
         routes,
         services,
     })
@@ -246,6 +247,16 @@ fn validate_route(
             format!("`{path_prefix}` must be a path without `?` or `#`"),
         );
     }
+    let upgrades = match &route.upgrades {
+        None => vec!["websocket".to_string()],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, token)| {
+                errors.check(format!("{path}.upgrades[{i}]"), upgrade_token(token))
+            })
+            .collect(),
+    };
     if !raw.services.contains_key(&route.service) {
         let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
         errors.push(
@@ -266,8 +277,30 @@ fn validate_route(
         host: host?,
         path_prefix,
         strip_prefix: route.strip_prefix,
+        upgrades,
         service: ServiceName::from(route.service.as_str()),
     })
+}
+
+/// An `Upgrade` protocol name a route lets through: a token (RFC 9110
+/// §5.6.2), stored in lower case. `h2c` is refused: RFC 9113 §3.1
+/// deprecates it, and a tunnelled h2c connection would carry requests past
+/// routing and header rules.
+fn upgrade_token(token: &str) -> Result<String, String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if token.is_empty() || !token.chars().all(is_tchar) {
+        return Err(format!(
+            "`{token}` is not a protocol name; write a token such as `websocket` (no spaces, `/` or `,`)"
+        ));
+    }
+    let token = token.to_ascii_lowercase();
+    if token == "h2c" {
+        return Err(
+            "h2c upgrades are not supported (RFC 9113 deprecates them); clients use HTTP/2 directly"
+                .into(),
+        );
+    }
+    Ok(token)
 }
 
 fn parse_host(host: &str) -> Result<HostMatch, String> {
@@ -446,6 +479,18 @@ fn validate_limits(
             )
             .unwrap_or(defaults.max_concurrent_streams),
     };
+    let max_headers = match raw.max_headers {
+        None => defaults.max_headers,
+        Some(n) => errors
+            .check(
+                format!("{path}.max_headers"),
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| (16..=10_000).contains(n))
+                    .ok_or_else(|| format!("must be between 16 and 10000 (got {n})")),
+            )
+            .unwrap_or(defaults.max_headers),
+    };
     ListenerLimits {
         max_header_bytes,
         header_read_timeout: duration_field(
@@ -463,6 +508,7 @@ fn validate_limits(
             false,
         ),
         max_concurrent_streams,
+        max_headers,
     }
 }
 
@@ -1171,5 +1217,45 @@ services:
     fn empty_config_is_refused() {
         assert!(messages("")[0].contains("empty"));
         assert!(messages("routes: []")[0].starts_with("listeners: at least one listener"));
+    }
+
+    #[test]
+    fn route_upgrades_are_tokens_and_never_h2c() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.routes[0].upgrades, ["websocket"], "the default");
+        let text = "listeners: [{address: 127.0.0.1:80}]\nroutes:\n  - {service: a, upgrades: [WebSocket, my-proto]}\n  - {path_prefix: /b, service: a, upgrades: []}\nservices: {a: {}}\n";
+        let config = parse(text).unwrap();
+        assert_eq!(config.routes[0].upgrades, ["websocket", "my-proto"]);
+        assert!(config.routes[1].upgrades.is_empty());
+        let errors = messages(
+            "listeners: [{address: 127.0.0.1:80}]\nroutes: [{service: a, upgrades: [H2C, \"web socket\", \"\"]}]\nservices: {a: {}}\n",
+        );
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("routes[0].upgrades[0]: h2c upgrades are not supported"));
+        assert!(errors[1].starts_with("routes[0].upgrades[1]: `web socket` is not a protocol name"));
+        assert!(errors[2].starts_with("routes[0].upgrades[2]: `` is not a protocol name"));
+    }
+
+    #[test]
+    fn max_headers_is_checked() {
+        let limits = |value: &str| {
+            format!("listeners: [{{address: 127.0.0.1:80, limits: {{max_headers: {value}}}}}]\nservices: {{}}\n")
+        };
+        assert_eq!(
+            parse(&limits("200")).unwrap().listeners[0]
+                .limits
+                .max_headers,
+            200
+        );
+        let errors = messages(&limits("0"));
+        assert!(
+            errors[0].starts_with(
+                "listeners[0].limits.max_headers: must be between 16 and 10000 (got 0)"
+            ),
+            "{errors:?}"
+        );
+        let config =
+            parse("listeners: [{address: 127.0.0.1:80}]\nunderscores_in_headers: true\n").unwrap();
+        assert!(config.underscores_in_headers);
     }
 }

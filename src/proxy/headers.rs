@@ -21,9 +21,10 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Fields that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the non-standard ones still seen in the wild. `Connection` comes
-/// first: [`remove_hop_by_hop`] relies on it.
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// plus the non-standard ones still seen in the wild and `HTTP2-Settings`,
+/// which belongs to the h2c upgrade this proxy never forwards (RFC 9113
+/// §3.1). `Connection` comes first: [`remove_hop_by_hop`] relies on it.
+static HOP_BY_HOP: [HeaderName; 10] = [
     CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -33,6 +34,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
     PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop fields, including every field named in `Connection`.
@@ -87,17 +89,59 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`), when it
-/// also lists `upgrade` in `Connection` as RFC 9110 §7.8 requires.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let upgrade = headers.get(UPGRADE)?;
+/// The protocols an HTTP/1.1 request asks to switch to (`Upgrade`), when
+/// it also lists `upgrade` in `Connection` as RFC 9110 §7.8 requires, and
+/// only those `allowed` lets through. `None` when none is left: the request
+/// then goes on as an ordinary one (hop-by-hop removal drops the fields).
+pub fn requested_upgrade(
+    headers: &HeaderMap,
+    allowed: impl Fn(&str) -> bool,
+) -> Option<HeaderValue> {
     let listed = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    listed.then(|| upgrade.clone())
+    if !listed {
+        return None;
+    }
+    let mut offered = 0;
+    let mut kept: Vec<&str> = Vec::new();
+    for value in headers.get_all(UPGRADE) {
+        let text = value.to_str().ok()?;
+        for protocol in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            offered += 1;
+            if allowed(protocol) {
+                kept.push(protocol);
+            }
+        }
+    }
+    match (kept.len(), headers.get(UPGRADE)) {
+        (0, _) | (_, None) => None,
+        // The usual case: one protocol, allowed, sent as it came.
+        (n, Some(value)) if n == offered && headers.get_all(UPGRADE).iter().count() == 1 => {
+            Some(value.clone())
+        }
+        _ => HeaderValue::from_str(&kept.join(", ")).ok(),
+    }
+}
+
+/// Removes fields whose names contain `_`: CGI-style back ends (PHP,
+/// WSGI, Rack) fold `_` and `-` into one, so `X_Forwarded_For` could pass
+/// for the `X-Forwarded-For` this proxy writes. nginx drops them too.
+pub fn remove_underscored(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let underscored: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        headers.remove(name);
+    }
 }
 
 /// Puts back the two fields an upgrade needs after hop-by-hop removal.
@@ -291,18 +335,55 @@ mod tests {
 
     #[test]
     fn upgrades_need_both_fields() {
+        let any = |_: &str| true;
         let ws = headers(&[
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "websocket"),
         ]);
-        assert_eq!(requested_upgrade(&ws).unwrap(), "websocket");
+        assert_eq!(requested_upgrade(&ws, any).unwrap(), "websocket");
         let unlisted = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
-        assert_eq!(requested_upgrade(&unlisted), None);
+        assert_eq!(requested_upgrade(&unlisted, any), None);
         let mut forwarded = ws.clone();
         remove_hop_by_hop(&mut forwarded);
         set_upgrade(&mut forwarded, HeaderValue::from_static("websocket"));
         assert_eq!(forwarded["connection"], "upgrade");
         assert_eq!(forwarded["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_kept() {
+        let websocket = |p: &str| p.eq_ignore_ascii_case("websocket");
+        let h2c = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ]);
+        assert_eq!(requested_upgrade(&h2c, websocket), None);
+        let mut forwarded = h2c.clone();
+        remove_hop_by_hop(&mut forwarded);
+        assert!(forwarded.is_empty(), "{forwarded:?}");
+        let both = headers(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c, WebSocket"),
+            ("upgrade", "foo/2"),
+        ]);
+        assert_eq!(requested_upgrade(&both, websocket).unwrap(), "WebSocket");
+        // HTTP2-Settings goes even when Connection does not name it.
+        let mut unlisted = headers(&[("http2-settings", "x"), ("connection", "close")]);
+        remove_hop_by_hop(&mut unlisted);
+        assert!(unlisted.is_empty(), "{unlisted:?}");
+    }
+
+    #[test]
+    fn underscored_fields_are_removed() {
+        let mut h = headers(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-ok", "1"),
+            ("auth_user", "root"),
+        ]);
+        remove_underscored(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-ok"]);
     }
 
     #[test]

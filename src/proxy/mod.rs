@@ -8,16 +8,18 @@ mod access_log;
 mod body;
 mod error;
 pub mod headers;
+mod target;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use access_log::AccessLog;
 pub use access_log::TARGET as ACCESS_LOG_TARGET;
@@ -28,7 +30,6 @@ pub use error::ProxyError;
 use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
-use crate::router::host_without_port;
 use crate::upstream::{ConnectError, Pool, ResponseBody, Sender};
 
 /// A reused keep-alive connection can turn out closed just as a request is
@@ -50,6 +51,8 @@ struct Outcome {
     /// Measured only for the access log (no clock reads without it).
     upstream_time: Option<Duration>,
     wants_upstream_time: bool,
+    /// The client side of an upgrade the route allowed.
+    client_upgrade: Option<OnUpgrade>,
 }
 
 impl Proxy {
@@ -69,9 +72,16 @@ impl Proxy {
         let snapshot = self.registry.snapshot();
         let request_id = headers::ensure_request_id(request.headers_mut());
         let client_ip = headers::client_ip(peer.ip(), request.headers(), &snapshot.trusted_proxies);
+        let host = target::request_host(&request);
         let log = access_log::enabled().then(|| AccessLog {
             method: request.method().clone(),
-            host: request_host(&request).unwrap_or_default().to_string(),
+            host: match &host {
+                Ok(host) => host.as_ref(),
+                // A refused host is logged as sent.
+                Err(_) => request.headers().get(HOST),
+            }
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default(),
             path: request.uri().path().to_string(),
             status: 0,
             service: None,
@@ -86,17 +96,12 @@ impl Proxy {
             instance: None,
             upstream_time: None,
             wants_upstream_time: log.is_some(),
+            client_upgrade: None,
         };
-        // HTTP/1.1 upgrades (WebSocket and others) become a tunnel once the
-        // upstream agrees (101).
-        let upgrade = (request.version() == Version::HTTP_11)
-            .then(|| headers::requested_upgrade(request.headers()))
-            .flatten()
-            .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
-        let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
         let result = self
-            .forward(&snapshot, request, peer, client_ip, protocol, &mut outcome)
+            .forward(&snapshot, request, host, peer, client_ip, &mut outcome)
             .await;
+        let upgrade = outcome.client_upgrade.take();
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
             log.service = service.map(|s| s.name.to_string());
@@ -129,7 +134,7 @@ impl Proxy {
                             service.map_or(Duration::MAX, |s| s.request_timeout),
                         )),
                     ),
-                    (Some(upstream_upgrade), Some((_, client_upgrade))) => {
+                    (Some(upstream_upgrade), Some(client_upgrade)) => {
                         if let Some(protocol) = protocol {
                             headers::set_upgrade(&mut parts.headers, protocol);
                         }
@@ -176,13 +181,17 @@ impl Proxy {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
+        host: Result<Option<HeaderValue>, ProxyError>,
         peer: SocketAddr,
         client_ip: std::net::IpAddr,
-        upgrade: Option<HeaderValue>,
         outcome: &mut Outcome,
     ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
-        let host = request_host(&request).map(host_without_port).unwrap_or("");
+        // The one host that routes the request is the one sent upstream
+        // (as Host or :authority, and in X-Forwarded-Host).
+        let host_value = host?;
+        target::check_path(request.uri().path())?;
+        let host = host_value.as_ref().map_or("", target::route_name);
         let Some(route) = snapshot.router.find(host, request.uri().path()) else {
             return Err(ProxyError::NoRoute {
                 host: host.to_string(),
@@ -191,23 +200,37 @@ impl Proxy {
         };
         let service = &snapshot.services[route.service];
         outcome.service = Some(route.service);
+        // HTTP/1.1 upgrades the route allows become a tunnel once the
+        // upstream agrees (101); others are dropped with the hop-by-hop
+        // fields and the request goes on as an ordinary one.
+        let upgrade = (request.version() == Version::HTTP_11)
+            .then(|| headers::requested_upgrade(request.headers(), |p| route.allows_upgrade(p)))
+            .flatten();
+        if upgrade.is_some() {
+            outcome.client_upgrade = Some(hyper::upgrade::on(&mut request));
+        }
 
         let (mut parts, body) = request.into_parts();
-        // The Host header an HTTP/1.1 upstream needs; HTTP/2 clients send
-        // the authority in the URI instead.
-        let host_value = match parts.headers.get(HOST) {
-            Some(host) => Some(host.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        };
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
             parts.uri = origin_form(path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;
         headers::remove_hop_by_hop(&mut parts.headers);
+        if !snapshot.underscores_in_headers {
+            headers::remove_underscored(&mut parts.headers);
+        }
+        if service.protocol == UpstreamProtocol::Http1
+            && !body.is_end_stream()
+            && !parts.headers.contains_key(CONTENT_LENGTH)
+        {
+            // A body of unknown length (chunked, or HTTP/2 DATA without
+            // content-length) is re-chunked. Said explicitly because hyper's
+            // client would otherwise send a GET, HEAD or CONNECT body as none.
+            parts
+                .headers
+                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
         // Requests without a body (most of them) can take the lean client.
         let lean = upgrade.is_none() && body.is_end_stream();
         if let Some(protocol) = upgrade {
@@ -464,15 +487,6 @@ async fn send_lean(
     }
 }
 
-/// The host the client asked for: the URI authority (HTTP/2, absolute
-/// form) or the `Host` header.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .host()
-        .or_else(|| request.headers().get(HOST).and_then(|h| h.to_str().ok()))
-}
-
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let path_and_query = match query {
         Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
@@ -492,14 +506,16 @@ pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
 /// The answer of a listener that only sends clients to HTTPS: 308 (method
 /// and body are kept) to the same host and path on `port`.
 pub fn redirect_to_https<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
-    let Some(host) = request_host(request)
-        .map(host_without_port)
-        .filter(|h| !h.is_empty())
-    else {
-        return error_response(&ProxyError::BadRequest {
-            reason: "the request names no host to redirect to",
-        });
+    let host = match target::request_host(request) {
+        Ok(Some(host)) => host,
+        Ok(None) => {
+            return error_response(&ProxyError::BadRequest {
+                reason: "the request names no host to redirect to",
+            })
+        }
+        Err(error) => return error_response(&error),
     };
+    let host = target::route_name(&host);
     let port = if port == 443 {
         String::new()
     } else {

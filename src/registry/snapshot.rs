@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub services: Vec<ServiceSnapshot>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Forward request headers whose names contain `_`.
+    pub underscores_in_headers: bool,
 }
 
 /// One service as requests see it.
@@ -218,6 +220,7 @@ impl Snapshot {
             router,
             services,
             trusted_proxies: config.trusted_proxies.clone(),
+            underscores_in_headers: config.underscores_in_headers,
         }
     }
 }

@@ -613,6 +613,11 @@ async fn serve<H, F>(
         // The read buffer holds the request head; bodies stream past it.
         // A head that does not fit gets 431.
         .max_buf_size(limits.max_header_bytes);
+    if limits.max_headers != crate::config::DEFAULT_MAX_HEADERS {
+        // Only when changed: any explicit value puts hyper's field table
+        // on the heap for every request.
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

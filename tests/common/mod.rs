@@ -173,3 +173,4 @@ pub type Flag = Arc<tokio::sync::Notify>;
 pub mod binary;
 pub mod consul;
 pub mod flippable;
+pub mod raw;
