@@ -134,3 +134,60 @@ async fn http2_clients_are_told_the_stream_limit() {
     }
     drop(client);
 }
+
+/// A request head with `n` extra header fields (well under 8 KiB).
+fn many_fields(n: usize) -> String {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..n {
+        head.push_str(&format!("x-f{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_field_count_is_a_limit() {
+    let default = limited("{}").await;
+    let got = common::raw::exchange(default.listeners()[0].address, &many_fields(150)).await;
+    assert_eq!(got.status, 431, "100 fields by default: {got:?}");
+    let got = common::raw::exchange(default.listeners()[0].address, &many_fields(90)).await;
+    assert_eq!(got.status, 200, "{got:?}");
+
+    // hyper upstreams have the same 100-field limit: count the fields raw.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let fields = head.split(|b| *b == b'\n').count() - 3;
+                let body = format!("fields: {fields}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let text = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    limits: {{max_headers: 200}}\nadmin:\n  address: 127.0.0.1:0\nroutes: [{{service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+    );
+    let raised = switchyard::server::start(switchyard::config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let address = raised.listeners()[0].address;
+    let got = common::raw::exchange(address, &many_fields(150)).await;
+    assert_eq!(got.status, 200, "{got:?}");
+    // 150, Host, and the X-Request-Id and three X-Forwarded-* fields added.
+    assert_eq!(got.body, "fields: 155");
+    let got = common::raw::exchange(address, &many_fields(250)).await;
+    assert_eq!(got.status, 431, "{got:?}");
+}

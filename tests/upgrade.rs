@@ -7,11 +7,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -140,4 +142,136 @@ async fn an_upgrade_the_upstream_refuses_is_an_ordinary_response() {
     // The upstream was asked to switch: the two fields were forwarded.
     assert_eq!(got.echoed("upgrade").as_deref(), Some("websocket"));
     assert_eq!(got.echoed("connection").as_deref(), Some("upgrade"));
+}
+
+/// A raw upstream that answers every request head with a 101 (whatever it
+/// was asked) and then echoes every byte back, like a tunnel's far end.
+/// Returns the request heads it read.
+async fn switching_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let protocol = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("upgrade: "))
+                    .unwrap_or("h2c")
+                    .to_string();
+                seen.lock().unwrap().push(head);
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n\r\n"
+                );
+                if stream.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_not_forwarded_and_a_101_to_it_is_not_tunnelled() {
+    let (upstream, heads) = switching_upstream().await;
+    let proxy = proxy(&format!(
+        "routes:\n  - {{host: tunnel.test, service: s}}\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: tunnel.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let got = common::raw::read_response(&mut stream).await;
+    assert_eq!(got.status, 502, "an unasked-for 101 is refused: {got:?}");
+    let head = heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("get / http/1.1\r\n"), "{head}");
+    for field in ["upgrade:", "http2-settings:", "connection:"] {
+        assert!(!head.contains(field), "{field} was forwarded: {head}");
+    }
+    // The client connection is still HTTP, answered by the proxy: a request
+    // for another host is not carried to the upstream.
+    stream
+        .write_all(
+            b"GET /admin HTTP/1.1\r\nHost: elsewhere.test\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let got = common::raw::read_response(&mut stream).await;
+    assert_eq!(got.status, 404, "{got:?}");
+    assert!(
+        got.body.contains("no route for host `elsewhere.test`"),
+        "{}",
+        got.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_upgrades_a_route_allows_are_forwarded() {
+    let (switching, heads) = switching_upstream().await;
+    let plain = echo("plain").await;
+    let proxy = proxy(&format!(
+        r#"
+routes:
+  - {{host: custom.test, service: switching, upgrades: [my-proto]}}
+  - {{host: none.test, service: plain, upgrades: []}}
+services:
+  switching: {{instances: [{{address: "{switching}"}}]}}
+  plain: {{instances: [{{address: "{plain}"}}]}}
+"#
+    ))
+    .await;
+    let address = proxy.listeners()[0].address;
+    // A route with no upgrades: a WebSocket handshake goes on as a plain GET.
+    let got = common::raw::exchange(
+        address,
+        "GET /ws HTTP/1.1\r\nHost: none.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.echoed("upgrade"), None, "{}", got.body);
+    assert_eq!(got.echoed("connection"), None, "{}", got.body);
+
+    // A protocol the route lists is tunnelled once the upstream agrees; the
+    // ones it does not list are left out of the Upgrade field.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: custom.test\r\nConnection: upgrade\r\nUpgrade: h2c, My-Proto/2\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let got = common::raw::read_response(&mut stream).await;
+    assert_eq!(got.status, 101, "{got:?}");
+    assert!(heads.lock().unwrap()[0].contains("upgrade: my-proto/2\r\n"));
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed))
+        .await
+        .expect("the tunnel carries bytes within 10s")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
 }
