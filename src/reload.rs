@@ -440,6 +440,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.drain_timeout != new.drain_timeout {
         changes.push("drain_timeout changed".into());
     }
+    if old.underscores_in_headers != new.underscores_in_headers {
+        changes.push("underscores_in_headers changed".into());
+    }
     let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
         c.listeners.iter().map(|l| l.tls.clone()).collect()
     };
