@@ -56,6 +56,10 @@ pub(crate) struct RawLimits {
     pub(crate) idle_timeout: Option<String>,
     #[serde(default)]
     pub(crate) max_concurrent_streams: Option<i64>,
+    #[serde(default)]
+    pub(crate) send_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

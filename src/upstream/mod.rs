@@ -77,6 +77,18 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether the failure is this process's own (out of descriptors,
+    /// buffers or local ports), not the instance's: such errors must not
+    /// count against the instance's health.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::Io { source, .. } => crate::local_origin::is_local_resource_error(source),
+            _ => false,
+        }
+    }
+}
+
 /// A connection that can carry a request.
 #[derive(Debug)]
 pub enum Sender {
