@@ -86,8 +86,8 @@ pub struct ListenerLimits {
     pub max_concurrent_streams: u32,
     /// A connection with a response ready for the client that the client
     /// does not take for this long is closed (a slow or stalled reader).
-    /// Also the most a connection gets to finish after it is asked to close
-    /// for being idle.
+    /// With `idle_timeout`, the smaller of the two is the most a connection
+    /// gets to finish after it is asked to close for being idle.
     pub send_timeout: Duration,
     /// Open connections allowed on the listener (all workers together);
     /// beyond it, new connections are accepted and closed at once. `None`:

@@ -1035,7 +1035,7 @@ async fn serve_connection<I, H, F>(
     // response (and its upstream connection) open otherwise.
     let deadline = match closing {
         Closing::Stop => None,
-        Closing::Idle | Closing::Shed => Some(limits.send_timeout),
+        Closing::Idle | Closing::Shed => Some(limits.send_timeout.min(limits.idle_timeout)),
     };
     let closing_now = &mut connection.closing;
     let finished = async {
