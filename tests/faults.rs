@@ -231,7 +231,7 @@ async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_i
             let mut i = 0u64;
             while !*finished.borrow() && Instant::now() < stop_at {
                 i += 1;
-                let request = if (n + i) % 2 == 0 {
+                let request = if (n + i).is_multiple_of(2) {
                     Request::get(url.as_str()).body(Full::default())
                 } else {
                     Request::post(url.as_str()).body(Full::new(Bytes::from(vec![b'p'; 1024])))

@@ -980,11 +980,29 @@ async fn serve_connection<I, H, F>(
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut served = std::pin::pin!(served);
     let limits = connection.limits;
+    // Made once, not per turn of the loop: shedding rounds come often under
+    // pressure and must not restart these timers.
+    let (activity, progress) = (
+        Arc::clone(&connection.activity),
+        Arc::clone(&connection.progress),
+    );
+    let idle = activity.idle_for(limits.idle_timeout);
+    let stalled = progress.stalled_for(limits.send_timeout);
     // From accept to the first request head, on either protocol; hyper's
     // own HTTP/1.1 timer only starts at the first byte.
-    let first_head = connection.accepted + limits.header_read_timeout;
+    let first_head = async {
+        tokio::time::sleep_until(connection.accepted + limits.header_read_timeout).await;
+        if progress.any_request() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let (mut idle, mut stalled, mut first_head) = (
+        std::pin::pin!(idle),
+        std::pin::pin!(stalled),
+        std::pin::pin!(first_head),
+    );
+    let mut shedding = true;
     let closing = loop {
-        let progress = &connection.progress;
         tokio::select! {
             result = served.as_mut() => {
                 if let Err(error) = result {
@@ -994,29 +1012,24 @@ async fn serve_connection<I, H, F>(
             }
             // (The guard wait_for returns is dropped before the await.)
             () = async { drop(connection.stop.wait_for(|stopping| *stopping).await) } => break Closing::Stop,
-            () = connection.activity.idle_for(limits.idle_timeout) => {
+            () = idle.as_mut() => {
                 tracing::debug!(%peer, idle_timeout = ?limits.idle_timeout, "closing an idle connection");
                 break Closing::Idle;
             }
-            () = async {
-                tokio::time::sleep_until(first_head).await;
-                if progress.any_request() {
-                    std::future::pending::<()>().await;
-                }
-            } => {
+            () = first_head.as_mut() => {
                 tracing::debug!(%peer, header_read_timeout = ?limits.header_read_timeout, "no request head in time; closing");
                 connection.timed_out();
                 return;
             }
-            () = progress.stalled_for(limits.send_timeout) => {
+            () = stalled.as_mut() => {
                 tracing::debug!(%peer, send_timeout = ?limits.send_timeout, "the client does not take its response; closing");
                 connection.timed_out();
                 return;
             }
-            changed = connection.shed.changed() => {
+            changed = connection.shed.changed(), if shedding => {
                 if changed.is_err() {
                     // The pressure signal is gone (shutdown): never again.
-                    connection.shed = watch::channel(0).1;
+                    shedding = false;
                     continue;
                 }
                 let settled = progress.any_request() || connection.accepted.elapsed() >= SHED_MIN_AGE;

@@ -454,3 +454,25 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_out_locally_is_a_local_connect_error() {
+        let address: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let io = |code| ConnectError::Io {
+            address,
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        assert!(io(libc::EMFILE).is_local());
+        assert!(io(libc::EADDRNOTAVAIL).is_local());
+        assert!(!io(libc::ECONNREFUSED).is_local());
+        let timeout = ConnectError::Timeout {
+            address,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!timeout.is_local());
+    }
+}
