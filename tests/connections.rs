@@ -76,6 +76,18 @@ async fn metric_becomes(running: &Running, line_start: &str, want: f64) {
     }
 }
 
+/// Requests in flight to the upstream, as the admin status shows them:
+/// 0 once the proxy let go of the upstream side too.
+async fn upstream_in_flight(running: &Running) -> u64 {
+    let (_, text) = call(running.admin_address(), Method::GET, "/admin/status")
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    status["services"][0]["instances"][0]["in_flight"]
+        .as_u64()
+        .unwrap()
+}
+
 const OPEN: &str = "switchyard_connections_open{listener=\"edge\"} ";
 const TIMED_OUT: &str = "switchyard_connections_timed_out_total{listener=\"edge\"} ";
 const REJECTED: &str = "switchyard_connections_rejected_total{listener=\"edge\"} ";
@@ -110,6 +122,7 @@ async fn an_http1_client_that_never_reads_is_closed_after_the_idle_close_deadlin
     // 1 s here) are over, the proxy lets the connection go.
     metric_becomes(&proxy, OPEN, 0.0).await;
     assert_eq!(metric(&proxy, TIMED_OUT).await, 1.0);
+    assert_eq!(upstream_in_flight(&proxy).await, 0);
     let mut received = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received)).await;
     assert!(received.len() < BIG, "the whole response was buffered");
@@ -140,11 +153,13 @@ async fn http2_streams_that_the_client_never_lets_through_are_closed_by_the_send
         assert_eq!(response.unwrap().unwrap().status(), 200);
     }
     metric_becomes(&proxy, OPEN, 1.0).await;
+    assert_eq!(upstream_in_flight(&proxy).await, 20);
     // The connection ends from the proxy's side.
     let ended = tokio::time::timeout(PATIENCE, connection).await;
     assert!(ended.is_ok(), "the connection is still open");
     metric_becomes(&proxy, OPEN, 0.0).await;
     assert_eq!(metric(&proxy, TIMED_OUT).await, 1.0);
+    assert_eq!(upstream_in_flight(&proxy).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
