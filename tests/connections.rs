@@ -164,7 +164,7 @@ async fn http2_streams_that_the_client_never_lets_through_are_closed_by_the_send
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
-    let proxy = proxy_with("{send_timeout: 2s, idle_timeout: 2s}", big_upstream().await).await;
+    let proxy = proxy_with("{send_timeout: 5s, idle_timeout: 5s}", big_upstream().await).await;
     let mut stream = TcpStream::connect(proxy.listeners()[0].address)
         .await
         .unwrap();
