@@ -113,6 +113,9 @@ pub struct Metrics {
     consul_stale: Family<ServiceLabels, Gauge>,
     connections_accepted: Family<ListenerLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
+    connections_rejected: Family<ListenerLabels, Counter>,
+    connections_shed: Family<ListenerLabels, Counter>,
+    connections_timed_out: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -143,6 +146,9 @@ impl Metrics {
             consul_stale: Family::default(),
             connections_accepted: Family::default(),
             connections_open: Family::default(),
+            connections_rejected: Family::default(),
+            connections_shed: Family::default(),
+            connections_timed_out: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -227,6 +233,21 @@ impl Metrics {
             "connections_open",
             "Client connections open, by listener",
             m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Client connections closed at accept because the listener was at limits.max_connections",
+            m.connections_rejected.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Idle keep-alive connections closed because the process ran out of file descriptors",
+            m.connections_shed.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Client connections closed by header_read_timeout before a first request, by send_timeout, or at the deadline after a graceful close",
+            m.connections_timed_out.clone(),
         );
         Metrics {
             registry,
@@ -377,6 +398,9 @@ impl Metrics {
         ListenerMetrics {
             accepted: self.connections_accepted.get_or_create_owned(&labels),
             open: self.connections_open.get_or_create_owned(&labels),
+            rejected: self.connections_rejected.get_or_create_owned(&labels),
+            shed: self.connections_shed.get_or_create_owned(&labels),
+            timed_out: self.connections_timed_out.get_or_create_owned(&labels),
         }
     }
 }
@@ -469,6 +493,12 @@ pub struct ListenerMetrics {
     pub accepted: Counter,
     /// Connections open.
     pub open: Gauge,
+    /// Connections closed at accept for `max_connections`.
+    pub rejected: Counter,
+    /// Idle connections closed under descriptor pressure.
+    pub shed: Counter,
+    /// Connections closed by a timeout (header, send, close deadline).
+    pub timed_out: Counter,
 }
 
 #[cfg(test)]

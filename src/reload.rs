@@ -390,6 +390,18 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             changes.push(format!("listener {} removed", listener.address));
         }
     }
+    for listener in &new.listeners {
+        if let Some(before) = old.listeners.iter().find(|l| l.address == listener.address) {
+            let what = limit_changes(&before.limits, &listener.limits);
+            if !what.is_empty() {
+                changes.push(format!(
+                    "listener {} limits changed ({}; new connections get them)",
+                    listener.address,
+                    what.join(", ")
+                ));
+            }
+        }
+    }
     for (name, service) in &new.services {
         match old.services.get(name) {
             None => changes.push(format!("service {name} added")),
@@ -453,6 +465,54 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         changes.push("workers changed (takes effect at the next restart)".into());
     }
     changes
+}
+
+/// Each limit that differs, as `name old → new`.
+fn limit_changes(old: &config::ListenerLimits, new: &config::ListenerLimits) -> Vec<String> {
+    let mut what = Vec::new();
+    let mut compare = |name: &str, old: String, new: String| {
+        if old != new {
+            what.push(format!("{name} {old} → {new}"));
+        }
+    };
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    let count = |n: Option<usize>| n.map_or_else(|| "unlimited".into(), |n| n.to_string());
+    compare(
+        "max_header_bytes",
+        old.max_header_bytes.to_string(),
+        new.max_header_bytes.to_string(),
+    );
+    compare(
+        "max_headers",
+        old.max_headers.to_string(),
+        new.max_headers.to_string(),
+    );
+    compare(
+        "header_read_timeout",
+        duration(old.header_read_timeout),
+        duration(new.header_read_timeout),
+    );
+    compare(
+        "idle_timeout",
+        duration(old.idle_timeout),
+        duration(new.idle_timeout),
+    );
+    compare(
+        "max_concurrent_streams",
+        old.max_concurrent_streams.to_string(),
+        new.max_concurrent_streams.to_string(),
+    );
+    compare(
+        "send_timeout",
+        duration(old.send_timeout),
+        duration(new.send_timeout),
+    );
+    compare(
+        "max_connections",
+        count(old.max_connections),
+        count(new.max_connections),
+    );
+    what
 }
 
 fn join(items: &[&String]) -> String {
@@ -538,5 +598,13 @@ mod tests {
             ]
         );
         assert!(describe_changes(&new, &new).is_empty());
+        let limited = config::parse(
+            "listeners: [{address: 127.0.0.1:1001, limits: {header_read_timeout: 2s, max_connections: 10}}]\nroutes: [{service: a}]\nservices:\n  a: {strategy: random, instances: [{id: y, address: 127.0.0.1:2}, {id: z, address: 127.0.0.1:3}]}\n  c: {}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            describe_changes(&new, &limited),
+            vec!["listener 127.0.0.1:1001 limits changed (header_read_timeout 30s → 2s, max_connections unlimited → 10; new connections get them)"]
+        );
     }
 }

@@ -81,10 +81,10 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub struct ListenerLimits {
     /// Largest request head (request line and headers); more gets 431.
     pub max_header_bytes: usize,
-    /// Time allowed for a request head to arrive, from when the connection
-    /// starts waiting for it (slow clients are cut off). For HTTP/1.1 this
-    /// also bounds how long a keep-alive connection waits for its next
-    /// request.
+    /// Time allowed from accept (TLS handshake included) to the first
+    /// complete request head, on HTTP/1.1 and HTTP/2 alike (slow clients
+    /// are cut off). For HTTP/1.1 it also bounds each later head, from its
+    /// first byte.
     pub header_read_timeout: Duration,
     /// A connection with no bytes moving for this long is closed (checked
     /// once per period, so it closes within two periods of falling idle).
@@ -93,6 +93,15 @@ pub struct ListenerLimits {
     pub max_concurrent_streams: u32,
     /// Most header fields in an HTTP/1.1 request head; more gets 431.
     pub max_headers: usize,
+    /// A connection with a response ready for the client that the client
+    /// does not take for this long is closed (a slow or stalled reader).
+    /// With `idle_timeout`, the smaller of the two is the most a connection
+    /// gets to finish after it is asked to close for being idle.
+    pub send_timeout: Duration,
+    /// Open connections allowed on the listener (all workers together);
+    /// beyond it, new connections are accepted and closed at once. `None`:
+    /// no limit but the process's descriptor limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ListenerLimits {
@@ -103,6 +112,8 @@ impl Default for ListenerLimits {
             idle_timeout: Duration::from_secs(75),
             max_concurrent_streams: 200,
             max_headers: DEFAULT_MAX_HEADERS,
+            send_timeout: Duration::from_secs(60),
+            max_connections: None,
         }
     }
 }

@@ -60,6 +60,9 @@ pub(crate) struct RawLimits {
     pub(crate) max_concurrent_streams: Option<i64>,
     #[serde(default)]
     pub(crate) max_headers: Option<i64>,
+    pub(crate) send_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

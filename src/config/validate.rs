@@ -491,6 +491,15 @@ fn validate_limits(
             )
             .unwrap_or(defaults.max_headers),
     };
+    let max_connections = raw.max_connections.and_then(|n| {
+        errors.check(
+            format!("{path}.max_connections"),
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| format!("must be between 1 and 10000000 (got {n})")),
+        )
+    });
     ListenerLimits {
         max_header_bytes,
         header_read_timeout: duration_field(
@@ -509,6 +518,14 @@ fn validate_limits(
         ),
         max_concurrent_streams,
         max_headers,
+        send_timeout: duration_field(
+            errors,
+            format!("{path}.send_timeout"),
+            &raw.send_timeout,
+            defaults.send_timeout,
+            false,
+        ),
+        max_connections,
     }
 }
 

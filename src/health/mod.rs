@@ -33,7 +33,32 @@ pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Sen
 pub trait HealthCheck: Send + Sync {
     /// Checks `target` once.
     fn check<'a>(&'a self, target: &'a CheckTarget) -> CheckFuture<'a>;
+
+    /// Checks `target` once, telling a failure of the instance from one of
+    /// our own (see [`CheckFailure::Local`]). The default counts every
+    /// error of [`HealthCheck::check`] against the instance.
+    fn probe<'a>(&'a self, target: &'a CheckTarget) -> ProbeFuture<'a> {
+        Box::pin(async move { self.check(target).await.map_err(CheckFailure::Instance) })
+    }
 }
+
+/// What [`HealthCheck::probe`] resolves to.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), CheckFailure>> + Send + 'a>>;
+
+/// Why a probe did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckFailure {
+    /// The instance failed the check: counts towards `unhealthy_threshold`.
+    Instance(String),
+    /// The probe could not run for a reason of this process (out of file
+    /// descriptors, socket buffers or local ports): says nothing about the
+    /// instance, so its verdict is left as it is.
+    Local(String),
+}
+
+/// At most one log line per instance this often for probes that could not
+/// run for a local reason.
+const LOCAL_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Custom checks by the name configs use for them.
 pub type CustomChecks = HashMap<String, Arc<dyn HealthCheck>>;
@@ -175,10 +200,35 @@ async fn probe_loop(
         instance: instance.key.id.clone(),
         address: instance.key.address,
     };
+    let mut last_local_log: Option<Instant> = None;
+    let mut local_failures: u64 = 0;
     loop {
         let started = Instant::now();
-        let result = match tokio::time::timeout(check.timeout, checker.check(&target)).await {
-            Ok(result) => result,
+        let result = match tokio::time::timeout(check.timeout, checker.probe(&target)).await {
+            Ok(Err(CheckFailure::Local(reason))) => {
+                local_failures = local_failures.saturating_add(1);
+                // Rate-limited: under descriptor pressure every probe of
+                // every instance fails like this.
+                if last_local_log
+                    .is_none_or(|at: Instant| at.elapsed() >= LOCAL_FAILURE_LOG_INTERVAL)
+                {
+                    tracing::warn!(
+                        service = %target.service,
+                        instance = %target.instance,
+                        %reason,
+                        failures = local_failures,
+                        "health probe could not run (a local error, not the instance's); verdict unchanged"
+                    );
+                    last_local_log = Some(Instant::now());
+                    local_failures = 0;
+                }
+                let jitter =
+                    fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
+                tokio::time::sleep(check.interval + Duration::from_millis(jitter)).await;
+                continue;
+            }
+            Ok(Err(CheckFailure::Instance(reason))) => Err(reason),
+            Ok(Ok(())) => Ok(()),
             Err(_) => Err(format!("timed out after {}", millis(check.timeout))),
         };
         let latency = started.elapsed();

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{CheckFuture, CheckTarget, HealthCheck};
+use super::{CheckFailure, CheckFuture, CheckTarget, HealthCheck, ProbeFuture};
 use crate::config::HttpCheckConfig;
 
 /// How much of a response body a probe reads when looking for a substring.
@@ -22,6 +22,10 @@ pub struct TcpCheck;
 
 impl HealthCheck for TcpCheck {
     fn check<'a>(&'a self, target: &'a CheckTarget) -> CheckFuture<'a> {
+        Box::pin(async move { self.probe(target).await.map_err(reason) })
+    }
+
+    fn probe<'a>(&'a self, target: &'a CheckTarget) -> ProbeFuture<'a> {
         Box::pin(async move { connect(target.address).await.map(drop) })
     }
 }
@@ -41,9 +45,24 @@ impl HttpCheck {
 
 impl HealthCheck for HttpCheck {
     fn check<'a>(&'a self, target: &'a CheckTarget) -> CheckFuture<'a> {
+        Box::pin(async move { self.probe(target).await.map_err(reason) })
+    }
+
+    fn probe<'a>(&'a self, target: &'a CheckTarget) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let config = &self.config;
             let stream = connect(target.address).await?;
+            self.exchange(target, stream)
+                .await
+                .map_err(CheckFailure::Instance)
+        })
+    }
+}
+
+impl HttpCheck {
+    /// The request and the checks of its answer, on a connected `stream`.
+    async fn exchange(&self, target: &CheckTarget, stream: TcpStream) -> Result<(), String> {
+        {
+            let config = &self.config;
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
@@ -91,16 +110,29 @@ impl HealthCheck for HttpCheck {
             }
             drop(connection);
             Ok(())
-        })
+        }
     }
 }
 
-async fn connect(address: SocketAddr) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+/// Connects; running out of descriptors (or local ports) is our failure,
+/// not the instance's.
+async fn connect(address: SocketAddr) -> Result<TcpStream, CheckFailure> {
+    let stream = TcpStream::connect(address).await.map_err(|e| {
+        let reason = format!("connect failed: {e}");
+        if crate::local_origin::is_local_resource_error(&e) {
+            CheckFailure::Local(reason)
+        } else {
+            CheckFailure::Instance(reason)
+        }
+    })?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+fn reason(failure: CheckFailure) -> String {
+    match failure {
+        CheckFailure::Instance(reason) | CheckFailure::Local(reason) => reason,
+    }
 }
 
 fn describe(ranges: &[std::ops::RangeInclusive<u16>]) -> String {

@@ -342,7 +342,10 @@ async fn send_with_retries(
                     %error,
                     "connect failed"
                 );
-                service.record_outcome(instance, Some(&error));
+                // Out of descriptors here says nothing about the instance.
+                if !error.is_local() {
+                    service.record_outcome(instance, Some(&error));
+                }
                 service.metrics.connect_errors.inc();
                 tried.push(index);
                 last_error = Some(error);

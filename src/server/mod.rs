@@ -3,6 +3,7 @@
 //! traffic listener and the admin API on its own, add and remove traffic
 //! listeners live, and drain on shutdown.
 
+mod watchdog;
 mod workers;
 
 pub use workers::current_worker;
@@ -11,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
 use crate::tls;
+use watchdog::{Pressure, Progress, Tracked};
 
 /// How often registry leases are checked for expiry.
 const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -90,6 +92,8 @@ pub struct Listeners {
     active: Mutex<Vec<ActiveListener>>,
     /// Listeners removed by a reload, still draining their connections.
     draining: Mutex<Vec<oneshot::Receiver<()>>>,
+    /// Shared by every listener: descriptors are the process's.
+    pressure: Arc<Pressure>,
 }
 
 struct ActiveListener {
@@ -99,6 +103,8 @@ struct ActiveListener {
     /// The certificates, for TLS listeners; replaced in place by reloads.
     tls: Option<(TlsConfig, Arc<tls::Resolver>)>,
     bound: BoundListener,
+    /// The limits new connections get; a reload replaces them in place.
+    limits: watch::Sender<ListenerLimits>,
     stop: watch::Sender<bool>,
     /// One per worker, fired when its share has drained.
     done: Vec<oneshot::Receiver<()>>,
@@ -135,6 +141,7 @@ impl Listeners {
             workers,
             active: Mutex::new(Vec::new()),
             draining: Mutex::new(Vec::new()),
+            pressure: Pressure::new(),
         }
     }
 
@@ -203,6 +210,18 @@ impl Listeners {
                 }
             }
         }
+        for listener in active.iter() {
+            if let Some(wanted) = config.listeners.iter().find(|c| listener.is(c)) {
+                let changed = listener.limits.send_if_modified(|limits| {
+                    let changed = *limits != wanted.limits;
+                    *limits = wanted.limits;
+                    changed
+                });
+                if changed {
+                    tracing::info!(listener = %listener.bound.name, "limits changed; new connections get them");
+                }
+            }
+        }
         for listener in removed {
             tracing::info!(listener = %listener.bound.name, address = %listener.bound.address, "listener removed; draining its connections");
             let _ = listener.stop.send(true);
@@ -239,7 +258,8 @@ impl Listeners {
                     }
                 });
         let scheme = if resolver.is_some() { "https" } else { "http" };
-        let limits = config.limits;
+        let (limits, limits_receiver) = watch::channel(config.limits);
+        let open = Arc::new(AtomicUsize::new(0));
         let redirect_https = config.redirect_https;
         tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
         let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), scheme));
@@ -252,13 +272,18 @@ impl Listeners {
             let (proxy, registry) = (Arc::clone(&proxy), Arc::clone(&self.registry));
             let (stopped, connections) = (stopped.clone(), connections.clone());
             let acceptor = acceptor.clone();
+            let guard = Guard {
+                limits: limits_receiver.clone(),
+                open: Arc::clone(&open),
+                pressure: Arc::clone(&self.pressure),
+            };
             let task = move |listener: TcpListener| -> ServeFuture {
                 Box::pin(serve(
                     listener,
                     stopped,
                     Some(connections),
                     acceptor,
-                    limits,
+                    guard,
                     move || registry.config().drain_timeout,
                     move |request, peer| {
                         let proxy = Arc::clone(&proxy);
@@ -287,6 +312,7 @@ impl Listeners {
                 name: config.name,
                 address,
             },
+            limits,
             stop,
             done,
         }
@@ -521,12 +547,17 @@ async fn launch(
     ));
     let (admin_stop, admin_stopped) = watch::channel(false);
     let drain_registry = Arc::clone(&registry);
+    let admin_guard = Guard {
+        limits: watch::channel(ListenerLimits::default()).1,
+        open: Arc::new(AtomicUsize::new(0)),
+        pressure: Arc::clone(&listeners.pressure),
+    };
     let admin_task = tokio::spawn(serve(
         admin_listener,
         admin_stopped,
         None,
         None,
-        ListenerLimits::default(),
+        admin_guard,
         move || drain_registry.config().drain_timeout,
         move |request, peer| {
             let state = Arc::clone(&admin_state);
@@ -590,21 +621,27 @@ async fn bind(what: &str, address: SocketAddr) -> Result<TcpListener, StartError
 /// Longest a client may take for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections until told to stop, then drains them: each open
-/// connection finishes its in-flight request and closes (idle keep-alive
-/// connections close at once), up to the drain timeout.
-async fn serve<H, F>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    connections: Option<ListenerMetrics>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    limits: ListenerLimits,
-    drain_timeout: impl Fn() -> Duration,
-    handler: H,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
+/// Pause after a failed accept, so a lack of descriptors is not a spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At most one `accept failed` line per listener and worker this often.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Under descriptor pressure, a connection that has not sent a request yet
+/// is shed only once it is this old: one just accepted is probably about to.
+const SHED_MIN_AGE: Duration = Duration::from_secs(1);
+
+/// What a listener's accept loop admits connections by: its limits (live,
+/// replaced by reloads), its open-connection count over all workers, and
+/// the process-wide descriptor pressure.
+struct Guard {
+    limits: watch::Receiver<ListenerLimits>,
+    open: Arc<AtomicUsize>,
+    pressure: Arc<Pressure>,
+}
+
+/// The hyper server settings for `limits`.
+fn connection_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -623,10 +660,32 @@ async fn serve<H, F>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let idle_timeout = limits.idle_timeout;
+    builder
+}
+
+/// Accepts connections until told to stop, then drains them: each open
+/// connection finishes its in-flight request and closes (idle keep-alive
+/// connections close at once), up to the drain timeout, when the rest are
+/// closed.
+async fn serve<H, F>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    connections: Option<ListenerMetrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut guard: Guard,
+    drain_timeout: impl Fn() -> Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let mut limits = *guard.limits.borrow_and_update();
+    let mut builder = Arc::new(connection_builder(&limits));
     // Every connection task holds a clone; when all are gone, recv() ends.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    // Raised at the drain timeout: connections still open close at once.
+    let (close_now, closing) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -635,13 +694,33 @@ async fn serve<H, F>(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
-                // Usually out of file descriptors: back off instead of
-                // spinning, and keep serving the connections we have.
-                tracing::error!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors: idle keep-alive connections give
+                // theirs back; back off instead of spinning, and keep
+                // serving the connections we have.
+                if crate::local_origin::is_local_resource_error(&error) {
+                    guard.pressure.shed_idle();
+                }
+                accept_errors.failed(&error);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        if guard.limits.has_changed().unwrap_or(false) {
+            limits = *guard.limits.borrow_and_update();
+            builder = Arc::new(connection_builder(&limits));
+        }
+        // Counted before the check, so two workers cannot both take the
+        // last place.
+        let open_before = guard.open.fetch_add(1, Ordering::Relaxed);
+        if limits.max_connections.is_some_and(|max| open_before >= max) {
+            guard.open.fetch_sub(1, Ordering::Relaxed);
+            if let Some(metrics) = &connections {
+                metrics.rejected.inc();
+            }
+            tracing::debug!(%peer, max_connections = ?limits.max_connections, "connection refused: the listener is full");
+            // Dropped: closed at once, before a byte is read.
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         if let Some(metrics) = &connections {
             metrics.accepted.inc();
@@ -650,18 +729,23 @@ async fn serve<H, F>(
         let (stream, activity) = Activity::new(stream);
         let connection = Connection {
             stop: stop.clone(),
+            closing: closing.clone(),
+            shed: guard.pressure.subscribe(),
             _open: open.clone(),
+            open_count: Arc::clone(&guard.open),
             metrics: connections.clone(),
             activity,
-            idle_timeout,
+            progress: Arc::new(Progress::default()),
+            limits,
+            accepted: tokio::time::Instant::now(),
         };
         let (builder, handler, tls) = (Arc::clone(&builder), handler.clone(), tls.clone());
+        let handshake_timeout = TLS_HANDSHAKE_TIMEOUT.min(limits.header_read_timeout);
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(&builder, stream, peer, connection, handler).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(&builder, stream, peer, connection, handler).await
                         }
@@ -683,6 +767,38 @@ async fn serve<H, F>(
             ?drain_timeout,
             "drain timeout reached; closing remaining connections"
         );
+        let _ = close_now.send(true);
+        // They close at their next poll; this only waits for that.
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed.recv()).await;
+    }
+}
+
+/// Failed accepts, logged at most once per [`ACCEPT_ERROR_LOG_INTERVAL`]
+/// with how many there were: out of descriptors, every accept fails.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, error: &std::io::Error) {
+        self.unlogged = self.unlogged.saturating_add(1);
+        if self
+            .last_logged
+            .is_some_and(|at| at.elapsed() < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            return;
+        }
+        let local = crate::local_origin::is_local_resource_error(error);
+        tracing::error!(
+            %error,
+            failures = self.unlogged,
+            shedding_idle_connections = local,
+            "accept failed"
+        );
+        self.last_logged = Some(tokio::time::Instant::now());
+        self.unlogged = 0;
     }
 }
 
@@ -796,29 +912,54 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Activity<I> {
     }
 }
 
-/// What a connection task keeps: the stop signal, its share of the open
-/// count the drain waits on, and its listener's metrics (which also count
-/// it down when dropped).
+/// What a connection task keeps: the stop signals, its share of the open
+/// counts (the drain waits on one, `max_connections` on the other), its
+/// listener's metrics, and what its limits watch.
 struct Connection {
     stop: watch::Receiver<bool>,
+    /// Becomes true when the drain time is over: close at once.
+    closing: watch::Receiver<bool>,
+    /// Changes when descriptors ran out: close if idle.
+    shed: watch::Receiver<u64>,
     /// Held, never used: the drain waits until every clone is dropped.
     _open: tokio::sync::mpsc::Sender<()>,
+    open_count: Arc<AtomicUsize>,
     metrics: Option<ListenerMetrics>,
     /// Reads and writes seen, for the idle timeout.
     activity: Arc<LastActivity>,
-    idle_timeout: Duration,
+    /// Requests and response bodies, for the other timeouts and shedding.
+    progress: Arc<Progress>,
+    limits: ListenerLimits,
+    accepted: tokio::time::Instant,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.open_count.fetch_sub(1, Ordering::Relaxed);
         if let Some(metrics) = &self.metrics {
             metrics.open.dec();
         }
     }
 }
 
+impl Connection {
+    fn timed_out(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.timed_out.inc();
+        }
+    }
+}
+
+/// Why a connection is being closed gracefully.
+enum Closing {
+    Stop,
+    Idle,
+    Shed,
+}
+
 /// Serves one client connection (plain or after its TLS handshake) until
-/// it closes, or until shutdown, then gracefully.
+/// it closes, or until shutdown, idleness or descriptor pressure close it
+/// gracefully (with a deadline), or a timeout closes it at once.
 async fn serve_connection<I, H, F>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
@@ -830,32 +971,108 @@ async fn serve_connection<I, H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let progress = Arc::clone(&connection.progress);
     let service = service_fn(move |request| {
+        let in_flight = progress.start();
         // Boxed: the request future is large, and hyper keeps room for it in
         // every connection's state, idle or not; boxing trades one small
         // allocation per request for much less memory per idle connection.
         let response = Box::pin(handler(request, peer));
-        async move { Ok::<_, Infallible>(response.await) }
+        async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, in_flight))) }
     });
     // With upgrades, so WebSocket and other HTTP/1.1 upgrades can be
     // tunnelled (see `proxy`).
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut served = std::pin::pin!(served);
-    let stop = &mut connection.stop;
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        // (The guard wait_for returns is dropped before the await.)
-        () = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
-        () = connection.activity.idle_for(connection.idle_timeout) => {
-            tracing::debug!(%peer, idle_timeout = ?connection.idle_timeout, "closing an idle connection");
-            served.as_mut().graceful_shutdown();
-            served.await
+    let limits = connection.limits;
+    // Made once, not per turn of the loop: shedding rounds come often under
+    // pressure and must not restart these timers.
+    let (activity, progress) = (
+        Arc::clone(&connection.activity),
+        Arc::clone(&connection.progress),
+    );
+    let idle = activity.idle_for(limits.idle_timeout);
+    let stalled = progress.stalled_for(limits.send_timeout);
+    // From accept to the first request head, on either protocol; hyper's
+    // own HTTP/1.1 timer only starts at the first byte.
+    let first_head = async {
+        tokio::time::sleep_until(connection.accepted + limits.header_read_timeout).await;
+        if progress.any_request() {
+            std::future::pending::<()>().await;
         }
     };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "client connection ended with an error");
+    let (mut idle, mut stalled, mut first_head) = (
+        std::pin::pin!(idle),
+        std::pin::pin!(stalled),
+        std::pin::pin!(first_head),
+    );
+    let mut shedding = true;
+    let closing = loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "client connection ended with an error");
+                }
+                return;
+            }
+            // (The guard wait_for returns is dropped before the await.)
+            () = async { drop(connection.stop.wait_for(|stopping| *stopping).await) } => break Closing::Stop,
+            () = idle.as_mut() => {
+                tracing::debug!(%peer, idle_timeout = ?limits.idle_timeout, "closing an idle connection");
+                break Closing::Idle;
+            }
+            () = first_head.as_mut() => {
+                tracing::debug!(%peer, header_read_timeout = ?limits.header_read_timeout, "no request head in time; closing");
+                connection.timed_out();
+                return;
+            }
+            () = stalled.as_mut() => {
+                tracing::debug!(%peer, send_timeout = ?limits.send_timeout, "the client does not take its response; closing");
+                connection.timed_out();
+                return;
+            }
+            changed = connection.shed.changed(), if shedding => {
+                if changed.is_err() {
+                    // The pressure signal is gone (shutdown): never again.
+                    shedding = false;
+                    continue;
+                }
+                let settled = progress.any_request() || connection.accepted.elapsed() >= SHED_MIN_AGE;
+                if progress.is_idle() && settled {
+                    if let Some(metrics) = &connection.metrics {
+                        metrics.shed.inc();
+                    }
+                    tracing::debug!(%peer, "out of descriptors; closing an idle connection");
+                    break Closing::Shed;
+                }
+            }
+        }
+    };
+    served.as_mut().graceful_shutdown();
+    // Graceful, but not forever: a client that does not read keeps a
+    // response (and its upstream connection) open otherwise.
+    let deadline = match closing {
+        Closing::Stop => None,
+        Closing::Idle | Closing::Shed => Some(limits.send_timeout.min(limits.idle_timeout)),
+    };
+    let closing_now = &mut connection.closing;
+    let finished = async {
+        match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, served.as_mut()).await.ok(),
+            None => Some(served.as_mut().await),
+        }
+    };
+    let result = tokio::select! {
+        result = finished => result,
+        // The drain timeout is over: close at once.
+        () = async { drop(closing_now.wait_for(|now| *now).await) } => None,
+    };
+    match result {
+        Some(Err(error)) => tracing::debug!(%peer, %error, "client connection ended with an error"),
+        Some(Ok(())) => {}
+        None => {
+            tracing::debug!(%peer, "the connection did not finish in time after being asked to close; closing it");
+            connection.timed_out();
+        }
     }
 }

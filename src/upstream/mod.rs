@@ -77,6 +77,18 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether the failure is this process's own (out of descriptors,
+    /// buffers or local ports), not the instance's: such errors must not
+    /// count against the instance's health.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::Io { source, .. } => crate::local_origin::is_local_resource_error(source),
+            _ => false,
+        }
+    }
+}
+
 /// A connection that can carry a request.
 #[derive(Debug)]
 pub enum Sender {
@@ -440,5 +452,27 @@ where
             });
             Ok(Sender::Http2(sender))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_out_locally_is_a_local_connect_error() {
+        let address: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let io = |code| ConnectError::Io {
+            address,
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        assert!(io(libc::EMFILE).is_local());
+        assert!(io(libc::EADDRNOTAVAIL).is_local());
+        assert!(!io(libc::ECONNREFUSED).is_local());
+        let timeout = ConnectError::Timeout {
+            address,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!timeout.is_local());
     }
 }

@@ -1,0 +1,301 @@
+//! Faults under load, with real processes: the proxy binary out of file
+//! descriptors keeps its instances healthy and sheds idle connections, and
+//! an upstream process frozen with SIGSTOP costs at most the configured
+//! timeouts until health checks take it out, then nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::binary::Process;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use switchyard::admin_client::call;
+use tokio::net::TcpStream;
+
+/// Generous: every "it eventually happens" wait is bounded by this.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `services[0]` entry of the admin status.
+async fn service_status(admin: SocketAddr) -> Option<serde_json::Value> {
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        call(admin, Method::GET, "/admin/status"),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let json: serde_json::Value = serde_json::from_str(&status.1).ok()?;
+    Some(json["services"][0].clone())
+}
+
+async fn healthy_instances(admin: SocketAddr) -> Option<u64> {
+    service_status(admin).await?["healthy_instances"].as_u64()
+}
+
+/// The health of instance `id` as the admin status shows it.
+async fn health_of(admin: SocketAddr, id: &str) -> Option<String> {
+    let service = service_status(admin).await?;
+    service["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+        .and_then(|i| i["health"].as_str().map(str::to_string))
+}
+
+/// Waits (bounded) until `want` instances are healthy.
+async fn until_healthy(admin: SocketAddr, want: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while healthy_instances(admin).await != Some(want) {
+        assert!(Instant::now() < deadline, "not {want} healthy instances");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// JSON log events of the proxy with this message.
+fn events(process: &Process, message: &str) -> Vec<serde_json::Value> {
+    process
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_instances_stay_healthy_and_idle_connections_make_room() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let config = format!(
+        "workers: 1\nlisteners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nroutes: [{{service: s}}]\nservices:\n  s:\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{{id: a, address: \"{a}\"}}, {{id: b, address: \"{b}\"}}]\n"
+    );
+    let process = Process::start(&config, &["--no-watch"]);
+    until_healthy(process.admin, 2).await;
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", process.child.id()))
+        .arg("--nofile=128:128")
+        .status()
+        .unwrap();
+    assert!(limited.success(), "prlimit failed");
+    let limited_at = Instant::now();
+
+    // Far more idle connections than descriptors: the kernel queues the
+    // rest, so the proxy keeps hitting its limit.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(process.listener).await.unwrap());
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while events(&process, "accept failed").is_empty() {
+        assert!(Instant::now() < deadline, "the proxy never ran out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Idle connections are closed to make room: a request gets through.
+    let client = client();
+    let url = format!("http://{}/", process.listener);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no request got through");
+        let request = client.request(Request::get(url.as_str()).body(Full::default()).unwrap());
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), request).await {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Probes that could not run did not count against the instances.
+    let unhealthy: Vec<_> = events(&process, "instance health changed")
+        .into_iter()
+        .filter(|event| event["to"] == "unhealthy")
+        .collect();
+    assert!(unhealthy.is_empty(), "{unhealthy:?}");
+    until_healthy(process.admin, 2).await;
+    // One line per listener and worker (two here) per 10 s, not one per
+    // failed accept (20 a second).
+    let logged = events(&process, "accept failed").len() as u64;
+    let allowed = 2 * (limited_at.elapsed().as_secs() / 10 + 1);
+    assert!(logged <= allowed, "accept failed logged {logged} times");
+    drop(idle);
+}
+
+/// A python3 HTTP/1.1 keep-alive upstream in its own process, named `name`;
+/// answers GET and POST with its name and the body length.
+struct PythonUpstream {
+    child: Child,
+    address: SocketAddr,
+}
+
+const PYTHON_UPSTREAM: &str = r#"
+import http.server, socketserver, sys
+name = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        out = ("%s %d\n" % (name, len(body))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("x-served-by", name)
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+server = Server(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+impl PythonUpstream {
+    fn start(name: &str) -> PythonUpstream {
+        let mut child = Command::new("python3")
+            .args(["-c", PYTHON_UPSTREAM, name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().expect("the upstream printed its port");
+        PythonUpstream {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request's fate.
+struct Outcome {
+    started: Instant,
+    took: Duration,
+    ok: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_it_out() {
+    let upstreams: Vec<PythonUpstream> = ["a", "b", "c"]
+        .iter()
+        .map(|name| PythonUpstream::start(name))
+        .collect();
+    let instances: Vec<String> = upstreams
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(u, id)| format!("{{id: {id}, address: \"{}\"}}", u.address))
+        .collect();
+    let proxy = proxy(&format!(
+        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 1s\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{}]\n",
+        instances.join(", ")
+    ))
+    .await;
+    until_healthy(proxy.admin_address(), 3).await;
+
+    let url = format!("{}/", base(&proxy));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let stop_at = Instant::now() + Duration::from_secs(60);
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for n in 0..32 {
+        let (url, outcomes, finished) = (url.clone(), Arc::clone(&outcomes), finished.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let mut i = 0u64;
+            while !*finished.borrow() && Instant::now() < stop_at {
+                i += 1;
+                let request = if (n + i).is_multiple_of(2) {
+                    Request::get(url.as_str()).body(Full::default())
+                } else {
+                    Request::post(url.as_str()).body(Full::new(Bytes::from(vec![b'p'; 1024])))
+                }
+                .unwrap();
+                let started = Instant::now();
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
+                let ok = matches!(&answer, Ok(Ok(response)) if response.status() == 200);
+                if let Ok(Ok(response)) = answer {
+                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                }
+                outcomes.lock().unwrap().push(Outcome {
+                    started,
+                    took: started.elapsed(),
+                    ok,
+                });
+            }
+        }));
+    }
+    // Load flows through all three, then one freezes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    upstreams[0].signal("STOP");
+    let deadline = Instant::now() + PATIENCE;
+    while health_of(proxy.admin_address(), "a").await.as_deref() != Some("unhealthy") {
+        assert!(
+            Instant::now() < deadline,
+            "the frozen instance stayed healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Seen down (a snapshot rebuild is a moment behind the verdict).
+    let down = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = done.send(true);
+    for client in clients {
+        tokio::time::timeout(PATIENCE, client)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    upstreams[0].signal("CONT");
+
+    let outcomes = outcomes.lock().unwrap();
+    let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started > down).collect();
+    assert!(after.len() > 32, "only {} requests after", after.len());
+    let failed_after = after.iter().filter(|o| !o.ok).count();
+    assert_eq!(failed_after, 0, "{failed_after} of {} failed", after.len());
+    // Before that, a request that met the frozen one waited at most
+    // connect_timeout per try and request_timeout (0.5 s × 3 + 1 s here),
+    // plus slack for a loaded machine.
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a request took {slowest:?}"
+    );
+    // (And the freeze was felt: some request met the frozen instance.)
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| !o.ok || o.took >= Duration::from_millis(900)),
+        "no request ever reached the frozen instance"
+    );
+}
