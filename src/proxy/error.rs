@@ -54,6 +54,21 @@ pub enum ProxyError {
         /// What hyper saw.
         detail: String,
     },
+    /// The client broke the framing of its request body (bad chunk line,
+    /// bad length) while it was being forwarded.
+    #[error("bad request: the request body is malformed")]
+    MalformedRequestBody,
+    /// The client went away before it had sent its whole body. Logged as
+    /// 499, as nginx does; the client is not there to read it.
+    #[error("the client closed the connection before sending its whole request body")]
+    ClientClosed,
+    /// The client was still sending its body when the request timeout ran
+    /// out: its slowness, not the instance's.
+    #[error("the request body did not arrive within {timeout:?}")]
+    ClientTimeout {
+        /// The limit.
+        timeout: Duration,
+    },
     /// The request cannot be forwarded as sent.
     #[error("bad request: {reason}")]
     BadRequest {
@@ -61,6 +76,13 @@ pub enum ProxyError {
         reason: &'static str,
     },
 }
+
+/// nginx's "client closed request": not a standard status, but what
+/// operators expect in logs and metrics for a client that left.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 fn no_instance_words(configured: usize) -> String {
     match configured {
@@ -82,7 +104,11 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. } | ProxyError::MalformedRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => CLIENT_CLOSED_REQUEST,
         }
     }
 }

@@ -29,7 +29,9 @@ use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::router::host_without_port;
-use crate::upstream::{ConnectError, Pool, ResponseBody, Sender};
+use crate::upstream::{
+    ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody, Sender,
+};
 
 /// A reused keep-alive connection can turn out closed just as a request is
 /// handed to it; the request was not sent, so it goes on a fresh
@@ -245,9 +247,18 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
+        let (body, client_body) = RequestBody::new(body);
         let request = Request::from_parts(parts, body);
 
-        send_with_retries(service, request, hash_ip(client_ip), lean, outcome).await
+        send_with_retries(
+            service,
+            request,
+            hash_ip(client_ip),
+            lean,
+            client_body.as_deref(),
+            outcome,
+        )
+        .await
     }
 }
 
@@ -257,9 +268,10 @@ impl Proxy {
 /// when that connection had been closed by the upstream (see [`Sent`]).
 async fn send_with_retries(
     service: &ServiceSnapshot,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     client_hash: u64,
     lean: bool,
+    client_body: Option<&ClientBodyWatch>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
@@ -285,6 +297,12 @@ async fn send_with_retries(
         } else {
             send_hyper(service, pool, request).await
         };
+        // Checked first: a client that broke or stalled its own upload must
+        // not count against the instance (outlier detection, metrics).
+        if let Some(error) = client_fault(&sent, client_body, service.request_timeout) {
+            tracing::debug!(service = %service.name, instance = %instance.id, %error, "client failed its request");
+            return Err(error);
+        }
         match sent {
             Sent::Answered {
                 response,
@@ -371,6 +389,28 @@ async fn send_with_retries(
     })
 }
 
+/// Whether a failed exchange was the client's doing, judged by how reading
+/// its body went: it broke the body's framing or went away (the upstream
+/// client then reports only that the body failed), or the request timeout
+/// ran out while the proxy was waiting for the client's bytes.
+fn client_fault(
+    sent: &Sent,
+    client_body: Option<&ClientBodyWatch>,
+    timeout: Duration,
+) -> Option<ProxyError> {
+    let state = client_body?.state();
+    match (sent, state) {
+        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Malformed) => {
+            Some(ProxyError::MalformedRequestBody)
+        }
+        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Gone) => Some(ProxyError::ClientClosed),
+        (Sent::TimedOut, ClientBodyState::WaitingForClient) => {
+            Some(ProxyError::ClientTimeout { timeout })
+        }
+        _ => None,
+    }
+}
+
 /// How sending a request to one instance went.
 enum Sent {
     /// A response head arrived; `connection` (hyper's) goes
@@ -380,9 +420,9 @@ enum Sent {
         connection: Option<Sender>,
     },
     /// No connection could be made; the request is given back.
-    ConnectFailed(ConnectError, Request<Incoming>),
+    ConnectFailed(ConnectError, Request<RequestBody>),
     /// Connections were made but the request never went out on one.
-    Unsent(Request<Incoming>, String),
+    Unsent(Request<RequestBody>, String),
     /// No response head within the request timeout.
     TimedOut,
     /// The request went out and the exchange failed.
@@ -395,7 +435,7 @@ enum Sent {
 async fn send_hyper(
     service: &ServiceSnapshot,
     pool: &Pool,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -434,7 +474,7 @@ async fn send_hyper(
 async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Sent {
     let mut stale = 0;
     loop {

@@ -17,6 +17,7 @@
 //! idle connection are pooled side by side.
 
 pub mod h1;
+mod request_body;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,9 +33,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::{UpstreamProtocol, UpstreamTls};
-
-/// The body type sent upstream: the client's body, streamed through.
-pub type RequestBody = Incoming;
+pub use request_body::{ClientBodyState, ClientBodyWatch, RequestBody};
 
 /// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.
