@@ -30,7 +30,8 @@ use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::router::host_without_port;
 use crate::upstream::{
-    ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody, Sender,
+    framing, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
+    Sender,
 };
 
 /// A reused keep-alive connection can turn out closed just as a request is
@@ -449,11 +450,16 @@ async fn send_hyper(
         )
         .await;
         match response {
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                // The lean client checks the same in its own parser.
+                let status = response.status();
+                if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
+                    return Sent::Failed(format!("invalid response: {invalid}"));
+                }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
                     connection: Some(connection.sender),
-                }
+                };
             }
             Err(_elapsed) => return Sent::TimedOut,
             Ok(Err(mut error)) => match error.take_message() {

@@ -16,6 +16,7 @@
 //! client in [`h1`]; everything else uses hyper's client. Both kinds of
 //! idle connection are pooled side by side.
 
+pub mod framing;
 pub mod h1;
 mod request_body;
 
@@ -419,7 +420,12 @@ where
     let failed = |source| ConnectError::Handshake { address, source };
     match protocol {
         UpstreamProtocol::Http1 => {
-            let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(failed)?;
+            // The same head limit as the lean client's (see `framing`).
+            let (sender, connection) = http1::Builder::new()
+                .max_header_size(framing::MAX_RESPONSE_HEAD)
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(failed)?;
             tokio::spawn(async move {
                 // With upgrades: a 101 answer hands the socket over to a tunnel.
                 if let Err(error) = connection.with_upgrades().await {
@@ -429,7 +435,9 @@ where
             Ok(Sender::Http1(sender))
         }
         UpstreamProtocol::Http2 => {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(framing::MAX_RESPONSE_HEAD as u32)
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(failed)?;
             tokio::spawn(async move {
