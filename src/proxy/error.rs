@@ -38,6 +38,19 @@ pub enum ProxyError {
         /// Whether the last failure was a connect timeout.
         timed_out: bool,
     },
+    /// Every instance tried had all the connections the service allows
+    /// busy (`max_connections_per_instance`) for the connect timeout.
+    #[error(
+        "service `{service}` is at its connection limit after {attempts} attempt(s): {detail}"
+    )]
+    InstancesBusy {
+        /// The routed service.
+        service: ServiceName,
+        /// Attempts made.
+        attempts: u32,
+        /// The last wait that ran out.
+        detail: String,
+    },
     /// The instance did not send response headers in time.
     #[error("service `{service}` did not answer within {timeout:?}")]
     UpstreamTimeout {
@@ -96,7 +109,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance { .. } | ProxyError::InstancesBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed {
                 timed_out: true, ..
             }

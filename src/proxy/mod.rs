@@ -330,6 +330,13 @@ async fn send_with_retries(
                 };
                 return Ok((response, completion));
             }
+            Sent::ConnectFailed(error @ ConnectError::Saturated { .. }, unsent) => {
+                // The proxy's own limit, not a fault of the instance.
+                tracing::debug!(service = %service.name, instance = %instance.id, attempt, %error, "no free connection");
+                tried.push(index);
+                last_error = Some(error);
+                request = unsent;
+            }
             Sent::ConnectFailed(error, unsent) => {
                 tracing::warn!(
                     service = %service.name,
@@ -377,6 +384,13 @@ async fn send_with_retries(
         return Err(ProxyError::NoInstance {
             service: service.name.clone(),
             configured: service.all_instances.len(),
+        });
+    }
+    if let Some(error @ ConnectError::Saturated { .. }) = &last_error {
+        return Err(ProxyError::InstancesBusy {
+            service: service.name.clone(),
+            attempts: tried.len() as u32,
+            detail: error.to_string(),
         });
     }
     Err(ProxyError::ConnectFailed {

@@ -60,6 +60,8 @@ pub struct Conn {
     end: usize,
     /// The request head being written; its capacity is reused.
     head: Vec<u8>,
+    /// Its share of the instance's connection limit, while it is open.
+    _permit: super::ConnectionPermit,
 }
 
 /// A failed exchange, and whether the request may go on another
@@ -76,13 +78,14 @@ pub struct SendError {
 impl Conn {
     /// Wraps a connected socket. Boxed: it moves between the pool, the
     /// request and the response body, always as one pointer.
-    pub fn new(io: TcpStream) -> Box<Conn> {
+    pub fn new(io: TcpStream, permit: super::ConnectionPermit) -> Box<Conn> {
         Box::new(Conn {
             io,
             buf: vec![0; BUFFER],
             start: 0,
             end: 0,
             head: Vec::with_capacity(512),
+            _permit: permit,
         })
     }
 
