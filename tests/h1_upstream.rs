@@ -898,3 +898,25 @@ async fn a_bare_cr_in_a_chunk_extension_fails_the_body_on_both_clients() {
         assert_not_whole_200(name, fetched);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_at_once_is_a_502_on_both_clients() {
+    // The broken chunk line comes with the head: the proxy sees the body
+    // fail before it has forwarded anything, so it can still say so.
+    let upstream = Scripted::start(|_| {
+        Reply::keep("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    })
+    .await;
+    let proxy = proxy_to(&upstream, "").await;
+    let client = client();
+    let url = format!("{}/", base(&proxy));
+    for (name, body) in BOTH_CLIENTS {
+        let fetched = fetch_with(&client, "GET", &url, body).await;
+        let (status, _, text) = fetched.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(status, 502, "{name}: {text:?}");
+        assert!(
+            String::from_utf8_lossy(&text).contains("response body failed at once"),
+            "{name}: {text:?}"
+        );
+    }
+}

@@ -123,11 +123,36 @@ impl Proxy {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
                 }
+                let mut body = body;
+                let first = match upstream_upgrade {
+                    Some(_) => Ok(None),
+                    None => body::peek(&mut body).await,
+                };
                 match (upstream_upgrade, upgrade) {
+                    // Failed before a byte of it could be sent: the head
+                    // can still be replaced by a 502.
+                    (None, _) if first.is_err() => {
+                        let detail = first.err().map_or_else(String::new, |e| e.to_string());
+                        tracing::warn!(%detail, "response body failed before its first byte");
+                        if let Some(log) = completion.log.as_mut() {
+                            log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(service) = service {
+                            service
+                                .metrics
+                                .answered_by_proxy(StatusCode::BAD_GATEWAY.as_u16());
+                        }
+                        completion.finish(false);
+                        error_response(&ProxyError::UpstreamFailed {
+                            service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
+                            detail: format!("its response body failed at once: {detail}"),
+                        })
+                    }
                     (None, _) => Response::from_parts(
                         parts,
                         ProxyBody::Upstream(UpstreamBody::new(
                             body,
+                            first.ok().flatten(),
                             completion,
                             service.map_or(Duration::MAX, |s| s.request_timeout),
                         )),
