@@ -1,5 +1,6 @@
-//! A client that fails its own request body (goes away mid-upload, breaks
-//! the chunked framing, uploads slower than the request timeout) gets 499
+//! A client that fails its own request body (goes away or resets its
+//! HTTP/2 stream mid-upload, breaks the chunked framing, uploads slower
+//! than the request timeout) gets 499
 //! (logged; it is gone), 400 or 408, never a 502, and never counts against
 //! the instance: outlier detection does not eject it.
 
@@ -7,13 +8,17 @@
 
 mod common;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http::{Method, Response};
 use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::server::Running;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -152,5 +157,58 @@ async fn uploads_slower_than_the_request_timeout_are_408_and_eject_nothing() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     }
     wait_for_4xx(&proxy, 6.0).await;
+    assert_instance_untouched(&proxy).await;
+}
+
+/// A request body that sends ten bytes, then fails after 150 ms: the
+/// client gives up on its upload (hyper resets the HTTP/2 stream).
+struct Aborting {
+    sent: bool,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for Aborting {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if !self.sent {
+            self.sent = true;
+            return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"0123456789",
+            )))));
+        }
+        ready!(self.pause.as_mut().poll(cx));
+        Poll::Ready(Some(Err("the client gave up".into())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_resetting_mid_upload_are_499_and_eject_nothing() {
+    let proxy = proxy_with_outlier_detection("").await;
+    let stream = TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..15 {
+        let request = http::Request::post("http://s.test/")
+            .header("content-length", "1000")
+            .body(Aborting {
+                sent: false,
+                pause: Box::pin(tokio::time::sleep(Duration::from_millis(150))),
+            })
+            .unwrap();
+        // The exchange fails on the client's side; only the proxy's
+        // accounting is of interest.
+        let _ = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request)).await;
+    }
+    wait_for_4xx(&proxy, 15.0).await;
     assert_instance_untouched(&proxy).await;
 }

@@ -199,3 +199,55 @@ async fn a_request_beyond_the_limit_waits_then_gets_503_without_blame() {
     assert_eq!(third.status, 200, "{}", third.body);
     assert_eq!(upstream.max_open.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_http2_streams_from_one_client_share_the_allowed_connections() {
+    // One HTTP/2 client connection, 200 streams at once (the default
+    // stream limit): without a cap each would open its own upstream
+    // HTTP/1.1 connection.
+    let upstream = Counting::start(usize::MAX >> 4).await;
+    let proxy = proxy(&limited(1, 4, &upstream)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut sender = sender.clone();
+        requests.spawn(async move {
+            // With a body, so all take hyper's client and no idle
+            // connection of the other kind is ever closed to make room
+            // (which the upstream would notice late, blurring its count).
+            let request = http::Request::post("http://s.test/")
+                .body(Full::new(Bytes::from("data")))
+                .unwrap();
+            let exchange = async {
+                let response = sender.send_request(request).await.unwrap();
+                let status = response.status().as_u16();
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, body)
+            };
+            tokio::time::timeout(Duration::from_secs(10), exchange)
+                .await
+                .expect("an answer within 10s")
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!((status, body.as_ref()), (200, &b"done"[..]));
+    }
+    let max_open = upstream.max_open.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&max_open),
+        "{max_open} connections were open at once"
+    );
+}

@@ -46,6 +46,7 @@ pub struct Proxy {
 }
 
 /// What the request path learnt, for metrics and the access log.
+#[derive(Default)]
 struct Outcome {
     /// Index of the routed service in the snapshot.
     service: Option<usize>,
@@ -84,11 +85,15 @@ impl Proxy {
             request_id: request_id.clone(),
             client_ip,
         });
-        let mut outcome = Outcome {
-            service: None,
-            instance: None,
-            upstream_time: None,
-            wants_upstream_time: log.is_some(),
+        let mut pending = Pending {
+            snapshot: &snapshot,
+            started,
+            outcome: Outcome {
+                wants_upstream_time: log.is_some(),
+                ..Outcome::default()
+            },
+            log,
+            answered: false,
         };
         // HTTP/1.1 upgrades (WebSocket and others) become a tunnel once the
         // upstream agrees (101).
@@ -98,8 +103,16 @@ impl Proxy {
             .map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
         let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
         let result = self
-            .forward(&snapshot, request, peer, client_ip, protocol, &mut outcome)
+            .forward(
+                &snapshot,
+                request,
+                peer,
+                client_ip,
+                protocol,
+                &mut pending.outcome,
+            )
             .await;
+        let (log, outcome) = pending.answered();
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
             log.service = service.map(|s| s.name.to_string());
@@ -285,6 +298,49 @@ impl Proxy {
             outcome,
         )
         .await
+    }
+}
+
+/// A request waiting for its answer. If it is dropped before that (the
+/// client reset its HTTP/2 stream or closed its connection, and the server
+/// stopped the request), it is counted and logged as 499, as nginx does,
+/// and its instance takes no blame.
+struct Pending<'a> {
+    snapshot: &'a Snapshot,
+    started: Instant,
+    outcome: Outcome,
+    log: Option<AccessLog>,
+    answered: bool,
+}
+
+impl Pending<'_> {
+    /// The request got an answer (or an error response) to send.
+    fn answered(&mut self) -> (Option<AccessLog>, Outcome) {
+        self.answered = true;
+        (self.log.take(), std::mem::take(&mut self.outcome))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let status = ProxyError::ClientClosed.status().as_u16();
+        let service = self.outcome.service.map(|index| &self.snapshot.services[index]);
+        if let Some(service) = service {
+            service.metrics.answered_by_proxy(status);
+            service
+                .metrics
+                .duration
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        if let Some(mut log) = self.log.take() {
+            log.status = status;
+            log.service = service.map(|s| s.name.to_string());
+            log.instance = self.outcome.instance.as_ref().map(|i| i.id.to_string());
+            log.emit(0, false);
+        }
     }
 }
 
