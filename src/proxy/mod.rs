@@ -327,7 +327,10 @@ impl Drop for Pending<'_> {
             return;
         }
         let status = ProxyError::ClientClosed.status().as_u16();
-        let service = self.outcome.service.map(|index| &self.snapshot.services[index]);
+        let service = self
+            .outcome
+            .service
+            .map(|index| &self.snapshot.services[index]);
         if let Some(service) = service {
             service.metrics.answered_by_proxy(status);
             service

@@ -196,7 +196,7 @@ pub type ConnectionPermit = Option<OwnedSemaphorePermit>;
 enum Room {
     /// A new connection may be opened.
     Granted(ConnectionPermit),
-    /// An idle connection came back to this worker's list: look again.
+    /// An idle connection came back (to some worker's list): look again.
     IdleReturned,
 }
 
@@ -320,7 +320,8 @@ impl Pool {
             return Ok(Room::Granted(Some(permit)));
         }
         // Idle connections this request cannot use (another worker's, or
-        // of the other client kind) hold permits: close one to free its.
+        // of the other client kind) hold permits: close one to free its
+        // permit.
         self.close_unusable_idle();
         let returned = self.returned.notified();
         tokio::select! {
