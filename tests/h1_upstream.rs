@@ -726,3 +726,197 @@ async fn request_with_a_body_then_one_without_both_get_their_answers() {
     assert_eq!(got.body, "POST /submit [hello]");
     get_ok(&client, &format!("{base}/fetch"), "GET /fetch []").await;
 }
+
+// ---------------------------------------------------------------------------
+// One set of rules for both clients
+// ---------------------------------------------------------------------------
+
+/// The two ways to an upstream: a request without a body takes the lean
+/// client, one with a body takes hyper's.
+const BOTH_CLIENTS: [(&str, &str); 2] = [("lean", ""), ("hyper", "x")];
+
+/// Sends `method` to `url` with `body` and reads the whole answer (10 s at
+/// most); `Err` when the request or its body fails.
+async fn fetch_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    body: &'static str,
+) -> Result<(u16, http::HeaderMap, Bytes), String> {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err("no end within 10s".into()))
+}
+
+/// Each `(path, answer)` is what the upstream sends for that path; every
+/// one must come back from the proxy as a 502 through both clients, and
+/// each failure is listed.
+async fn assert_502_on_both_clients(method: &str, cases: &[(&str, String)]) {
+    let answers: Vec<(String, String)> = cases
+        .iter()
+        .map(|(path, answer)| (path.to_string(), answer.clone()))
+        .collect();
+    let upstream = Scripted::start(move |seen| {
+        let answer = answers
+            .iter()
+            .find(|(path, _)| path == seen.path())
+            .map_or_else(|| ok("unknown case"), |(_, answer)| answer.clone());
+        Reply::keep(answer)
+    })
+    .await;
+    let proxy = proxy_to(&upstream, "").await;
+    let client = client();
+    let mut wrong = Vec::new();
+    for (name, body) in BOTH_CLIENTS {
+        for (path, _) in cases {
+            let url = format!("{}{path}", base(&proxy));
+            match fetch_with(&client, method, &url, body).await {
+                Ok((502, _, _)) => {}
+                other => wrong.push(format!("{name} {method} {path}: {other:?}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The proxy goes on serving through both clients.
+    for (name, body) in BOTH_CLIENTS {
+        let got = fetch_with(&client, method, &format!("{}/fine", base(&proxy)), body).await;
+        assert_eq!(got.map(|g| g.0), Ok(200), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_with_invalid_framing_fields_are_502_on_both_clients() {
+    let cl = |value: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: {value}\r\n\r\n");
+    assert_502_on_both_clients(
+        "HEAD",
+        &[
+            ("/negative", cl("-1")),
+            ("/hex", cl("0x2")),
+            ("/huge", cl("12345678901234567890123")),
+            ("/differing", cl("5\r\ncontent-length: 6")),
+            ("/list", cl("5, 6")),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_identical_content_length_is_folded_into_one_on_both_clients() {
+    let upstream = Scripted::start(|seen| {
+        let body = if seen.method() == "HEAD" { "" } else { "hello" };
+        Reply::keep(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n{body}"
+        ))
+    })
+    .await;
+    let proxy = proxy_to(&upstream, "").await;
+    let client = client();
+    let url = format!("{}/", base(&proxy));
+    for method in ["HEAD", "GET"] {
+        for (name, body) in BOTH_CLIENTS {
+            let (status, headers, text) = fetch_with(&client, method, &url, body)
+                .await
+                .unwrap_or_else(|e| panic!("{name} {method}: {e}"));
+            assert_eq!(status, 200, "{name} {method}");
+            let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+            assert_eq!(lengths, ["5"], "{name} {method}");
+            let expected = if method == "HEAD" { "" } else { "hello" };
+            assert_eq!(text, expected, "{name} {method}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_answers_are_502_on_both_clients() {
+    let head = |status_line: &str, fields: &str| {
+        format!("HTTP/1.1 {status_line}\r\n{fields}content-length: 2\r\n\r\nok")
+    };
+    assert_502_on_both_clients(
+        "GET",
+        &[
+            // RFC 9110 §15: status codes are 100–599.
+            ("/600", head("600 Beyond", "")),
+            ("/999", head("999 Beyond", "")),
+            (
+                "/oversized",
+                head("200 OK", &format!("x-big: {}\r\n", "a".repeat(70 * 1024))),
+            ),
+            (
+                "/plus",
+                "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok".into(),
+            ),
+            (
+                "/list",
+                "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok".into(),
+            ),
+            (
+                "/two",
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok".into(),
+            ),
+            (
+                "/status",
+                "HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\nok".into(),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_cr_in_a_chunk_extension_fails_the_body_on_both_clients() {
+    let upstream = Scripted::start(|_| {
+        Reply::keep(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3;a\rb\r\nabc\r\n0\r\n\r\n",
+        )
+    })
+    .await;
+    let proxy = proxy_to(&upstream, "").await;
+    let client = client();
+    let url = format!("{}/", base(&proxy));
+    for (name, body) in BOTH_CLIENTS {
+        let fetched = fetch_with(&client, "GET", &url, body)
+            .await
+            .map(|(status, _, body)| (status, body));
+        assert_not_whole_200(name, fetched);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_fails_at_once_is_a_502_on_both_clients() {
+    // The broken chunk line comes with the head: the proxy sees the body
+    // fail before it has forwarded anything, so it can still say so.
+    let upstream = Scripted::start(|_| {
+        Reply::keep("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n")
+    })
+    .await;
+    let proxy = proxy_to(&upstream, "").await;
+    let client = client();
+    let url = format!("{}/", base(&proxy));
+    for (name, body) in BOTH_CLIENTS {
+        let fetched = fetch_with(&client, "GET", &url, body).await;
+        let (status, _, text) = fetched.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(status, 502, "{name}: {text:?}");
+        assert!(
+            String::from_utf8_lossy(&text).contains("response body failed at once"),
+            "{name}: {text:?}"
+        );
+    }
+}

@@ -284,6 +284,9 @@ pub struct ServiceConfig {
     pub panic_threshold: u8,
     /// Instances also come from Consul.
     pub discovery: Option<ConsulDiscovery>,
+    /// Most upstream connections open at once to each instance (per
+    /// proxy, over all workers); `None` is no limit.
+    pub max_connections_per_instance: Option<NonZeroU32>,
     /// HTTP version spoken to the instances.
     pub protocol: UpstreamProtocol,
     /// TLS to the instances, if on.
@@ -577,6 +580,7 @@ impl ServiceConfig {
             outlier_detection: None,
             panic_threshold: 0,
             discovery: None,
+            max_connections_per_instance: None,
             protocol: UpstreamProtocol::Http1,
             tls: None,
             instances: Vec::new(),

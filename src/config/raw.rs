@@ -188,6 +188,8 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub(crate) tls: Option<RawUpstreamTls>,
     #[serde(default)]
+    pub(crate) max_connections_per_instance: Option<i64>,
+    #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,
 }
 

@@ -224,6 +224,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     })
 }
 
+/// Beyond this a per-instance connection cap bounds nothing a host can open
+/// (file descriptors run out first).
+const MAX_CONNECTIONS_PER_INSTANCE: u32 = 1_000_000;
+
 fn validate_route(
     path: &str,
     route: &RawRoute,
@@ -407,6 +411,23 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         None => Some(0),
         Some(p) => errors.check(format!("{path}.panic_threshold"), percent(p)),
     };
+    let max_connections_per_instance = match raw.max_connections_per_instance {
+        None => Some(None),
+        Some(n) => errors
+            .check(
+                format!("{path}.max_connections_per_instance"),
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                    .and_then(NonZeroU32::new)
+                    .ok_or_else(|| {
+                        format!(
+                            "must be between 1 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n}); leave it out for no limit"
+                        )
+                    }),
+            )
+            .map(Some),
+    };
 
     let mut instances = Vec::new();
     let mut ids = HashSet::new();
@@ -440,6 +461,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         outlier_detection,
         panic_threshold: panic_threshold?,
         discovery,
+        max_connections_per_instance: max_connections_per_instance?,
         protocol: protocol?,
         tls: tls.flatten(),
         instances,
@@ -1155,6 +1177,41 @@ services:
             errors[0]
         );
         assert!(errors[0].contains("wieght"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn connection_limit_is_optional_and_positive() {
+        let api = |text: &str| {
+            parse(text)
+                .unwrap()
+                .services
+                .values()
+                .next()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(api(GOOD).max_connections_per_instance, None);
+        let limited = GOOD.replace(
+            "strategy: weighted_round_robin",
+            "strategy: weighted_round_robin\n    max_connections_per_instance: 64",
+        );
+        assert_eq!(
+            api(&limited)
+                .max_connections_per_instance
+                .map(std::num::NonZeroU32::get),
+            Some(64)
+        );
+        for bad in ["0", "-1", "2000000"] {
+            let errors = messages(&limited.replace(": 64", &format!(": {bad}")));
+            assert_eq!(errors.len(), 1, "{errors:#?}");
+            assert!(
+                errors[0].starts_with(&format!(
+                    "services.api.max_connections_per_instance: must be between 1 and 1000000 (got {bad})"
+                )),
+                "{}",
+                errors[0]
+            );
+        }
     }
 
     #[test]

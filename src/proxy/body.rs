@@ -43,11 +43,30 @@ impl ProxyBody {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: ResponseBody,
+    /// A frame read before the head was forwarded (see [`peek`]).
+    first: Option<Peeked>,
     completion: Option<Completion>,
     read_timeout: Duration,
     /// Armed when a poll finds no bytes; reset when bytes come.
     silence: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+}
+
+/// A frame read before the head was forwarded; trailers (rare there) are
+/// boxed to keep the body small.
+#[derive(Debug)]
+pub(crate) enum Peeked {
+    Data(Bytes),
+    Trailers(Box<http::HeaderMap>),
+}
+
+impl Peeked {
+    fn into_frame(self) -> Frame<Bytes> {
+        match self {
+            Peeked::Data(data) => Frame::data(data),
+            Peeked::Trailers(trailers) => Frame::trailers(*trailers),
+        }
+    }
 }
 
 /// Done once, when the body ends or is dropped.
@@ -105,11 +124,13 @@ pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut completio
 impl UpstreamBody {
     pub(crate) fn new(
         inner: ResponseBody,
+        first: Option<Peeked>,
         completion: Completion,
         read_timeout: Duration,
     ) -> UpstreamBody {
         UpstreamBody {
             inner,
+            first,
             completion: Some(completion),
             read_timeout,
             silence: None,
@@ -161,7 +182,10 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match self.first.take() {
+            Some(peeked) => Poll::Ready(Some(Ok(peeked.into_frame()))),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
+        };
         if polled.is_pending() {
             if self.silent_too_long(cx) {
                 self.finish(false);
@@ -195,11 +219,44 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let Some(Peeked::Data(first)) = &self.first else {
+            return self.inner.size_hint();
+        };
+        // The peeked bytes are still to be sent.
+        let inner = self.inner.size_hint();
+        let len = first.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(len));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(len));
+        }
+        hint
+    }
+}
+
+/// The body's first frame if it is there already, without waiting: a
+/// body that fails at once (its first chunk line broken, the connection
+/// closed right after the head) is an error while the proxy can still
+/// answer 502 instead of forwarding the head. `Ok(None)`: nothing yet, or
+/// the body ended.
+pub(crate) async fn peek(body: &mut ResponseBody) -> Result<Option<Peeked>, BoxError> {
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+        Poll::Ready(Some(Ok(frame))) => Ok(match frame.into_data() {
+            Ok(data) => Some(Peeked::Data(data)),
+            Err(frame) => frame
+                .into_trailers()
+                .ok()
+                .map(|t| Peeked::Trailers(Box::new(t))),
+        }),
+        Poll::Ready(Some(Err(error))) => Err(error),
+        Poll::Ready(None) | Poll::Pending => Ok(None),
     }
 }
 

@@ -38,6 +38,19 @@ pub enum ProxyError {
         /// Whether the last failure was a connect timeout.
         timed_out: bool,
     },
+    /// Every instance tried had all the connections the service allows
+    /// busy (`max_connections_per_instance`) for the connect timeout.
+    #[error(
+        "service `{service}` is at its connection limit after {attempts} attempt(s): {detail}"
+    )]
+    InstancesBusy {
+        /// The routed service.
+        service: ServiceName,
+        /// Attempts made.
+        attempts: u32,
+        /// The last wait that ran out.
+        detail: String,
+    },
     /// The instance did not send response headers in time.
     #[error("service `{service}` did not answer within {timeout:?}")]
     UpstreamTimeout {
@@ -54,6 +67,21 @@ pub enum ProxyError {
         /// What hyper saw.
         detail: String,
     },
+    /// The client broke the framing of its request body (bad chunk line,
+    /// bad length) while it was being forwarded.
+    #[error("bad request: the request body is malformed")]
+    MalformedRequestBody,
+    /// The client went away before it had sent its whole body. Logged as
+    /// 499, as nginx does; the client is not there to read it.
+    #[error("the client closed the connection before sending its whole request body")]
+    ClientClosed,
+    /// The client was still sending its body when the request timeout ran
+    /// out: its slowness, not the instance's.
+    #[error("the request body did not arrive within {timeout:?}")]
+    ClientTimeout {
+        /// The limit.
+        timeout: Duration,
+    },
     /// The request cannot be forwarded as sent.
     #[error("bad request: {reason}")]
     BadRequest {
@@ -61,6 +89,13 @@ pub enum ProxyError {
         reason: &'static str,
     },
 }
+
+/// nginx's "client closed request": not a standard status, but what
+/// operators expect in logs and metrics for a client that left.
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
 
 fn no_instance_words(configured: usize) -> String {
     match configured {
@@ -74,7 +109,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoInstance { .. } | ProxyError::InstancesBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed {
                 timed_out: true, ..
             }
@@ -82,7 +119,11 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } | ProxyError::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest { .. } | ProxyError::MalformedRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => CLIENT_CLOSED_REQUEST,
         }
     }
 }

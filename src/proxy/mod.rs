@@ -30,7 +30,10 @@ pub use error::ProxyError;
 use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
-use crate::upstream::{ConnectError, Pool, ResponseBody, Sender};
+use crate::upstream::{
+    framing, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
+    Sender,
+};
 
 /// A reused keep-alive connection can turn out closed just as a request is
 /// handed to it; the request was not sent, so it goes on a fresh
@@ -44,6 +47,7 @@ pub struct Proxy {
 }
 
 /// What the request path learnt, for metrics and the access log.
+#[derive(Default)]
 struct Outcome {
     /// Index of the routed service in the snapshot.
     service: Option<usize>,
@@ -91,16 +95,27 @@ impl Proxy {
             request_id: request_id.clone(),
             client_ip,
         });
-        let mut outcome = Outcome {
-            service: None,
-            instance: None,
-            upstream_time: None,
-            wants_upstream_time: log.is_some(),
-            client_upgrade: None,
+        let mut pending = Pending {
+            snapshot: &snapshot,
+            started,
+            outcome: Outcome {
+                wants_upstream_time: log.is_some(),
+                ..Outcome::default()
+            },
+            log,
+            answered: false,
         };
         let result = self
-            .forward(&snapshot, request, host, peer, client_ip, &mut outcome)
+            .forward(
+                &snapshot,
+                request,
+                host,
+                peer,
+                client_ip,
+                &mut pending.outcome,
+            )
             .await;
+        let (log, mut outcome) = pending.answered();
         let upgrade = outcome.client_upgrade.take();
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
@@ -125,11 +140,36 @@ impl Proxy {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
                 }
+                let mut body = body;
+                let first = match upstream_upgrade {
+                    Some(_) => Ok(None),
+                    None => body::peek(&mut body).await,
+                };
                 match (upstream_upgrade, upgrade) {
+                    // Failed before a byte of it could be sent: the head
+                    // can still be replaced by a 502.
+                    (None, _) if first.is_err() => {
+                        let detail = first.err().map_or_else(String::new, |e| e.to_string());
+                        tracing::warn!(%detail, "response body failed before its first byte");
+                        if let Some(log) = completion.log.as_mut() {
+                            log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(service) = service {
+                            service
+                                .metrics
+                                .answered_by_proxy(StatusCode::BAD_GATEWAY.as_u16());
+                        }
+                        completion.finish(false);
+                        error_response(&ProxyError::UpstreamFailed {
+                            service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
+                            detail: format!("its response body failed at once: {detail}"),
+                        })
+                    }
                     (None, _) => Response::from_parts(
                         parts,
                         ProxyBody::Upstream(UpstreamBody::new(
                             body,
+                            first.ok().flatten(),
                             completion,
                             service.map_or(Duration::MAX, |s| s.request_timeout),
                         )),
@@ -268,9 +308,64 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
+        let (body, client_body) = RequestBody::new(body);
         let request = Request::from_parts(parts, body);
 
-        send_with_retries(service, request, hash_ip(client_ip), lean, outcome).await
+        send_with_retries(
+            service,
+            request,
+            hash_ip(client_ip),
+            lean,
+            client_body.as_deref(),
+            outcome,
+        )
+        .await
+    }
+}
+
+/// A request waiting for its answer. If it is dropped before that (the
+/// client reset its HTTP/2 stream or closed its connection, and the server
+/// stopped the request), it is counted and logged as 499, as nginx does,
+/// and its instance takes no blame.
+struct Pending<'a> {
+    snapshot: &'a Snapshot,
+    started: Instant,
+    outcome: Outcome,
+    log: Option<AccessLog>,
+    answered: bool,
+}
+
+impl Pending<'_> {
+    /// The request got an answer (or an error response) to send.
+    fn answered(&mut self) -> (Option<AccessLog>, Outcome) {
+        self.answered = true;
+        (self.log.take(), std::mem::take(&mut self.outcome))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let status = ProxyError::ClientClosed.status().as_u16();
+        let service = self
+            .outcome
+            .service
+            .map(|index| &self.snapshot.services[index]);
+        if let Some(service) = service {
+            service.metrics.answered_by_proxy(status);
+            service
+                .metrics
+                .duration
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        if let Some(mut log) = self.log.take() {
+            log.status = status;
+            log.service = service.map(|s| s.name.to_string());
+            log.instance = self.outcome.instance.as_ref().map(|i| i.id.to_string());
+            log.emit(0, false);
+        }
     }
 }
 
@@ -280,9 +375,10 @@ impl Proxy {
 /// when that connection had been closed by the upstream (see [`Sent`]).
 async fn send_with_retries(
     service: &ServiceSnapshot,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     client_hash: u64,
     lean: bool,
+    client_body: Option<&ClientBodyWatch>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
@@ -308,6 +404,12 @@ async fn send_with_retries(
         } else {
             send_hyper(service, pool, request).await
         };
+        // Checked first: a client that broke or stalled its own upload must
+        // not count against the instance (outlier detection, metrics).
+        if let Some(error) = client_fault(&sent, client_body, service.request_timeout) {
+            tracing::debug!(service = %service.name, instance = %instance.id, %error, "client failed its request");
+            return Err(error);
+        }
         match sent {
             Sent::Answered {
                 response,
@@ -333,6 +435,13 @@ async fn send_with_retries(
                     bytes: 0,
                 };
                 return Ok((response, completion));
+            }
+            Sent::ConnectFailed(error @ ConnectError::Saturated { .. }, unsent) => {
+                // The proxy's own limit, not a fault of the instance.
+                tracing::debug!(service = %service.name, instance = %instance.id, attempt, %error, "no free connection");
+                tried.push(index);
+                last_error = Some(error);
+                request = unsent;
             }
             Sent::ConnectFailed(error, unsent) => {
                 tracing::warn!(
@@ -386,6 +495,13 @@ async fn send_with_retries(
             configured: service.all_instances.len(),
         });
     }
+    if let Some(error @ ConnectError::Saturated { .. }) = &last_error {
+        return Err(ProxyError::InstancesBusy {
+            service: service.name.clone(),
+            attempts: tried.len() as u32,
+            detail: error.to_string(),
+        });
+    }
     Err(ProxyError::ConnectFailed {
         service: service.name.clone(),
         attempts: tried.len() as u32,
@@ -397,6 +513,28 @@ async fn send_with_retries(
     })
 }
 
+/// Whether a failed exchange was the client's doing, judged by how reading
+/// its body went: it broke the body's framing or went away (the upstream
+/// client then reports only that the body failed), or the request timeout
+/// ran out while the proxy was waiting for the client's bytes.
+fn client_fault(
+    sent: &Sent,
+    client_body: Option<&ClientBodyWatch>,
+    timeout: Duration,
+) -> Option<ProxyError> {
+    let state = client_body?.state();
+    match (sent, state) {
+        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Malformed) => {
+            Some(ProxyError::MalformedRequestBody)
+        }
+        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Gone) => Some(ProxyError::ClientClosed),
+        (Sent::TimedOut, ClientBodyState::WaitingForClient) => {
+            Some(ProxyError::ClientTimeout { timeout })
+        }
+        _ => None,
+    }
+}
+
 /// How sending a request to one instance went.
 enum Sent {
     /// A response head arrived; `connection` (hyper's) goes
@@ -406,9 +544,9 @@ enum Sent {
         connection: Option<Sender>,
     },
     /// No connection could be made; the request is given back.
-    ConnectFailed(ConnectError, Request<Incoming>),
+    ConnectFailed(ConnectError, Request<RequestBody>),
     /// Connections were made but the request never went out on one.
-    Unsent(Request<Incoming>, String),
+    Unsent(Request<RequestBody>, String),
     /// No response head within the request timeout.
     TimedOut,
     /// The request went out and the exchange failed.
@@ -421,7 +559,7 @@ enum Sent {
 async fn send_hyper(
     service: &ServiceSnapshot,
     pool: &Pool,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -435,11 +573,16 @@ async fn send_hyper(
         )
         .await;
         match response {
-            Ok(Ok(response)) => {
+            Ok(Ok(mut response)) => {
+                // The lean client checks the same in its own parser.
+                let status = response.status();
+                if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
+                    return Sent::Failed(format!("invalid response: {invalid}"));
+                }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
                     connection: Some(connection.sender),
-                }
+                };
             }
             Err(_elapsed) => return Sent::TimedOut,
             Ok(Err(mut error)) => match error.take_message() {
@@ -460,7 +603,7 @@ async fn send_hyper(
 async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Sent {
     let mut stale = 0;
     loop {

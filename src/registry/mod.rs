@@ -709,6 +709,7 @@ fn build(
             let settings = upstream::Settings {
                 protocol: service.protocol,
                 tls: service.tls.clone(),
+                max_connections: service.max_connections_per_instance,
             };
             if let Err(error) = shared.pool.configure(&settings) {
                 tracing::error!(service = %service_name, instance = %instance.id, %error, "cannot set up TLS to the instance");

@@ -18,22 +18,19 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONNECTION, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::framing::{
+    self, MAX_CHUNK_LINE, MAX_RESPONSE_FIELDS as MAX_FIELDS, MAX_RESPONSE_HEAD as MAX_HEAD,
+};
 use super::Pool;
 
 /// Read buffer of a connection; response heads may grow it to `MAX_HEAD`.
 const BUFFER: usize = 8 * 1024;
-/// Largest response head accepted (status line and fields).
-const MAX_HEAD: usize = 64 * 1024;
-/// Most response fields accepted.
-const MAX_FIELDS: usize = 128;
-/// Longest chunk-size line (size and extensions) accepted.
-const MAX_CHUNK_LINE: usize = 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +60,8 @@ pub struct Conn {
     end: usize,
     /// The request head being written; its capacity is reused.
     head: Vec<u8>,
+    /// Its share of the instance's connection limit, while it is open.
+    _permit: super::ConnectionPermit,
 }
 
 /// A failed exchange, and whether the request may go on another
@@ -79,13 +78,14 @@ pub struct SendError {
 impl Conn {
     /// Wraps a connected socket. Boxed: it moves between the pool, the
     /// request and the response body, always as one pointer.
-    pub fn new(io: TcpStream) -> Box<Conn> {
+    pub fn new(io: TcpStream, permit: super::ConnectionPermit) -> Box<Conn> {
         Box::new(Conn {
             io,
             buf: vec![0; BUFFER],
             start: 0,
             end: 0,
             head: Vec::with_capacity(512),
+            _permit: permit,
         })
     }
 
@@ -138,7 +138,13 @@ impl Conn {
                     {
                         continue;
                     }
-                    let framing = match framing(&head, head_only) {
+                    let mut head = head;
+                    let checked = framing(&head, head_only).and_then(|framing| {
+                        framing::check_response_head(head.status, &mut head.headers)
+                            .map(|()| framing)
+                            .map_err(Error::Invalid)
+                    });
+                    let framing = match checked {
                         Ok(framing) => framing,
                         Err(error) => {
                             return Err(SendError {
@@ -205,7 +211,7 @@ impl Conn {
                     Err(_) => return Err(Error::Invalid("malformed response head")),
                 }
                 if self.end - self.start >= MAX_HEAD {
-                    return Err(Error::Invalid("response head larger than 64 KiB"));
+                    return Err(Error::Invalid("response head too large"));
                 }
             }
             if std::future::poll_fn(|cx| self.poll_fill(cx, MAX_HEAD)).await? == 0 {
@@ -341,8 +347,10 @@ struct Framing {
     reusable: bool,
 }
 
-/// RFC 9112 §6.3.
+/// RFC 9112 §6.3. Content-Length is checked even where it delimits
+/// nothing (HEAD, 204, 304): a bad one is forwarded by nobody.
 fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
+    let length = framing::content_length(&head.headers).map_err(Error::Invalid)?;
     let status = head.status;
     if head_only
         || status.is_informational()
@@ -369,7 +377,7 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
             Framing {
                 state: State::Chunked(Chunk::Size),
                 // With Content-Length as well the message is suspect: close.
-                reusable: !head.headers.contains_key(CONTENT_LENGTH),
+                reusable: length.is_none(),
             }
         } else {
             Framing {
@@ -377,25 +385,6 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
                 reusable: false,
             }
         });
-    }
-    let mut length = None;
-    for value in head.headers.get_all(CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| Error::Invalid("bad Content-Length"))?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::Invalid("bad Content-Length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| Error::Invalid("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
     }
     Ok(match length {
         Some(n) => Framing {
@@ -518,7 +507,8 @@ impl Body {
                 let Some(line_end) = find_crlf(conn.buffered())? else {
                     return more(conn, cx, MAX_CHUNK_LINE, "chunk-size line too long");
                 };
-                let size = chunk_size(&conn.buffered()[..line_end])?;
+                let size =
+                    framing::chunk_size(&conn.buffered()[..line_end]).map_err(Error::Invalid)?;
                 conn.consume(line_end + 2);
                 self.state = State::Chunked(if size == 0 {
                     Chunk::Trailers
@@ -596,27 +586,6 @@ fn find_crlf(bytes: &[u8]) -> Result<Option<usize>, Error> {
     }
 }
 
-/// The size on a chunk-size line: hex digits, then nothing or extensions
-/// (`;`, optionally after spaces or tabs), as RFC 9112 §7.1 has it.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let bad = Error::Invalid("bad chunk size");
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = &line[digits..];
-    let extensions = rest
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .is_some_and(|i| rest[i] == b';');
-    if digits == 0 || digits > 15 || !(rest.is_empty() || extensions) {
-        return Err(bad);
-    }
-    line[..digits].iter().try_fold(0u64, |size, &b| {
-        let digit = (b as char)
-            .to_digit(16)
-            .ok_or(Error::Invalid("bad chunk size"))?;
-        Ok(size << 4 | u64::from(digit))
-    })
-}
-
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = Error;
@@ -664,24 +633,6 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes_are_hex_with_optional_extensions() {
-        assert_eq!(chunk_size(b"1a").unwrap(), 26);
-        assert_eq!(chunk_size(b"FF;name=value").unwrap(), 255);
-        assert_eq!(chunk_size(b"0").unwrap(), 0);
-        assert!(chunk_size(b"").is_err());
-        assert!(chunk_size(b"xyz").is_err());
-        assert!(chunk_size(b"1000000000000000").is_err());
-        assert_eq!(chunk_size(b"a ;x").unwrap(), 10);
-        for bad in [&b"+3"[..], b"-3", b"3 junk", b"3 ", b"0x3", b";x"] {
-            assert!(
-                chunk_size(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn chunk_size_lines_end_with_crlf() {

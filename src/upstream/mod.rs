@@ -16,10 +16,13 @@
 //! client in [`h1`]; everything else uses hyper's client. Both kinds of
 //! idle connection are pooled side by side.
 
+pub mod framing;
 pub mod h1;
+mod request_body;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,11 +33,11 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::config::{UpstreamProtocol, UpstreamTls};
-
-/// The body type sent upstream: the client's body, streamed through.
-pub type RequestBody = Incoming;
+pub use request_body::{ClientBodyState, ClientBodyWatch, RequestBody};
 
 /// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.
@@ -66,6 +69,18 @@ pub enum ConnectError {
         address: SocketAddr,
         /// What rustls said.
         source: std::io::Error,
+    },
+    /// The instance already has as many connections open as the service
+    /// allows, and none came free within the connect timeout. The
+    /// instance is not at fault: this is the proxy's own limit.
+    #[error("all {limit} connections to {address} stayed busy for {timeout:?}")]
+    Saturated {
+        /// The instance.
+        address: SocketAddr,
+        /// The limit (`max_connections_per_instance`).
+        limit: NonZeroU32,
+        /// How long the request waited.
+        timeout: Duration,
     },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {address} failed: {source}")]
@@ -173,11 +188,28 @@ pub struct Settings {
     pub protocol: UpstreamProtocol,
     /// TLS, if on.
     pub tls: Option<UpstreamTls>,
+    /// Most connections open at once to the instance, over all workers.
+    pub max_connections: Option<NonZeroU32>,
 }
 
 struct Transport {
     settings: Settings,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// One permit per open connection, when connections are limited. A
+    /// connection holds its permit until it closes.
+    limit: Option<Arc<Semaphore>>,
+}
+
+/// A connection's share of the instance's connection limit (`None`: no
+/// limit), held for as long as the connection is open.
+pub type ConnectionPermit = Option<OwnedSemaphorePermit>;
+
+/// What waiting for room under the connection limit gave.
+enum Room {
+    /// A new connection may be opened.
+    Granted(ConnectionPermit),
+    /// An idle connection came back (to some worker's list): look again.
+    IdleReturned,
 }
 
 /// Idle connections of one traffic worker.
@@ -195,6 +227,11 @@ struct Slot {
 pub struct Pool {
     address: SocketAddr,
     idle: Box<[Mutex<Slot>]>,
+    /// Signalled when a connection is checked in while connections are
+    /// limited: a request waiting for room looks again, and if the idle
+    /// connection is not one it can use (another worker's, or of the other
+    /// client kind), closes it to free its permit.
+    returned: Notify,
     max_idle: usize,
     transport: ArcSwap<Transport>,
 }
@@ -225,10 +262,12 @@ impl Pool {
         Pool {
             address,
             idle: (0..slots.max(1)).map(|_| Mutex::default()).collect(),
+            returned: Notify::new(),
             max_idle,
             transport: ArcSwap::from_pointee(Transport {
                 settings: Settings::default(),
                 tls: None,
+                limit: None,
             }),
         }
     }
@@ -238,8 +277,10 @@ impl Pool {
         self.address
     }
 
-    /// Applies the service's protocol and TLS settings. When they change,
-    /// the pooled connections (made the old way) are dropped.
+    /// Applies the service's protocol, TLS and connection-limit settings.
+    /// When they change, the pooled connections (made the old way) are
+    /// dropped; connections in use keep counting against the limit they
+    /// were opened under until they close.
     pub fn configure(&self, settings: &Settings) -> Result<(), String> {
         if self.transport.load().settings == *settings {
             return Ok(());
@@ -252,9 +293,13 @@ impl Pool {
                 self.address,
             )?),
         };
+        let limit = settings
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(n.get() as usize)));
         self.transport.store(Arc::new(Transport {
             settings: settings.clone(),
             tls,
+            limit,
         }));
         for slot in self.idle.iter() {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Slot::default();
@@ -264,9 +309,71 @@ impl Pool {
 
     /// This worker's idle list.
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.idle[crate::server::current_worker() % self.idle.len()]
+        self.idle[self.worker()]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn worker(&self) -> usize {
+        crate::server::current_worker() % self.idle.len()
+    }
+
+    /// Room for one more connection under the limit, waiting until
+    /// `deadline` for an open one to close or an idle one to come back.
+    async fn room(&self, deadline: Instant, timeout: Duration) -> Result<Room, ConnectError> {
+        let transport = self.transport.load();
+        let (Some(limit), Some(max)) = (&transport.limit, transport.settings.max_connections)
+        else {
+            return Ok(Room::Granted(None));
+        };
+        let limit = Arc::clone(limit);
+        drop(transport);
+        if let Ok(permit) = Arc::clone(&limit).try_acquire_owned() {
+            return Ok(Room::Granted(Some(permit)));
+        }
+        // Idle connections this request cannot use (another worker's, or
+        // of the other client kind) hold permits: close one to free its
+        // permit.
+        self.close_unusable_idle();
+        let returned = self.returned.notified();
+        tokio::select! {
+            // The semaphore is never closed; were it, no limit applies.
+            permit = limit.acquire_owned() => Ok(Room::Granted(permit.ok())),
+            () = returned => Ok(Room::IdleReturned),
+            () = tokio::time::sleep_until(deadline) => Err(ConnectError::Saturated {
+                address: self.address,
+                limit: max,
+                timeout,
+            }),
+        }
+    }
+
+    /// Closes one idle connection, if any. Called when this worker's list
+    /// had none of the kind wanted, so any found is one the request could
+    /// not have used.
+    fn close_unusable_idle(&self) {
+        for slot in self.idle.iter() {
+            // Held only for pops and pushes, never across an await.
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let lean = slot.lean.pop();
+            let hyper = if lean.is_none() {
+                slot.hyper.pop()
+            } else {
+                None
+            };
+            drop(slot);
+            if lean.is_some() || hyper.is_some() {
+                // Dropped here: the connection closes and frees its permit.
+                return;
+            }
+        }
+    }
+
+    /// Wakes a request waiting for room, when there is a limit to wait for.
+    fn signal_returned(&self) {
+        if self.transport.load().limit.is_some() {
+            self.returned.notify_one();
+        }
     }
 
     /// Number of pooled connections.
@@ -283,29 +390,25 @@ impl Pool {
     /// A ready connection: the most recently used idle one (HTTP/1.1), the
     /// shared one (HTTP/2), or a new one.
     pub async fn checkout(&self, connect_timeout: Duration) -> Result<Connection, ConnectError> {
-        loop {
-            // The lock is held only for the pop, never across an await.
-            let mut slot = self.slot();
-            let sender = match slot.hyper.pop() {
-                Some(Sender::Http2(shared)) if shared.is_ready() => {
-                    // HTTP/2 is shared: it stays in the pool.
-                    let clone = shared.clone();
-                    slot.hyper.push(Sender::Http2(shared));
-                    Sender::Http2(clone)
-                }
-                Some(sender @ Sender::Http1(_)) if sender.is_ready() => sender,
-                Some(_closed) => continue,
-                None => break,
-            };
-            return Ok(Connection {
-                sender,
-                reused: true,
-            });
-        }
+        let mut deadline = None;
+        let permit = loop {
+            if let Some(sender) = self.pop_hyper() {
+                return Ok(Connection {
+                    sender,
+                    reused: true,
+                });
+            }
+            let deadline =
+                *deadline.get_or_insert_with(|| deadline_after(Instant::now(), connect_timeout));
+            match self.room(deadline, connect_timeout).await? {
+                Room::Granted(permit) => break permit,
+                Room::IdleReturned => continue,
+            }
+        };
         // Boxed: connecting (TLS, HTTP/2 handshakes) needs kilobytes of
         // future state that the usual pooled path would otherwise carry
         // and copy on every request.
-        let sender = Box::pin(self.connect(connect_timeout)).await?;
+        let sender = Box::pin(self.connect(connect_timeout, permit)).await?;
         if let Sender::Http2(shared) = &sender {
             self.push(Sender::Http2(shared.clone()));
         }
@@ -313,6 +416,24 @@ impl Pool {
             sender,
             reused: false,
         })
+    }
+
+    /// A ready idle hyper connection of this worker (the shared one for
+    /// HTTP/2, which stays pooled).
+    fn pop_hyper(&self) -> Option<Sender> {
+        // The lock is held only for the pops, never across an await.
+        let mut slot = self.slot();
+        loop {
+            match slot.hyper.pop()? {
+                Sender::Http2(shared) if shared.is_ready() => {
+                    let clone = shared.clone();
+                    slot.hyper.push(Sender::Http2(shared));
+                    return Some(Sender::Http2(clone));
+                }
+                sender @ Sender::Http1(_) if sender.is_ready() => return Some(sender),
+                _closed => continue,
+            }
+        }
     }
 
     /// Returns a connection whose response has been read to the end.
@@ -340,6 +461,8 @@ impl Pool {
         if slot.hyper.len() < self.max_idle {
             slot.hyper.push(sender);
         }
+        drop(slot);
+        self.signal_returned();
     }
 
     /// Whether requests without a body can use the lean client: plain
@@ -355,20 +478,30 @@ impl Pool {
         &self,
         connect_timeout: Duration,
     ) -> Result<(Box<h1::Conn>, bool), ConnectError> {
-        loop {
-            // The lock is held only for the pop, never across an await.
-            let Some(mut conn) = self.slot().lean.pop() else {
-                break;
-            };
-            let closed =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(conn.closed_while_idle(cx))).await;
-            if !closed {
-                return Ok((conn, true));
+        let mut deadline = None;
+        let permit = loop {
+            loop {
+                // The lock is held only for the pop, never across an await.
+                let Some(mut conn) = self.slot().lean.pop() else {
+                    break;
+                };
+                let closed =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(conn.closed_while_idle(cx)))
+                        .await;
+                if !closed {
+                    return Ok((conn, true));
+                }
             }
-        }
+            let deadline =
+                *deadline.get_or_insert_with(|| deadline_after(Instant::now(), connect_timeout));
+            match self.room(deadline, connect_timeout).await? {
+                Room::Granted(permit) => break permit,
+                Room::IdleReturned => continue,
+            }
+        };
         let address = self.address;
         match tokio::time::timeout(connect_timeout, tcp(address)).await {
-            Ok(stream) => Ok((h1::Conn::new(stream?), false)),
+            Ok(stream) => Ok((h1::Conn::new(stream?, permit), false)),
             Err(_) => Err(ConnectError::Timeout {
                 address,
                 timeout: connect_timeout,
@@ -386,21 +519,27 @@ impl Pool {
         if slot.lean.len() < self.max_idle {
             slot.lean.push(conn);
         }
+        drop(slot);
+        self.signal_returned();
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+    async fn connect(
+        &self,
+        timeout: Duration,
+        permit: ConnectionPermit,
+    ) -> Result<Sender, ConnectError> {
         let address = self.address;
         let transport = self.transport.load_full();
         let connecting = async {
             let stream = tcp(address).await?;
             match &transport.tls {
-                None => handshake(stream, transport.settings.protocol, address).await,
+                None => handshake(stream, transport.settings.protocol, address, permit).await,
                 Some((connector, name)) => {
                     let stream = connector
                         .connect(name.clone(), stream)
                         .await
                         .map_err(|source| ConnectError::Tls { address, source })?;
-                    handshake(stream, transport.settings.protocol, address).await
+                    handshake(stream, transport.settings.protocol, address, permit).await
                 }
             }
         };
@@ -421,10 +560,19 @@ async fn tcp(address: SocketAddr) -> Result<TcpStream, ConnectError> {
     Ok(stream)
 }
 
+/// When `deadline` is `timeout` after `now` (far off where that overflows).
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .unwrap_or(now + Duration::from_secs(365 * 86_400))
+}
+
+/// Opens HTTP on `io`; the connection's task keeps `permit` until the
+/// connection closes.
 async fn handshake<I>(
     io: I,
     protocol: UpstreamProtocol,
     address: SocketAddr,
+    permit: ConnectionPermit,
 ) -> Result<Sender, ConnectError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -432,8 +580,14 @@ where
     let failed = |source| ConnectError::Handshake { address, source };
     match protocol {
         UpstreamProtocol::Http1 => {
-            let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(failed)?;
+            // The same head limit as the lean client's (see `framing`).
+            let (sender, connection) = http1::Builder::new()
+                .max_header_size(framing::MAX_RESPONSE_HEAD)
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(failed)?;
             tokio::spawn(async move {
+                let _permit = permit;
                 // With upgrades: a 101 answer hands the socket over to a tunnel.
                 if let Err(error) = connection.with_upgrades().await {
                     tracing::debug!(%address, %error, "upstream connection closed with an error");
@@ -442,10 +596,13 @@ where
             Ok(Sender::Http1(sender))
         }
         UpstreamProtocol::Http2 => {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(framing::MAX_RESPONSE_HEAD as u32)
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(failed)?;
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(error) = connection.await {
                     tracing::debug!(%address, %error, "upstream HTTP/2 connection closed with an error");
                 }

@@ -1,0 +1,131 @@
+//! The client's request body on its way to an upstream, and a record of
+//! how reading it from the client went.
+//!
+//! When a client stops sending its body (closes the connection, breaks the
+//! chunked framing, or uploads slower than the request timeout), the
+//! upstream client only reports that the exchange failed. The record lets
+//! the proxy tell that failure apart from an instance's, so a client can
+//! never get an instance ejected or a 502 logged for its own fault.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// How reading the client's body ended, if it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyState {
+    /// Not started, or the last read got bytes: if it stalls now, the
+    /// upstream is not taking them.
+    Reading,
+    /// The last read found nothing yet: the proxy waits for the client.
+    WaitingForClient,
+    /// Read to the end.
+    Ended,
+    /// The client broke the body's framing (bad chunk line, bad length).
+    Malformed,
+    /// The client went away (closed or reset) before the end.
+    Gone,
+}
+
+const READING: u8 = 0;
+const WAITING: u8 = 1;
+const ENDED: u8 = 2;
+const MALFORMED: u8 = 3;
+const GONE: u8 = 4;
+
+/// Shared between the body (which sets it) and the request path (which
+/// reads it after the upstream client reported a failure).
+#[derive(Debug, Default)]
+pub struct ClientBodyWatch(AtomicU8);
+
+impl ClientBodyWatch {
+    /// How reading the body has gone so far.
+    pub fn state(&self) -> ClientBodyState {
+        match self.0.load(Ordering::Acquire) {
+            WAITING => ClientBodyState::WaitingForClient,
+            ENDED => ClientBodyState::Ended,
+            MALFORMED => ClientBodyState::Malformed,
+            GONE => ClientBodyState::Gone,
+            _ => ClientBodyState::Reading,
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+/// The body sent upstream: the client's, streamed through.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    /// Only requests that have a body pay for the record.
+    watch: Option<Arc<ClientBodyWatch>>,
+}
+
+impl RequestBody {
+    /// Wraps the client's body; the second value reports how reading it
+    /// went (`None` when the body is empty: it cannot fail).
+    pub fn new(inner: Incoming) -> (RequestBody, Option<Arc<ClientBodyWatch>>) {
+        let watch = (!inner.is_end_stream()).then(Arc::default);
+        let body = RequestBody {
+            inner,
+            watch: watch.clone(),
+        };
+        (body, watch)
+    }
+}
+
+/// Whether a failed read of the client's body was the client breaking the
+/// framing (hyper reports decoding errors as `InvalidData`/`InvalidInput`
+/// I/O errors), rather than the client going away.
+fn is_malformed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(watch) = &self.watch {
+            match &polled {
+                Poll::Pending => watch.set(WAITING),
+                Poll::Ready(None) => watch.set(ENDED),
+                Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => watch.set(ENDED),
+                Poll::Ready(Some(Ok(_))) => watch.set(READING),
+                Poll::Ready(Some(Err(error))) => {
+                    watch.set(if is_malformed(error) { MALFORMED } else { GONE })
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
