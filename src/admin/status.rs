@@ -46,8 +46,8 @@ pub(super) struct ServiceView {
     healthy_instances: usize,
     in_rotation: usize,
     panic_routing: bool,
-    connect_timeout_ms: u128,
-    request_timeout_ms: u128,
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
     max_attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     discovery: Option<DiscoveryStatus>,
@@ -83,8 +83,13 @@ pub(super) struct InstanceView {
 
 #[derive(Serialize)]
 struct LeaseView {
-    ttl_ms: u128,
-    remaining_ms: u128,
+    ttl_ms: u64,
+    remaining_ms: u64,
+}
+
+/// Milliseconds as a JSON-safe number (JSON numbers hold 64 bits, not 128).
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The view of `service`.
@@ -101,8 +106,8 @@ pub(super) fn service_view(
         healthy_instances: service.healthy_count,
         in_rotation: service.instances.len(),
         panic_routing: service.panic,
-        connect_timeout_ms: service.connect_timeout.as_millis(),
-        request_timeout_ms: service.request_timeout.as_millis(),
+        connect_timeout_ms: millis(service.connect_timeout),
+        request_timeout_ms: millis(service.request_timeout),
         max_attempts: service.max_attempts.get(),
         discovery,
         instances: service
@@ -152,8 +157,8 @@ fn instance_view(
         idle_connections: instance.state.pool.idle_count(),
         registered_at: humantime::format_rfc3339_seconds(instance.state.registered_at).to_string(),
         lease: lease.map(|(ttl, left)| LeaseView {
-            ttl_ms: ttl.as_millis(),
-            remaining_ms: left.as_millis(),
+            ttl_ms: millis(ttl),
+            remaining_ms: millis(left),
         }),
     }
 }

@@ -25,6 +25,12 @@ pub use values::{parse_duration, Cidr};
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Longest accepted duration in proxy.yaml (any timeout, interval or
+/// ejection time). Far beyond any sensible setting, and small enough that
+/// deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Longest accepted lease (`ttl`) of an API registration.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Largest accepted instance weight. Weighted round-robin precomputes one
 /// schedule slot per unit of weight, so this bounds that schedule.
 pub const MAX_WEIGHT: u32 = 1000;

@@ -215,7 +215,7 @@ async fn probe_loop(
             registry.request_rebuild();
         }
         let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
-        tokio::time::sleep(check.interval + Duration::from_millis(jitter)).await;
+        tokio::time::sleep(check.interval.saturating_add(Duration::from_millis(jitter))).await;
     }
 }
 

@@ -8,6 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+/// `now + after`, or a year from now should that overflow (a stand-in for
+/// "never": validation keeps real values far below it).
+pub fn deadline_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Active-check state: consecutive passes and failures against the
 /// thresholds, so one bad probe never removes an instance and one good probe
 /// never brings a failing one back.
@@ -155,13 +163,13 @@ impl Ejection {
     ) -> Duration {
         if self
             .last_at
-            .is_some_and(|last| now.duration_since(last) > max + base)
+            .is_some_and(|last| now.duration_since(last) > max.saturating_add(base))
         {
             self.count = 0;
         }
         self.count = self.count.saturating_add(1);
         let duration = base.saturating_mul(self.count).min(max);
-        self.until = Some(now + duration);
+        self.until = Some(deadline_after(now, duration));
         self.last_at = Some(now);
         self.reason = reason;
         duration
@@ -296,6 +304,18 @@ mod tests {
             ejection.eject(Instant::now(), base, max, "later".into()),
             base
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_ejections_do_not_overflow() {
+        let mut ejection = Ejection::default();
+        let now = Instant::now();
+        let forever = Duration::MAX;
+        assert_eq!(ejection.eject(now, forever, forever, "a".into()), forever);
+        assert!(ejection.is_ejected(now + Duration::from_secs(300 * 86_400)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(ejection.eject(later, forever, forever, "b".into()), forever);
+        assert_eq!(ejection.count, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -374,7 +374,7 @@ impl Registry {
                 source_name: "proxy.yaml",
             });
         }
-        let expires = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
+        let expires = ttl.map(|ttl| health::deadline_after(tokio::time::Instant::now(), ttl));
         let id = instance.id.clone();
         let created = state
             .registered
@@ -401,7 +401,7 @@ impl Registry {
         let Some(ttl) = registered.ttl else {
             return Err(RegistryError::NoLease(id.clone()));
         };
-        registered.expires = Some(tokio::time::Instant::now() + ttl);
+        registered.expires = Some(health::deadline_after(tokio::time::Instant::now(), ttl));
         Ok(())
     }
 
@@ -768,7 +768,7 @@ fn build(
     tracing::debug!(
         generation,
         instances = state.instances.len(),
-        build_micros = started.elapsed().as_micros() as u64,
+        build_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "snapshot built"
     );
     snapshot
