@@ -137,6 +137,19 @@ fn check_refuses_durations_too_long_for_the_running_proxy() {
 }
 
 #[test]
+fn check_refuses_a_config_over_4_mib_without_reading_it_all() {
+    let mut text = VALID.to_string();
+    // 50 MB, as once went through a reload and into the history.
+    text.push_str(&"# padding\n".repeat(5_000_000));
+    let (ok, _, stderr) = check(&text);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the config is larger than 4 MiB (4194304 bytes), the most accepted"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_lists_all_problems_at_once() {
     let text = VALID
         .replace("weight: 2", "weight: 0")

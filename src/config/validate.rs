@@ -1158,6 +1158,24 @@ services:
     }
 
     #[test]
+    fn oversized_configs_are_refused_in_plain_words() {
+        let mut text = GOOD.to_string();
+        text.push_str(&"# padding\n".repeat(crate::config::MAX_CONFIG_BYTES / 10));
+        assert_eq!(
+            messages(&text),
+            ["the config is larger than 4 MiB (4194304 bytes), the most accepted"]
+        );
+        let mut text = String::from("listeners:\n  - address: 127.0.0.1:80\ntrusted_proxies:\n");
+        text.push_str(&"  - 10.0.0.1\n".repeat(crate::config::MAX_YAML_NODES));
+        let errors = messages(&text);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].ends_with("trusted_proxies: the config has more than 250000 YAML nodes (values, lists and maps), the most accepted"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn empty_config_is_refused() {
         assert!(messages("")[0].contains("empty"));
         assert!(messages("routes: []")[0].starts_with("listeners: at least one listener"));
