@@ -454,6 +454,81 @@ async fn lease_times_are_bounded_and_listing_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_comes_in_pages_for_a_large_registry() {
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n  other: {instances: [{address: \"127.0.0.1:9\"}]}\n").await;
+    for i in 0..5 {
+        let body = json!({"id": format!("i{i}"), "address": format!("127.0.0.1:{}", 1000 + i)});
+        let (code, _) = api(
+            &proxy,
+            Method::POST,
+            "/admin/services/svc/instances",
+            Some(body),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    // The default lists everything, as before, with the total beside it.
+    let (code, status) = api(&proxy, Method::GET, "/admin/status", None).await;
+    assert_eq!(code, 200, "{status}");
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other", "svc"]);
+    let svc = &status["services"][1];
+    assert_eq!(ids(svc), ["i0", "i1", "i2", "i3", "i4"]);
+    assert_eq!(svc["instances_total"], 5);
+    assert!(svc.get("next_offset").is_none(), "{svc}");
+
+    let (code, page) = api(
+        &proxy,
+        Method::GET,
+        "/admin/status?service=svc&offset=1&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(page["services"].as_array().unwrap().len(), 1, "{page}");
+    let svc = &page["services"][0];
+    assert_eq!(ids(svc), ["i1", "i2"]);
+    assert_eq!(
+        (svc["instances_total"].as_u64(), svc["next_offset"].as_u64()),
+        (Some(5), Some(3))
+    );
+    let (_, last) = api(
+        &proxy,
+        Method::GET,
+        "/admin/status?service=svc&offset=3&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&last["services"][0]), ["i3", "i4"]);
+    assert!(last["services"][0].get("next_offset").is_none(), "{last}");
+
+    let (code, summary) = api(&proxy, Method::GET, "/admin/status?instances=summary", None).await;
+    assert_eq!(code, 200, "{summary}");
+    let svc = &summary["services"][1];
+    assert!(ids(svc).is_empty(), "{svc}");
+    assert_eq!(svc["states"], json!({"healthy": 5}), "{svc}");
+    assert_eq!(svc["instances_total"], 5);
+
+    let (code, _) = api(&proxy, Method::GET, "/admin/status?service=nope", None).await;
+    assert_eq!(code, 404);
+    for bad in [
+        "limit=0",
+        "limit=x",
+        "offset=-1",
+        "colour=red",
+        "instances=some",
+    ] {
+        let (code, answer) = api(&proxy, Method::GET, &format!("/admin/status?{bad}"), None).await;
+        assert_eq!(code, 400, "{bad}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_scheme_is_case_insensitive() {
     let text = "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n  token: s3cret\nroutes:\n  - service: svc\nservices:\n  svc: {instances: []}\n";
     let running = switchyard::server::start(switchyard::config::parse(text).unwrap())

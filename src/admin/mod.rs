@@ -1,6 +1,7 @@
 //! The admin API, on its own listener (loopback by default).
 //!
-//! - `GET /admin/status`: the whole proxy (see [`status`]).
+//! - `GET /admin/status`: the whole proxy, in pages for a large registry
+//!   (see [`status`]).
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
 //!   [`config_api`]).
@@ -73,7 +74,14 @@ pub async fn handle(
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["admin", "status"]) => {
-            json_response(StatusCode::OK, &status::status(state))
+            let page = status::Page::parse(request.uri().query().unwrap_or(""));
+            match page.and_then(|page| status::status(state, &page)) {
+                Ok(status) => json_response(StatusCode::OK, &status),
+                Err(message) if message.starts_with("no service") => {
+                    text_response(StatusCode::NOT_FOUND, message)
+                }
+                Err(message) => bad_request(message),
+            }
         }
         (&Method::GET, ["admin", "health"]) => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, ["metrics"]) => metrics(state, &request),

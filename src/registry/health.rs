@@ -152,6 +152,16 @@ impl Ejection {
         self.until.is_some_and(|until| now < until)
     }
 
+    /// Ends an ejection early (a passing active check proves the instance
+    /// works, as Envoy's `successful_active_health_check_uneject_host`).
+    /// Returns whether it was ejected. The count stays, so a relapse is
+    /// ejected for longer.
+    pub fn lift(&mut self, now: Instant) -> bool {
+        let ejected = self.is_ejected(now);
+        self.until = None;
+        ejected
+    }
+
     /// Ejects the instance from `now`; returns how long for:
     /// `base × ejections`, capped at `max`.
     pub fn eject(
@@ -193,6 +203,20 @@ impl InstanceHealth {
         !self.drained
             && self.active.as_ref().is_none_or(|a| a.healthy)
             && !self.ejection.is_ejected(now)
+    }
+
+    /// The one word of [`InstanceHealth::describe`], without building the
+    /// reason.
+    pub fn state_word(&self, now: Instant) -> &'static str {
+        if self.drained {
+            "drained"
+        } else if self.active.as_ref().is_some_and(|a| !a.healthy) {
+            "unhealthy"
+        } else if self.ejection.is_ejected(now) {
+            "ejected"
+        } else {
+            "healthy"
+        }
     }
 
     /// A one-word state and the reason for it.
@@ -298,6 +322,12 @@ mod tests {
             max,
             "capped"
         );
+        // A passing active check lifts an ejection early.
+        assert!(ejection.is_ejected(Instant::now()));
+        assert!(ejection.lift(Instant::now()));
+        assert!(!ejection.is_ejected(Instant::now()));
+        assert!(!ejection.lift(Instant::now()), "nothing left to lift");
+        assert_eq!(ejection.count, 3, "the count stays");
         // A long quiet spell resets the multiplier.
         tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(
