@@ -12,7 +12,7 @@ mod snapshot;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -248,6 +248,43 @@ pub struct FailureStreak {
     pub reason: String,
 }
 
+/// A service's built instances by id. FNV, not SipHash: every rebuild looks up every id
+/// of its service. (Ids come from proxy.yaml, Consul and the admin API,
+/// which is loopback-only by default and can require a token.)
+type InstanceMap = HashMap<InstanceId, Built, BuildHasherDefault<Fnv>>;
+
+/// A built instance and what the last build read of it.
+struct Built {
+    instance: Arc<Instance>,
+    /// The last build that kept it.
+    generation: u64,
+    /// Whether it takes traffic, and its watch hash, as last read; None
+    /// when it must be read at the next build.
+    verdict: Option<(bool, u64)>,
+}
+
+/// FNV-1a, for short keys looked up often.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
 struct RegistryState {
     config: Arc<Config>,
     /// Registered through the API, by service and id.
@@ -257,7 +294,7 @@ struct RegistryState {
     discovery_status: BTreeMap<ServiceName, DiscoveryStatus>,
     /// Built instances by service and id, each with the generation of the
     /// last build that kept it.
-    instances: HashMap<ServiceName, HashMap<InstanceId, (Arc<Instance>, u64)>>,
+    instances: HashMap<ServiceName, InstanceMap>,
     /// The services of the published snapshot, reused by the next build
     /// unless marked dirty.
     built: HashMap<ServiceName, Arc<ServiceSnapshot>>,
@@ -361,7 +398,7 @@ impl Registry {
         self.lock()
             .instances
             .values()
-            .flat_map(|m| m.values().map(|(i, _)| Arc::clone(&i.state)))
+            .flat_map(|m| m.values().map(|b| Arc::clone(&b.instance.state)))
             .collect()
     }
 
@@ -370,7 +407,7 @@ impl Registry {
         self.lock()
             .instances
             .get(service)
-            .map(|m| m.values().map(|(i, _)| Arc::clone(&i.state)).collect())
+            .map(|m| m.values().map(|b| Arc::clone(&b.instance.state)).collect())
             .unwrap_or_default()
     }
 
@@ -470,7 +507,7 @@ impl Registry {
             .instances
             .get(service)
             .and_then(|m| m.get(id))
-            .map(|(i, _)| Arc::clone(&i.state));
+            .map(|b| Arc::clone(&b.instance.state));
         let Some(instance) = instance else {
             return Err(
                 if self.snapshot().services.iter().any(|s| &s.name == service) {
@@ -485,7 +522,8 @@ impl Registry {
         };
         instance.health().drained = drained;
         tracing::info!(service = %service, instance = %id, drained, "instance drain changed through the API");
-        state.dirty.insert(service.clone());
+        // A verdict changed: read them all again (as for health events).
+        state.dirty_all = true;
         self.commit(state);
         Ok(())
     }
@@ -751,7 +789,7 @@ fn build(
             None => {
                 rebuilt += 1;
                 let service = Arc::new(build_service(
-                    state, name, generation, startup, failures, metrics,
+                    state, name, generation, startup, dirty_all, failures, metrics,
                 ));
                 state.built.insert(name.clone(), Arc::clone(&service));
                 service
@@ -808,6 +846,7 @@ fn build_service(
     name: &ServiceName,
     generation: u64,
     startup: bool,
+    full: bool,
     failures: &mpsc::UnboundedSender<FailureStreak>,
     metrics: &Metrics,
 ) -> ServiceSnapshot {
@@ -823,18 +862,22 @@ fn build_service(
     let mut counts = [0usize; 3];
     let mut all_instances = Vec::with_capacity(planned.len());
     let mut healthy = Vec::with_capacity(planned.len());
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // Instances whose verdict was read now (their metric may have moved).
+    let mut fresh = Vec::new();
+    let mut fingerprint = 0u64;
     for (config, source) in planned {
         let existing = built
             .get_mut(&config.id)
-            .filter(|(i, _)| i.address == config.address);
-        let instance = match existing {
-            Some((instance, stamp)) => {
-                *stamp = generation;
-                if !instance.is_built_from(config) {
-                    *instance = Arc::new(Instance::new(name, config, Arc::clone(&instance.state)));
+            .filter(|b| b.instance.address == config.address);
+        let entry = match existing {
+            Some(entry) => {
+                entry.generation = generation;
+                if !entry.instance.is_built_from(config) {
+                    let state = Arc::clone(&entry.instance.state);
+                    entry.instance = Arc::new(Instance::new(name, config, state));
+                    entry.verdict = None;
                 }
-                Arc::clone(instance)
+                entry
             }
             None => {
                 let key = InstanceKey {
@@ -850,49 +893,70 @@ fn build_service(
                     ..InstanceHealth::default()
                 };
                 let shared = InstanceState::new(key, source, health, metrics, workers);
-                let instance = Arc::new(Instance::new(name, config, shared));
-                built.insert(config.id.clone(), (Arc::clone(&instance), generation));
-                instance
+                let built_instance = Built {
+                    instance: Arc::new(Instance::new(name, config, shared)),
+                    generation,
+                    verdict: None,
+                };
+                // An id that moved address replaces its entry (same labels).
+                built
+                    .entry(config.id.clone())
+                    .insert_entry(built_instance)
+                    .into_mut()
             }
         };
-        let shared = &instance.state;
-        {
-            let mut health = shared.health();
-            match (&service.health_check, &health.active) {
-                // Checks newly configured: a serving instance stays in
-                // until the checks say otherwise.
-                (Some(_), None) => health.active = Some(health::ActiveHealth::new(true, false)),
-                (None, Some(_)) => health.active = None,
-                _ => {}
+        // Health and settings change only through full builds (config,
+        // health events, drains); a build for a registration elsewhere in
+        // the service reuses the verdict read last time.
+        let verdict = match entry.verdict {
+            Some(verdict) if !full => verdict,
+            _ => {
+                let shared = &entry.instance.state;
+                let verdict = {
+                    let mut health = shared.health();
+                    match (&service.health_check, &health.active) {
+                        // Checks newly configured: a serving instance stays
+                        // in until the checks say otherwise.
+                        (Some(_), None) => {
+                            health.active = Some(health::ActiveHealth::new(true, false))
+                        }
+                        (None, Some(_)) => health.active = None,
+                        _ => {}
+                    }
+                    (
+                        health.takes_traffic(now),
+                        entry.instance.watch_hash(health.state_word(now), 0),
+                    )
+                };
+                if service.outlier_detection.is_none() {
+                    shared.stats.reset_failures();
+                }
+                if let Err(error) = shared.pool.configure(&upstream_settings) {
+                    tracing::error!(service = %name, instance = %config.id, %error, "cannot set up TLS to the instance");
+                }
+                entry.verdict = Some(verdict);
+                fresh.push(all_instances.len());
+                verdict
             }
-            let takes_traffic = health.takes_traffic(now);
-            instance.watch_hash(health.state_word(now), &mut hasher);
-            healthy.push(takes_traffic);
-        }
-        if service.outlier_detection.is_none() {
-            shared.stats.reset_failures();
-        }
-        if let Err(error) = shared.pool.configure(&upstream_settings) {
-            tracing::error!(service = %name, instance = %config.id, %error, "cannot set up TLS to the instance");
-        }
+        };
+        healthy.push(verdict.0);
+        fingerprint = (fingerprint.rotate_left(23) ^ verdict.1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // Same order as `totals`: file, api, consul.
         counts[source as usize] += 1;
-        all_instances.push(instance);
+        all_instances.push(Arc::clone(&entry.instance));
     }
-    // Instances that left (or moved address, which makes them new ones).
-    // Every instance kept or created carries this generation; an id that
-    // moved address replaced its entry above (same metric labels).
+    // Instances that left: every instance kept or created carries this
+    // generation.
     if built.len() != all_instances.len() {
-        built.retain(|id, (_, stamp)| {
-            let stays = *stamp == generation;
+        built.retain(|id, entry| {
+            let stays = entry.generation == generation;
             if !stays {
                 metrics.remove_instance(name.as_str(), id.as_str());
             }
             stays
         });
     }
-    all_instances.len().hash(&mut hasher);
-    let fingerprint = hasher.finish();
+    let fingerprint = fingerprint ^ u64::try_from(all_instances.len()).unwrap_or(u64::MAX);
     let snapshot = ServiceSnapshot::build(
         name,
         service,
@@ -919,8 +983,20 @@ fn build_service(
             tracing::info!(service = %name, "enough healthy instances again: leaving panic routing");
         }
     }
-    for (instance, in_rotation) in snapshot.all_instances.iter().zip(&snapshot.in_rotation) {
-        instance.state.metrics.set_healthy(*in_rotation);
+    // Rotation moves for every instance only with panic routing; otherwise
+    // only the instances whose verdict was just read can have moved.
+    if full || snapshot.panic != was {
+        for (instance, in_rotation) in snapshot.all_instances.iter().zip(&snapshot.in_rotation) {
+            instance.state.metrics.set_healthy(*in_rotation);
+        }
+    } else {
+        for i in fresh {
+            if let (Some(instance), Some(in_rotation)) =
+                (snapshot.all_instances.get(i), snapshot.in_rotation.get(i))
+            {
+                instance.state.metrics.set_healthy(*in_rotation);
+            }
+        }
     }
     let index = match state.indexes.get(name) {
         Some(&(index, previous)) if previous == fingerprint => index,

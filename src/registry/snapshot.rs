@@ -152,10 +152,13 @@ impl Instance {
             && self.metadata == config.metadata
     }
 
-    /// Hash of what a watcher sees of this instance, given its state word.
-    pub(super) fn watch_hash(&self, state: &str, hasher: &mut impl Hasher) {
-        self.config_hash.hash(hasher);
-        state.hash(hasher);
+    /// Folds what a watcher sees of this instance (its fields and its state
+    /// word) into `fingerprint`. A multiply-rotate mix, not SipHash: this
+    /// runs for every instance of a service at every rebuild.
+    pub(super) fn watch_hash(&self, state: &str, fingerprint: u64) -> u64 {
+        // The state words start with distinct letters.
+        let code = u64::from(state.as_bytes().first().copied().unwrap_or(0));
+        (fingerprint.rotate_left(23) ^ self.config_hash ^ code).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 }
 
