@@ -853,6 +853,16 @@ fn build_service(
     let now = tokio::time::Instant::now();
     let workers = state.config.workers;
     let mut built = state.instances.remove(name).unwrap_or_default();
+    // The service as last built: instance lists come out in the same order
+    // every time, so most instances are found by walking it alongside.
+    let previous = state.built.get(name).cloned();
+    let (previous_list, previous_verdicts) = match &previous {
+        Some(p) => (&p.all_instances[..], &p.verdicts[..]),
+        None => (&[][..], &[][..]),
+    };
+    let mut cursor = 0usize;
+    // Previous instances the walk stepped over: gone, or found by id below.
+    let mut skipped: Vec<&Arc<Instance>> = Vec::new();
     let (settings, planned) = plan_service(state, name);
     let service: &ServiceConfig = &settings;
     let upstream_settings = upstream::Settings {
@@ -865,7 +875,37 @@ fn build_service(
     // Instances whose verdict was read now (their metric may have moved).
     let mut fresh = Vec::new();
     let mut fingerprint = 0u64;
+    let mut verdicts = Vec::with_capacity(planned.len());
     for (config, source) in planned {
+        // The fast way (not for full builds, which read every verdict):
+        // the next previous instance, or the one after it (one removed),
+        // is this one unchanged.
+        if !full {
+            let unchanged = |i: usize| {
+                previous_list
+                    .get(i)
+                    .filter(|p| p.id == config.id && p.is_built_from(config))
+            };
+            let found = match unchanged(cursor) {
+                Some(p) => Some((p, cursor)),
+                None => unchanged(cursor + 1).map(|p| (p, cursor + 1)),
+            };
+            if let Some((instance, at)) = found {
+                if at > cursor {
+                    skipped.extend(previous_list.get(cursor));
+                }
+                cursor = at + 1;
+                if let Some(verdict) = previous_verdicts.get(at).copied() {
+                    healthy.push(verdict.0);
+                    verdicts.push(verdict);
+                    fingerprint = (fingerprint.rotate_left(23) ^ verdict.1)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    counts[source as usize] += 1;
+                    all_instances.push(Arc::clone(instance));
+                    continue;
+                }
+            }
+        }
         let existing = built
             .get_mut(&config.id)
             .filter(|b| b.instance.address == config.address);
@@ -940,14 +980,28 @@ fn build_service(
             }
         };
         healthy.push(verdict.0);
+        verdicts.push(verdict);
         fingerprint = (fingerprint.rotate_left(23) ^ verdict.1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         // Same order as `totals`: file, api, consul.
         counts[source as usize] += 1;
         all_instances.push(Arc::clone(&entry.instance));
     }
-    // Instances that left: every instance kept or created carries this
-    // generation.
-    if built.len() != all_instances.len() {
+    // Instances that left. In a full build every instance kept or created
+    // carries this generation. Otherwise only the previous instances the walk
+    // did not take can have left, unless found by id (then stamped).
+    skipped.extend(previous_list.get(cursor..).unwrap_or_default());
+    if !full {
+        for gone in skipped {
+            let stale = built
+                .get(&gone.id)
+                .is_some_and(|b| b.generation != generation && Arc::ptr_eq(&b.instance, gone));
+            if stale {
+                built.remove(&gone.id);
+                metrics.remove_instance(name.as_str(), gone.id.as_str());
+            }
+        }
+    }
+    if full && built.len() != all_instances.len() {
         built.retain(|id, entry| {
             let stays = entry.generation == generation;
             if !stays {
@@ -962,10 +1016,12 @@ fn build_service(
         service,
         all_instances,
         healthy,
+        verdicts,
         failures.clone(),
         metrics,
     );
     drop(settings);
+    drop(previous);
     state.instances.insert(name.clone(), built);
     let old = state.counts.insert(name.clone(), counts).unwrap_or([0; 3]);
     for ((total, new), old) in state.totals.iter_mut().zip(counts).zip(old) {
@@ -1072,6 +1128,61 @@ mod tests {
         assert!(Arc::ptr_eq(
             &last.services[0].all_instances[0],
             &reloaded.services[0].all_instances[0]
+        ));
+    }
+
+    #[test]
+    fn removals_and_changes_anywhere_in_a_service_are_built_right() {
+        let registry = registry();
+        let b = ServiceName::from("b");
+        for port in 1..=5 {
+            registry.register(&b, instance(port), None).unwrap();
+        }
+        let ids = |registry: &Registry| -> Vec<String> {
+            registry.snapshot().services[1]
+                .all_instances
+                .iter()
+                .map(|i| i.id.to_string())
+                .collect()
+        };
+        let before = registry.snapshot();
+        registry.deregister(&b, &InstanceId::from("i1")).unwrap();
+        registry.deregister(&b, &InstanceId::from("i3")).unwrap();
+        assert_eq!(ids(&registry), ["i2", "i4", "i5"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        // A changed weight is a new instance over the same shared state.
+        let mut heavier = instance(4);
+        heavier.weight = std::num::NonZeroU32::new(3).unwrap();
+        registry.register(&b, heavier, None).unwrap();
+        let after = registry.snapshot();
+        let find = |s: &Snapshot, id: &str| {
+            Arc::clone(
+                s.services[1]
+                    .all_instances
+                    .iter()
+                    .find(|i| i.id.as_str() == id)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(find(&after, "i4").weight.get(), 3);
+        assert!(!Arc::ptr_eq(&find(&before, "i4"), &find(&after, "i4")));
+        assert!(Arc::ptr_eq(
+            &find(&before, "i4").state,
+            &find(&after, "i4").state
+        ));
+        assert!(Arc::ptr_eq(&find(&before, "i5"), &find(&after, "i5")));
+        // Back at the front, and the last one gone.
+        registry.register(&b, instance(1), None).unwrap();
+        registry.deregister(&b, &InstanceId::from("i5")).unwrap();
+        assert_eq!(ids(&registry), ["i1", "i2", "i4"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        // A full rebuild agrees with the incremental ones.
+        registry.apply_config((*registry.config()).clone());
+        assert_eq!(ids(&registry), ["i1", "i2", "i4"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        assert!(Arc::ptr_eq(
+            &find(&after, "i2"),
+            &find(&registry.snapshot(), "i2")
         ));
     }
 

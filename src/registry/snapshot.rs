@@ -68,6 +68,9 @@ pub struct ServiceSnapshot {
     /// Metric handles.
     pub metrics: ServiceMetrics,
     failures: mpsc::UnboundedSender<FailureStreak>,
+    /// For each of `all_instances`: whether it took traffic and its watch
+    /// hash when last read, reused by the next build of the service.
+    pub(super) verdicts: Vec<(bool, u64)>,
 }
 
 impl ServiceSnapshot {
@@ -176,6 +179,7 @@ impl ServiceSnapshot {
         service: &ServiceConfig,
         all_instances: Vec<Arc<Instance>>,
         healthy: Vec<bool>,
+        verdicts: Vec<(bool, u64)>,
         failures: mpsc::UnboundedSender<FailureStreak>,
         metrics: &Metrics,
     ) -> ServiceSnapshot {
@@ -221,6 +225,7 @@ impl ServiceSnapshot {
             tls: service.tls.is_some(),
             metrics: metrics.service(name.as_str()),
             failures,
+            verdicts,
         }
     }
 }
