@@ -219,11 +219,11 @@ impl Reloader {
     ) -> Result<ReloadOutcome, ReloadError> {
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
-            let text = tokio::fs::read_to_string(&self.path)
+            let text = config::read_text(&self.path)
                 .await
-                .map_err(|source| ReloadError::Read {
-                    path: self.path.display().to_string(),
-                    source,
+                .map_err(|error| match error {
+                    config::LoadError::Read { path, source } => ReloadError::Read { path, source },
+                    config::LoadError::Invalid { errors, .. } => ReloadError::Invalid(errors),
                 })?;
             self.apply(text, source, cause, None).await
         }

@@ -89,6 +89,67 @@ fn check_names_the_field_of_each_broken_config() {
 }
 
 #[test]
+fn check_refuses_durations_too_long_for_the_running_proxy() {
+    // Each of these once passed `check` and then panicked a part of the
+    // running proxy (connections, probes, ejections, shutdown).
+    let huge = "18446744073709551615s";
+    let text = format!("drain_timeout: {huge}\n{VALID}")
+        .replace(
+            "  - address: 127.0.0.1:0\nadmin",
+            &format!("  - address: 127.0.0.1:0\n    limits: {{header_read_timeout: {huge}, idle_timeout: 25h}}\nadmin"),
+        )
+        .replace(
+            "    strategy: round_robin\n",
+            &format!("    strategy: round_robin\n    request_timeout: {huge}\n    health_check: {{interval: {huge}}}\n    outlier_detection: {{base_ejection_time: {huge}, max_ejection_time: {huge}}}\n"),
+        );
+    let (ok, _, stderr) = check(&text);
+    assert!(!ok, "accepted:\n{text}");
+    let too_long = format!("`{huge}` is too long; the most allowed is 24h");
+    for field in [
+        "drain_timeout",
+        "listeners[0].limits.header_read_timeout",
+        "services.api.request_timeout",
+        "services.api.health_check.interval",
+        "services.api.outlier_detection.base_ejection_time",
+        "services.api.outlier_detection.max_ejection_time",
+    ] {
+        let expected = format!("{field}: {too_long}");
+        assert!(
+            stderr.contains(&expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(
+            "listeners[0].limits.idle_timeout: `25h` is too long; the most allowed is 24h"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("7 problem(s) found"), "{stderr}");
+
+    // The bound itself is accepted.
+    let longest = VALID.replace(
+        "    strategy: round_robin\n",
+        "    strategy: round_robin\n    request_timeout: 24h\n    outlier_detection: {base_ejection_time: 24h, max_ejection_time: 24h}\n",
+    );
+    let (ok, _, stderr) = check(&longest);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_config_over_4_mib_without_reading_it_all() {
+    let mut text = VALID.to_string();
+    // 50 MB, as once went through a reload and into the history.
+    text.push_str(&"# padding\n".repeat(5_000_000));
+    let (ok, _, stderr) = check(&text);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the config is larger than 4 MiB (4194304 bytes), the most accepted"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_lists_all_problems_at_once() {
     let text = VALID
         .replace("weight: 2", "weight: 0")

@@ -322,6 +322,44 @@ async fn resets_on_traffic_eject_an_instance_which_returns_after_the_ejection_ti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_active_check_ends_an_ejection() {
+    let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
+    // A TCP check passes even while b resets every request; the ejection
+    // alone would keep b out for an hour.
+    let proxy = proxy(&service_yaml(
+        "    health_check: {type: tcp, interval: 2s, timeout: 1s, jitter: 0ms}
+    outlier_detection: {consecutive_failures: 3, base_ejection_time: 1h, max_ejection_percent: 50}
+",
+        &[&a, &b],
+    ))
+    .await;
+    wait_for(&proxy, "b", "healthy").await;
+    b.set(Mode::Reset);
+    let seen = counts(&proxy, 40).await;
+    assert_eq!(seen.get("b:200"), None, "{seen:?}");
+    let b_status = instance_status(&proxy, "b").await;
+    assert!(b_status["ejections"].as_u64().unwrap() >= 1, "{b_status}");
+
+    b.set(Mode::Healthy);
+    wait_for(&proxy, "b", "healthy").await;
+    // The verdict is live; the snapshot that puts b back follows it.
+    let started = Instant::now();
+    while instance_status(&proxy, "b").await["in_rotation"] != true {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b never rejoined"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = counts(&proxy, 20).await;
+    assert_eq!(
+        (seen["a:200"], seen["b:200"]),
+        (10, 10),
+        "b is back: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_ejection_percent_keeps_part_of_the_service_in() {
     let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
     a.set(Mode::Reset);

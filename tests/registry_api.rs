@@ -368,6 +368,11 @@ async fn bad_registrations_are_refused_with_the_field_named() {
             400,
             "id: `a b` contains ` `",
         ),
+        (
+            json!({"address": "127.0.0.1:0"}),
+            400,
+            "address: `127.0.0.1:0` has port 0; give the port the instance listens on",
+        ),
     ];
     for (body, status, words) in cases {
         let (code, answer) = api(
@@ -416,6 +421,145 @@ async fn bad_registrations_are_refused_with_the_field_named() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["svc", "other"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_times_are_bounded_and_listing_keeps_working() {
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n").await;
+    let path = "/admin/services/svc/instances";
+    // The first once went in and then broke every listing; the second
+    // panicked the call itself.
+    for ttl in ["99999999999999999s", "18446744073709551615h", "721h"] {
+        let body = json!({"address": "127.0.0.1:9", "ttl": ttl});
+        let (code, answer) = api(&proxy, Method::POST, path, Some(body)).await;
+        assert_eq!(code, 400, "{ttl}: {answer}");
+        let expected = format!("ttl: `{ttl}` is too long; the most allowed is 720h");
+        assert_eq!(answer["errors"][0], expected.as_str(), "{answer}");
+    }
+    let (code, all) = api(&proxy, Method::GET, "/admin/services", None).await;
+    assert_eq!(code, 200, "{all}");
+    assert!(ids(&all["services"][0]).is_empty(), "{all}");
+
+    // The longest lease is accepted, listed and renewed.
+    let body = json!({"id": "long", "address": "127.0.0.1:9", "ttl": "720h"});
+    let (code, answer) = api(&proxy, Method::POST, path, Some(body)).await;
+    assert_eq!(code, 201, "{answer}");
+    let heartbeat = "/admin/services/svc/instances/long/heartbeat";
+    assert_eq!(api(&proxy, Method::PUT, heartbeat, None).await.0, 200);
+    let (code, all) = api(&proxy, Method::GET, "/admin/services", None).await;
+    assert_eq!(code, 200, "{all}");
+    let lease = &all["services"][0]["instances"][0]["lease"];
+    assert_eq!(lease["ttl_ms"], 720 * 3_600_000_u64, "{all}");
+    assert_eq!(api(&proxy, Method::GET, "/admin/status", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_comes_in_pages_for_a_large_registry() {
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n  other: {instances: [{address: \"127.0.0.1:9\"}]}\n").await;
+    for i in 0..5 {
+        let body = json!({"id": format!("i{i}"), "address": format!("127.0.0.1:{}", 1000 + i)});
+        let (code, _) = api(
+            &proxy,
+            Method::POST,
+            "/admin/services/svc/instances",
+            Some(body),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    // The default lists everything, as before, with the total beside it.
+    let (code, status) = api(&proxy, Method::GET, "/admin/status", None).await;
+    assert_eq!(code, 200, "{status}");
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other", "svc"]);
+    let svc = &status["services"][1];
+    assert_eq!(ids(svc), ["i0", "i1", "i2", "i3", "i4"]);
+    assert_eq!(svc["instances_total"], 5);
+    assert!(svc.get("next_offset").is_none(), "{svc}");
+
+    let (code, page) = api(
+        &proxy,
+        Method::GET,
+        "/admin/status?service=svc&offset=1&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(page["services"].as_array().unwrap().len(), 1, "{page}");
+    let svc = &page["services"][0];
+    assert_eq!(ids(svc), ["i1", "i2"]);
+    assert_eq!(
+        (svc["instances_total"].as_u64(), svc["next_offset"].as_u64()),
+        (Some(5), Some(3))
+    );
+    let (_, last) = api(
+        &proxy,
+        Method::GET,
+        "/admin/status?service=svc&offset=3&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(ids(&last["services"][0]), ["i3", "i4"]);
+    assert!(last["services"][0].get("next_offset").is_none(), "{last}");
+
+    let (code, summary) = api(&proxy, Method::GET, "/admin/status?instances=summary", None).await;
+    assert_eq!(code, 200, "{summary}");
+    let svc = &summary["services"][1];
+    assert!(ids(svc).is_empty(), "{svc}");
+    assert_eq!(svc["states"], json!({"healthy": 5}), "{svc}");
+    assert_eq!(svc["instances_total"], 5);
+
+    let (code, _) = api(&proxy, Method::GET, "/admin/status?service=nope", None).await;
+    assert_eq!(code, 404);
+    for bad in [
+        "limit=0",
+        "limit=x",
+        "offset=-1",
+        "colour=red",
+        "instances=some",
+    ] {
+        let (code, answer) = api(&proxy, Method::GET, &format!("/admin/status?{bad}"), None).await;
+        assert_eq!(code, 400, "{bad}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let text = "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n  token: s3cret\nroutes:\n  - service: svc\nservices:\n  svc: {instances: []}\n";
+    let running = switchyard::server::start(switchyard::config::parse(text).unwrap())
+        .await
+        .unwrap();
+    let url = format!(
+        "http://{}/admin/services/svc/instances",
+        running.admin_address()
+    );
+    let client = client();
+    let register = |authorization: &str, port: u16| {
+        http::Request::post(url.as_str())
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!(
+                "{{\"address\": \"127.0.0.1:{port}\"}}"
+            ))))
+            .unwrap()
+    };
+    // RFC 9110 §11.1: the scheme name is case-insensitive.
+    for (i, authorization) in ["bearer s3cret", "BEARER s3cret", "Bearer s3cret"]
+        .into_iter()
+        .enumerate()
+    {
+        let got = send(&client, register(authorization, 1 + i as u16)).await;
+        assert_eq!(got.status, 201, "{authorization}: {}", got.body);
+    }
+    let got = send(&client, register("Basic s3cret", 9)).await;
+    assert_eq!(got.status, 401, "{}", got.body);
+    let got = send(&client, register("bearer wrong", 9)).await;
+    assert_eq!(got.status, 403, "{}", got.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

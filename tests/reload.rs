@@ -138,6 +138,10 @@ async fn bad_edits_are_refused_and_the_old_config_keeps_serving() {
             good.replace("round_robin", "fastest"),
             "services.svc.strategy: unknown strategy",
         ),
+        (
+            format!("{good}{}", "# padding\n".repeat(5_000_000)),
+            "the config is larger than 4 MiB (4194304 bytes), the most accepted",
+        ),
     ];
     for (number, (text, expected)) in broken.iter().enumerate() {
         std::fs::write(&path, text).unwrap();

@@ -1,6 +1,7 @@
 //! The admin API, on its own listener (loopback by default).
 //!
-//! - `GET /admin/status`: the whole proxy (see [`status`]).
+//! - `GET /admin/status`: the whole proxy, in pages for a large registry
+//!   (see [`status`]).
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
 //!   [`config_api`]).
@@ -73,7 +74,14 @@ pub async fn handle(
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["admin", "status"]) => {
-            json_response(StatusCode::OK, &status::status(state))
+            let page = status::Page::parse(request.uri().query().unwrap_or(""));
+            match page.and_then(|page| status::status(state, &page)) {
+                Ok(status) => json_response(StatusCode::OK, &status),
+                Err(message) if message.starts_with("no service") => {
+                    text_response(StatusCode::NOT_FOUND, message)
+                }
+                Err(message) => bad_request(message),
+            }
         }
         (&Method::GET, ["admin", "health"]) => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, ["metrics"]) => metrics(state, &request),
@@ -130,7 +138,7 @@ fn authorize(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     let (status, why) = match given {
         None => (
             StatusCode::UNAUTHORIZED,
@@ -150,6 +158,13 @@ fn authorize(
         );
     }
     Some(response)
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name
+/// is case-insensitive (RFC 9110 §11.1), so `bearer` works too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares two secrets in constant time: their digests are compared
@@ -218,7 +233,16 @@ fn errors_response(status: StatusCode, errors: Vec<String>) -> Response<ProxyBod
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::{bearer_token, same_secret};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some(" abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn secrets_compare_whole() {

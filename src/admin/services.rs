@@ -58,7 +58,8 @@ pub(super) async fn handle(
                     )
                 })
                 .collect();
-            json_response(StatusCode::OK, &serde_json::json!({ "services": services }))
+            // A typed body: `json!` would panic on a value JSON cannot hold.
+            json_response(StatusCode::OK, &ServicesView { services })
         }
         (&Method::GET, [name]) => {
             let name = ServiceName::from(*name);
@@ -147,6 +148,11 @@ pub(super) async fn handle(
         }
         _ => method_not_allowed(&method, &path),
     }
+}
+
+#[derive(serde::Serialize)]
+struct ServicesView {
+    services: Vec<super::status::ServiceView>,
 }
 
 /// Blocks until the service's index passes `index`, or `wait` runs out.

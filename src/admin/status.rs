@@ -1,9 +1,17 @@
 //! `GET /admin/status`, and the instance view shared with the registry API.
+//!
+//! A large registry is read in pages: `?service=NAME` shows one service,
+//! `?offset=N&limit=M` a slice of each service's instances (at most
+//! [`DEFAULT_LIMIT`] unless asked), `?instances=summary` only counts them by
+//! health state. Every service carries `instances_total`, and
+//! `next_offset` when more instances follow.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::config::ServiceName;
 
 use super::AdminState;
 use crate::registry::{DiscoveryStatus, Instance, Registry, ServiceSnapshot};
@@ -46,12 +54,83 @@ pub(super) struct ServiceView {
     healthy_instances: usize,
     in_rotation: usize,
     panic_routing: bool,
-    connect_timeout_ms: u128,
-    request_timeout_ms: u128,
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
     max_attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     discovery: Option<DiscoveryStatus>,
+    /// Instances of the service, whether listed or not.
+    instances_total: usize,
+    /// Where the next page starts, when this one did not reach the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<usize>,
+    /// Instances per health state (`?instances=summary` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    states: Option<BTreeMap<&'static str, usize>>,
     pub(super) instances: Vec<InstanceView>,
+}
+
+/// Instances listed per service by `GET /admin/status` unless `limit` says
+/// otherwise: enough for any small registry to be shown whole.
+pub(super) const DEFAULT_LIMIT: usize = 1000;
+/// The most instances one page may list.
+pub(super) const MAX_LIMIT: usize = 10_000;
+
+/// Which part of the registry a status call shows.
+pub(super) struct Page {
+    service: Option<ServiceName>,
+    offset: usize,
+    limit: usize,
+    summary: bool,
+}
+
+impl Page {
+    /// Every instance (the registry API's listings).
+    pub(super) fn all() -> Page {
+        Page {
+            service: None,
+            offset: 0,
+            limit: usize::MAX,
+            summary: false,
+        }
+    }
+
+    /// Parses `service`, `offset`, `limit` and `instances` from a query.
+    pub(super) fn parse(query: &str) -> Result<Page, String> {
+        let mut page = Page {
+            limit: DEFAULT_LIMIT,
+            ..Page::all()
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("{key}=`{value}` is not a whole number\n"))
+            };
+            match key {
+                "service" => page.service = Some(ServiceName::from(value)),
+                "offset" => page.offset = number()?,
+                "limit" => {
+                    page.limit = number()?;
+                    if !(1..=MAX_LIMIT).contains(&page.limit) {
+                        return Err(format!("limit must be between 1 and {MAX_LIMIT}\n"));
+                    }
+                }
+                "instances" => match value {
+                    "summary" => page.summary = true,
+                    "full" => page.summary = false,
+                    _ => return Err(format!("instances=`{value}`: use summary or full\n")),
+                },
+                other => {
+                    return Err(format!(
+                        "unknown parameter `{other}`; use service, offset, limit and instances\n"
+                    ))
+                }
+            }
+        }
+        Ok(page)
+    }
 }
 
 /// One instance, as the admin API shows it.
@@ -83,17 +162,47 @@ pub(super) struct InstanceView {
 
 #[derive(Serialize)]
 struct LeaseView {
-    ttl_ms: u128,
-    remaining_ms: u128,
+    ttl_ms: u64,
+    remaining_ms: u64,
 }
 
-/// The view of `service`.
+/// Milliseconds as a JSON-safe number (JSON numbers hold 64 bits, not 128).
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The view of `service`, with every instance.
 pub(super) fn service_view(
     registry: &Registry,
     service: &ServiceSnapshot,
     discovery: Option<DiscoveryStatus>,
 ) -> ServiceView {
+    service_page(registry, service, discovery, &Page::all())
+}
+
+/// The view of `service`, with the instances `page` asks for.
+fn service_page(
+    registry: &Registry,
+    service: &ServiceSnapshot,
+    discovery: Option<DiscoveryStatus>,
+    page: &Page,
+) -> ServiceView {
     let now = tokio::time::Instant::now();
+    let total = service.all_instances.len();
+    let (offset, limit) = if page.summary {
+        (total, 0)
+    } else {
+        (page.offset.min(total), page.limit)
+    };
+    let end = offset.saturating_add(limit).min(total);
+    let states = page.summary.then(|| {
+        let mut states = BTreeMap::new();
+        for instance in &service.all_instances {
+            let word = instance.state.health().state_word(now);
+            *states.entry(word).or_insert(0) += 1;
+        }
+        states
+    });
     ServiceView {
         name: service.name.to_string(),
         strategy: service.strategy.as_str(),
@@ -101,14 +210,16 @@ pub(super) fn service_view(
         healthy_instances: service.healthy_count,
         in_rotation: service.instances.len(),
         panic_routing: service.panic,
-        connect_timeout_ms: service.connect_timeout.as_millis(),
-        request_timeout_ms: service.request_timeout.as_millis(),
+        connect_timeout_ms: millis(service.connect_timeout),
+        request_timeout_ms: millis(service.request_timeout),
         max_attempts: service.max_attempts.get(),
         discovery,
-        instances: service
-            .all_instances
+        instances_total: total,
+        next_offset: (!page.summary && end < total).then_some(end),
+        states,
+        instances: service.all_instances[offset..end]
             .iter()
-            .zip(&service.in_rotation)
+            .zip(&service.in_rotation[offset..end])
             .map(|(instance, in_rotation)| {
                 instance_view(registry, service, instance, *in_rotation, now)
             })
@@ -152,17 +263,23 @@ fn instance_view(
         idle_connections: instance.state.pool.idle_count(),
         registered_at: humantime::format_rfc3339_seconds(instance.state.registered_at).to_string(),
         lease: lease.map(|(ttl, left)| LeaseView {
-            ttl_ms: ttl.as_millis(),
-            remaining_ms: left.as_millis(),
+            ttl_ms: millis(ttl),
+            remaining_ms: millis(left),
         }),
     }
 }
 
-pub(super) fn status(state: &AdminState) -> Status {
+/// The status, or why the query cannot be answered.
+pub(super) fn status(state: &AdminState, page: &Page) -> Result<Status, String> {
     let snapshot = state.registry.snapshot();
+    if let Some(name) = &page.service {
+        if !snapshot.services.iter().any(|s| &s.name == name) {
+            return Err(format!("no service named `{name}`\n"));
+        }
+    }
     let config = state.registry.config();
     let discovery = state.registry.discovery_status();
-    Status {
+    Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.registry.started().elapsed().as_secs(),
         snapshot_generation: snapshot.generation,
@@ -190,7 +307,8 @@ pub(super) fn status(state: &AdminState) -> Status {
         services: snapshot
             .services
             .iter()
-            .map(|s| service_view(&state.registry, s, discovery.get(&s.name).cloned()))
+            .filter(|s| page.service.as_ref().is_none_or(|name| &s.name == name))
+            .map(|s| service_page(&state.registry, s, discovery.get(&s.name).cloned(), page))
             .collect(),
-    }
+    })
 }

@@ -5,7 +5,8 @@
 //! is written to a temporary name, fsynced, renamed into place and the
 //! directory fsynced, so a crash at any moment leaves either the whole entry
 //! or none. A rollback is a new version, never a deletion; only the
-//! retention limit removes entries, oldest first.
+//! retention limits (a count of versions and a total of bytes on disk)
+//! remove entries, oldest first.
 
 use std::fmt;
 use std::fs;
@@ -18,6 +19,9 @@ use sha2::{Digest, Sha256};
 
 /// Versions kept when no limit is given.
 pub const DEFAULT_RETENTION: usize = 100;
+/// Bytes of history files kept when no limit is given: the oldest versions
+/// go first once the total passes it (the newest always stays).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A config version number: 1, 2, 3 … never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -124,8 +128,11 @@ pub enum HistoryError {
 pub struct History {
     dir: PathBuf,
     retention: usize,
+    max_bytes: u64,
     /// Readable versions, oldest first.
     versions: Vec<VersionInfo>,
+    /// The size of each version's file, in the order of `versions`.
+    sizes: Vec<u64>,
     broken: Vec<BrokenEntry>,
     /// Highest version number ever seen, readable or not.
     highest: u64,
@@ -153,10 +160,13 @@ impl History {
             }
         };
         fs::create_dir_all(dir).map_err(io("create the directory"))?;
+        let mut found = Vec::new();
         let mut history = History {
             dir: dir.to_path_buf(),
             retention: retention.max(1),
+            max_bytes: DEFAULT_MAX_BYTES,
             versions: Vec::new(),
+            sizes: Vec::new(),
             broken: Vec::new(),
             highest: 0,
         };
@@ -175,19 +185,28 @@ impl History {
                 continue;
             };
             history.highest = history.highest.max(number);
+            let size = entry.metadata().map_or(0, |m| m.len());
             match read_entry(&entry.path(), ConfigVersion(number)) {
-                Ok(entry) => history.versions.push(entry.info),
+                Ok(entry) => found.push((entry.info, size)),
                 Err(problem) => history.broken.push(BrokenEntry {
                     file: name,
                     problem: problem.to_string(),
                 }),
             }
         }
-        history.versions.sort_by_key(|v| v.version);
+        found.sort_by_key(|(v, _)| v.version);
+        (history.versions, history.sizes) = found.into_iter().unzip();
         for broken in &history.broken {
             tracing::warn!(file = %broken.file, problem = %broken.problem, dir = %dir.display(), "unreadable config history entry");
         }
         Ok(history)
+    }
+
+    /// Keeps at most `max_bytes` of history files (default
+    /// [`DEFAULT_MAX_BYTES`]); applies at the next record.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> History {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The directory.
@@ -252,13 +271,19 @@ impl History {
             .map_err(|e| self.io_error("write a version", e))?;
         self.highest = version.0;
         self.versions.push(info.clone());
+        self.sizes
+            .push(u64::try_from(json.len()).unwrap_or(u64::MAX));
         self.enforce_retention();
         Ok(Some(info))
     }
 
     fn enforce_retention(&mut self) {
-        while self.versions.len() > self.retention {
+        let mut total: u64 = self.sizes.iter().fold(0, |a, b| a.saturating_add(*b));
+        while self.versions.len() > self.retention
+            || (self.versions.len() > 1 && total > self.max_bytes)
+        {
             let oldest = self.versions.remove(0);
+            total = total.saturating_sub(self.sizes.remove(0));
             if let Err(error) = fs::remove_file(self.path(oldest.version)) {
                 tracing::warn!(version = %oldest.version, %error, "cannot remove an old config version");
             }
@@ -378,6 +403,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(next.version, ConfigVersion(6));
+    }
+
+    #[test]
+    fn retention_keeps_a_bounded_total_of_bytes() {
+        let dir = temp_dir("bytes");
+        let mut history = History::open(&dir, 100).unwrap().with_max_bytes(5_000);
+        let big = |i: usize| format!("n: {i}\npad: \"{}\"\n", "x".repeat(2_000));
+        for i in 0..5 {
+            history
+                .record(&big(i), ChangeSource::File, "edit", None)
+                .unwrap();
+        }
+        let numbers: Vec<u64> = history.versions().iter().map(|v| v.version.0).collect();
+        assert_eq!(numbers, [4, 5], "two entries of ~2.3 kB fit in 5 kB");
+        let on_disk: u64 = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= 5_000, "{on_disk} bytes on disk");
+        // The newest stays even when it alone is over the limit.
+        let mut tiny = History::open(&dir, 100).unwrap().with_max_bytes(10);
+        tiny.record(&big(9), ChangeSource::File, "edit", None)
+            .unwrap();
+        assert_eq!(tiny.versions().len(), 1);
+        assert_eq!(tiny.text(ConfigVersion(6)).unwrap(), big(9));
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub use values::{parse_duration, Cidr};
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+/// Longest accepted duration in proxy.yaml (any timeout, interval or
+/// ejection time). Far beyond any sensible setting, and small enough that
+/// deadlines computed from it never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Longest accepted lease (`ttl`) of an API registration.
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest accepted config text. Real configs are kilobytes; parsing costs
+/// many times the text in memory, and every version is kept in the history.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+/// Most YAML nodes (scalars, lists, maps) a config may have: serde-saphyr's
+/// default budget, which stops documents built to exhaust the parser.
+pub const MAX_YAML_NODES: usize = 250_000;
 /// Largest accepted instance weight. Weighted round-robin precomputes one
 /// schedule slot per unit of weight, so this bounds that schedule.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -590,21 +602,96 @@ impl ServiceConfig {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<(Config, String), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let invalid = |errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    };
+    let bytes = read_limited(std::fs::File::open(path)).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let config = parse(&text).map_err(|errors| LoadError::Invalid {
-        path: path.display().to_string(),
-        errors,
-    })?;
+    let text = text_of(bytes).map_err(invalid)?;
+    let config = parse(&text).map_err(invalid)?;
     Ok((config, text))
 }
 
-/// Parses and validates config text.
+/// Reads at most one byte more than [`MAX_CONFIG_BYTES`] from `file`, so an
+/// oversized file is refused without being read whole.
+fn read_limited(file: std::io::Result<std::fs::File>) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_CONFIG_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    file?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Config file bytes as text: refused when too large or not UTF-8.
+fn text_of(bytes: Vec<u8>) -> Result<String, ConfigErrors> {
+    check_size(bytes.len())?;
+    String::from_utf8(bytes).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("the config is not UTF-8 text: {e}"),
+            location: None,
+        }])
+    })
+}
+
+fn check_size(len: usize) -> Result<(), ConfigErrors> {
+    if len <= MAX_CONFIG_BYTES {
+        return Ok(());
+    }
+    Err(ConfigErrors(vec![ConfigError {
+        path: String::new(),
+        message: format!(
+            "the config is larger than {} MiB ({MAX_CONFIG_BYTES} bytes), the most accepted",
+            MAX_CONFIG_BYTES >> 20
+        ),
+        location: None,
+    }]))
+}
+
+/// Parses and validates config text (at most [`MAX_CONFIG_BYTES`]).
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    check_size(text.len())?;
     let raw = parse_raw(text).map_err(|e| ConfigErrors(vec![e]))?;
     validate::validate(raw)
+}
+
+/// Reads a config file without blocking the runtime, as [`load`] reads it.
+pub async fn read_text(path: &Path) -> Result<String, LoadError> {
+    let owned = path.to_path_buf();
+    let bytes = tokio::task::spawn_blocking(move || read_limited(std::fs::File::open(owned)))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+    text_of(bytes).map_err(|errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    })
+}
+
+/// A YAML budget breach in plain words (the parser's own is a debug dump).
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    match breach {
+        BudgetBreach::Nodes { .. } => format!(
+            "the config has more than {MAX_YAML_NODES} YAML nodes (values, lists and maps), the most accepted"
+        ),
+        BudgetBreach::Depth { .. } => "the config nests lists and maps too deeply".into(),
+        BudgetBreach::Aliases { .. }
+        | BudgetBreach::Anchors { .. }
+        | BudgetBreach::AliasAnchorRatio { .. }
+        | BudgetBreach::MergeKeys { .. } => {
+            "the config uses too many YAML anchors, aliases or merge keys".into()
+        }
+        other => format!("the config is too large for the YAML parser ({other:?})"),
+    }
 }
 
 fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
@@ -627,7 +714,10 @@ fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
     result.map_err(|e| {
         let inner = e.without_snippet();
         let location = inner.location().map(|l| (l.line(), l.column()));
-        let mut message = inner.to_string();
+        let mut message = match inner {
+            serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
+            other => other.to_string(),
+        };
         // The location is shown in front; drop serde-saphyr's own suffix.
         if let Some((line, column)) = location {
             let suffix = format!(" at line {line}, column {column}");

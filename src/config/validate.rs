@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::raw::{
     RawConfig, RawHealthCheck, RawInstance, RawOutlierDetection, RawRoute, RawService, RawStatus,
 };
-use super::values::{check_name, parse_duration};
+use super::values::{check_name, parse_bounded_duration};
 use super::*;
 
 /// Collects errors with their field paths while validation goes on.
@@ -113,12 +113,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let drain_timeout = match &raw.drain_timeout {
-        Some(text) => errors
-            .check("drain_timeout", parse_duration(text))
-            .unwrap_or(defaults::DRAIN_TIMEOUT),
-        None => defaults::DRAIN_TIMEOUT,
-    };
+    let drain_timeout = duration_field(
+        &mut errors,
+        "drain_timeout".into(),
+        &raw.drain_timeout,
+        defaults::DRAIN_TIMEOUT,
+        true,
+    );
 
     let admin_token = match &raw.admin {
         Some(admin) => secret(
@@ -337,20 +338,8 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
             .check(format!("{path}.strategy"), name.parse())
             .unwrap_or(Strategy::RoundRobin),
     };
-    let mut timeout = |field: &str, value: &Option<String>, default| match value {
-        None => default,
-        Some(text) => {
-            let parsed = parse_duration(text).and_then(|d| {
-                if d.is_zero() {
-                    Err("must be more than zero".into())
-                } else {
-                    Ok(d)
-                }
-            });
-            errors
-                .check(format!("{path}.{field}"), parsed)
-                .unwrap_or(default)
-        }
+    let mut timeout = |field: &str, value: &Option<String>, default| {
+        duration_field(errors, format!("{path}.{field}"), value, default, false)
     };
     let connect_timeout = timeout(
         "connect_timeout",
@@ -771,7 +760,10 @@ fn threshold(value: Option<i64>, default: u32) -> Result<NonZeroU32, String> {
         .ok_or_else(|| format!("must be between 1 and 100 (got {value})"))
 }
 
-/// A duration field: absent gives `default`; zero is refused unless allowed.
+/// A duration field: absent gives `default`; zero is refused unless
+/// allowed; more than [`MAX_DURATION`] is refused, so no timer or deadline
+/// computed from it can overflow. Every duration in proxy.yaml goes through
+/// here.
 fn duration_field(
     errors: &mut Errors,
     path: String,
@@ -781,16 +773,9 @@ fn duration_field(
 ) -> Duration {
     match value {
         None => default,
-        Some(text) => {
-            let parsed = parse_duration(text).and_then(|d| {
-                if d.is_zero() && !allow_zero {
-                    Err("must be more than zero".into())
-                } else {
-                    Ok(d)
-                }
-            });
-            errors.check(path, parsed).unwrap_or(default)
-        }
+        Some(text) => errors
+            .check(path, parse_bounded_duration(text, allow_zero, MAX_DURATION))
+            .unwrap_or(default),
     }
 }
 
@@ -1023,7 +1008,18 @@ fn validate_outlier(
 }
 
 fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Option<InstanceConfig> {
-    let address = errors.check(format!("{path}.address"), parse_socket_addr(&raw.address));
+    // Port 0 means "any port" to a listener; nothing can connect to it.
+    let address = parse_socket_addr(&raw.address).and_then(|address| {
+        if address.port() == 0 {
+            Err(format!(
+                "`{}` has port 0; give the port the instance listens on",
+                raw.address.trim()
+            ))
+        } else {
+            Ok(address)
+        }
+    });
+    let address = errors.check(format!("{path}.address"), address);
     let weight = errors.check(
         format!("{path}.weight"),
         match raw.weight {
@@ -1065,16 +1061,10 @@ pub(super) fn validate_registration(
         metadata: registration.metadata.clone(),
     };
     let instance = validate_instance("", &raw, &mut errors);
-    let ttl = registration.ttl.as_ref().and_then(|text| {
-        let ttl = parse_duration(text).and_then(|ttl| {
-            if ttl.is_zero() {
-                Err("must be more than zero".into())
-            } else {
-                Ok(ttl)
-            }
-        });
-        errors.check("ttl", ttl)
-    });
+    let ttl = registration
+        .ttl
+        .as_ref()
+        .and_then(|text| errors.check("ttl", parse_bounded_duration(text, false, MAX_TTL)));
     // Paths were built for a list entry (`.address`); drop the dot.
     for error in &mut errors.0 {
         if let Some(field) = error.path.strip_prefix('.') {
@@ -1285,6 +1275,24 @@ services:
             "    health_check: {expected_status: [\"500-200\", 99]}\n",
         ));
         assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn oversized_configs_are_refused_in_plain_words() {
+        let mut text = GOOD.to_string();
+        text.push_str(&"# padding\n".repeat(crate::config::MAX_CONFIG_BYTES / 10));
+        assert_eq!(
+            messages(&text),
+            ["the config is larger than 4 MiB (4194304 bytes), the most accepted"]
+        );
+        let mut text = String::from("listeners:\n  - address: 127.0.0.1:80\ntrusted_proxies:\n");
+        text.push_str(&"  - 10.0.0.1\n".repeat(crate::config::MAX_YAML_NODES));
+        let errors = messages(&text);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].ends_with("trusted_proxies: the config has more than 250000 YAML nodes (values, lists and maps), the most accepted"),
+            "{errors:?}"
+        );
     }
 
     #[test]

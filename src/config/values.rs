@@ -15,9 +15,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits.parse().map_err(|_| {
-        format!(
-            "`{text}` is not a duration; write a whole number and a unit, e.g. `500ms`, `5s`, `2m`"
-        )
+        if digits.is_empty() {
+            format!(
+                "`{text}` is not a duration; write a whole number and a unit, e.g. `500ms`, `5s`, `2m`"
+            )
+        } else {
+            format!("`{text}` is far too large for a duration")
+        }
     })?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
@@ -36,6 +40,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(duration)
+}
+
+/// Parses a duration and checks it lies in `0..=max` (`1ms..=max` unless
+/// `allow_zero`), so later `Instant + Duration` sums cannot overflow.
+pub(crate) fn parse_bounded_duration(
+    text: &str,
+    allow_zero: bool,
+    max: Duration,
+) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() && !allow_zero {
+        return Err("must be more than zero".into());
+    }
+    if duration > max {
+        return Err(format!(
+            "`{}` is too long; the most allowed is {}",
+            text.trim(),
+            format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+/// Writes a duration the way proxy.yaml does, in the largest whole unit
+/// (`720h`, `10m`, `1500ms`).
+pub(crate) fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0 => "0s".into(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
 }
 
 /// An IP network such as `10.0.0.0/8` or `::1/128`; a bare address is a
@@ -137,6 +175,17 @@ mod tests {
         assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999999s")
+            .unwrap_err()
+            .contains("far too large"));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(parse_bounded_duration("24h", false, day), Ok(day));
+        assert!(parse_bounded_duration("0s", false, day).is_err());
+        assert_eq!(parse_bounded_duration("0s", true, day), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_bounded_duration("18446744073709551615h", false, day),
+            Err("`18446744073709551615h` is too long; the most allowed is 24h".into())
+        );
     }
 
     #[test]

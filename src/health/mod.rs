@@ -129,14 +129,14 @@ async fn follow_instances(registry: Arc<Registry>, custom: Arc<CustomChecks>) {
     let mut probes: HashMap<InstanceKey, (HealthCheckConfig, JoinHandle<()>)> = HashMap::new();
     loop {
         let config = registry.config();
+        // Only checked services: instances registered elsewhere cost nothing here.
         let mut wanted = HashMap::new();
-        for instance in registry.instances() {
-            let check = config
-                .services
-                .get(&instance.key.service)
-                .and_then(|s| s.health_check.clone());
-            if let Some(check) = check {
-                wanted.insert(instance.key.clone(), (check, instance));
+        for (name, service) in &config.services {
+            let Some(check) = &service.health_check else {
+                continue;
+            };
+            for instance in registry.instances_of(name) {
+                wanted.insert(instance.key.clone(), (check.clone(), instance));
             }
         }
         probes.retain(|key, (check, task)| {
@@ -240,15 +240,41 @@ async fn probe_loop(
             )),
             (result, _) => result,
         };
-        let transition = instance.health().active.as_mut().and_then(|active| {
-            active.record(
-                result,
-                latency,
-                check.healthy_threshold.get(),
-                check.unhealthy_threshold.get(),
-                SystemTime::now(),
+        let passed = result.is_ok();
+        let (transition, lifted) = {
+            let mut health = instance.health();
+            let transition = health.active.as_mut().and_then(|active| {
+                active.record(
+                    result,
+                    latency,
+                    check.healthy_threshold.get(),
+                    check.unhealthy_threshold.get(),
+                    SystemTime::now(),
+                )
+            });
+            // A pass ends an outlier ejection (Envoy does the same by
+            // default): the instance answers its checks, so try it again.
+            let lifted = passed && health.ejection.lift(Instant::now());
+            (
+                transition,
+                lifted.then(|| health.state_word(Instant::now())),
             )
-        });
+        };
+        if let Some(now_state) = lifted {
+            tracing::info!(
+                service = %target.service,
+                instance = %target.instance,
+                address = %target.address,
+                from = "ejected",
+                to = now_state,
+                reason = "passed an active health check",
+                "instance health changed"
+            );
+            registry
+                .metrics()
+                .health_transition(target.service.as_str(), now_state);
+            registry.request_rebuild();
+        }
         if let Some(transition) = transition {
             tracing::warn!(
                 service = %target.service,
@@ -265,7 +291,7 @@ async fn probe_loop(
             registry.request_rebuild();
         }
         let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
-        tokio::time::sleep(check.interval + Duration::from_millis(jitter)).await;
+        tokio::time::sleep(check.interval.saturating_add(Duration::from_millis(jitter))).await;
     }
 }
 
@@ -312,12 +338,16 @@ async fn eject_on_streaks(
             );
             continue;
         }
-        let duration = instance.health().ejection.eject(
-            now,
-            outlier.base_ejection_time,
-            outlier.max_ejection_time,
-            reason.clone(),
-        );
+        let (duration, until) = {
+            let mut health = instance.health();
+            let duration = health.ejection.eject(
+                now,
+                outlier.base_ejection_time,
+                outlier.max_ejection_time,
+                reason.clone(),
+            );
+            (duration, health.ejection.until)
+        };
         tracing::warn!(
             service = %instance.key.service,
             instance = %instance.key.id,
@@ -336,7 +366,15 @@ async fn eject_on_streaks(
         let registry = Arc::clone(&registry);
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
-            let (now_state, _) = instance.health().describe(Instant::now());
+            let (now_state, _) = {
+                let health = instance.health();
+                if health.ejection.until != until {
+                    // Lifted early by a passing check, or ejected anew (whose
+                    // own timer reports its end).
+                    return;
+                }
+                health.describe(Instant::now())
+            };
             tracing::info!(
                 service = %instance.key.service,
                 instance = %instance.key.id,

@@ -8,6 +8,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+/// `now + after`, or a year from now should that overflow (a stand-in for
+/// "never": validation keeps real values far below it).
+pub fn deadline_after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// Active-check state: consecutive passes and failures against the
 /// thresholds, so one bad probe never removes an instance and one good probe
 /// never brings a failing one back.
@@ -144,6 +152,16 @@ impl Ejection {
         self.until.is_some_and(|until| now < until)
     }
 
+    /// Ends an ejection early (a passing active check proves the instance
+    /// works, as Envoy's `successful_active_health_check_uneject_host`).
+    /// Returns whether it was ejected. The count stays, so a relapse is
+    /// ejected for longer.
+    pub fn lift(&mut self, now: Instant) -> bool {
+        let ejected = self.is_ejected(now);
+        self.until = None;
+        ejected
+    }
+
     /// Ejects the instance from `now`; returns how long for:
     /// `base × ejections`, capped at `max`.
     pub fn eject(
@@ -155,13 +173,13 @@ impl Ejection {
     ) -> Duration {
         if self
             .last_at
-            .is_some_and(|last| now.duration_since(last) > max + base)
+            .is_some_and(|last| now.duration_since(last) > max.saturating_add(base))
         {
             self.count = 0;
         }
         self.count = self.count.saturating_add(1);
         let duration = base.saturating_mul(self.count).min(max);
-        self.until = Some(now + duration);
+        self.until = Some(deadline_after(now, duration));
         self.last_at = Some(now);
         self.reason = reason;
         duration
@@ -185,6 +203,20 @@ impl InstanceHealth {
         !self.drained
             && self.active.as_ref().is_none_or(|a| a.healthy)
             && !self.ejection.is_ejected(now)
+    }
+
+    /// The one word of [`InstanceHealth::describe`], without building the
+    /// reason.
+    pub fn state_word(&self, now: Instant) -> &'static str {
+        if self.drained {
+            "drained"
+        } else if self.active.as_ref().is_some_and(|a| !a.healthy) {
+            "unhealthy"
+        } else if self.ejection.is_ejected(now) {
+            "ejected"
+        } else {
+            "healthy"
+        }
     }
 
     /// A one-word state and the reason for it.
@@ -290,12 +322,30 @@ mod tests {
             max,
             "capped"
         );
+        // A passing active check lifts an ejection early.
+        assert!(ejection.is_ejected(Instant::now()));
+        assert!(ejection.lift(Instant::now()));
+        assert!(!ejection.is_ejected(Instant::now()));
+        assert!(!ejection.lift(Instant::now()), "nothing left to lift");
+        assert_eq!(ejection.count, 3, "the count stays");
         // A long quiet spell resets the multiplier.
         tokio::time::advance(Duration::from_secs(100)).await;
         assert_eq!(
             ejection.eject(Instant::now(), base, max, "later".into()),
             base
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_ejections_do_not_overflow() {
+        let mut ejection = Ejection::default();
+        let now = Instant::now();
+        let forever = Duration::MAX;
+        assert_eq!(ejection.eject(now, forever, forever, "a".into()), forever);
+        assert!(ejection.is_ejected(now + Duration::from_secs(300 * 86_400)));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(ejection.eject(later, forever, forever, "b".into()), forever);
+        assert_eq!(ejection.count, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,7 @@ mod snapshot;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,7 +28,6 @@ use crate::metrics::{InstanceMetrics, Metrics};
 use crate::upstream;
 
 pub use health::InstanceHealth;
-use snapshot::ServicePlan;
 pub use snapshot::{Instance, ServiceSnapshot, Snapshot};
 
 /// Where an instance came from.
@@ -249,6 +248,43 @@ pub struct FailureStreak {
     pub reason: String,
 }
 
+/// A service's built instances by id. FNV, not SipHash: every rebuild looks up every id
+/// of its service. (Ids come from proxy.yaml, Consul and the admin API,
+/// which is loopback-only by default and can require a token.)
+type InstanceMap = HashMap<InstanceId, Built, BuildHasherDefault<Fnv>>;
+
+/// A built instance and what the last build read of it.
+struct Built {
+    instance: Arc<Instance>,
+    /// The last build that kept it.
+    generation: u64,
+    /// Whether it takes traffic, and its watch hash, as last read; None
+    /// when it must be read at the next build.
+    verdict: Option<(bool, u64)>,
+}
+
+/// FNV-1a, for short keys looked up often.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+}
+
 struct RegistryState {
     config: Arc<Config>,
     /// Registered through the API, by service and id.
@@ -256,7 +292,23 @@ struct RegistryState {
     /// Discovered in Consul, by service.
     discovered: BTreeMap<ServiceName, Vec<InstanceConfig>>,
     discovery_status: BTreeMap<ServiceName, DiscoveryStatus>,
-    instances: HashMap<InstanceKey, Arc<InstanceState>>,
+    /// Built instances by service and id, each with the generation of the
+    /// last build that kept it.
+    instances: HashMap<ServiceName, InstanceMap>,
+    /// The services of the published snapshot, reused by the next build
+    /// unless marked dirty.
+    built: HashMap<ServiceName, Arc<ServiceSnapshot>>,
+    /// Services changed since the last build; `dirty_all` rebuilds them all
+    /// (config and health changes).
+    dirty: HashSet<ServiceName>,
+    dirty_all: bool,
+    /// Instances per source, per service and in total, for the metric.
+    counts: HashMap<ServiceName, [usize; 3]>,
+    totals: [usize; 3],
+    /// Changes made (counted) and the last one a published snapshot holds:
+    /// a writer whose change is already published need not build.
+    changes_made: u64,
+    changes_published: u64,
     generation: u64,
     /// Services routing to all instances because too few are healthy.
     panicking: HashMap<ServiceName, bool>,
@@ -268,6 +320,8 @@ struct RegistryState {
 /// Services and instances from all sources; publishes snapshots.
 pub struct Registry {
     state: Mutex<RegistryState>,
+    /// Held by the one writer building a snapshot; taken before `state`.
+    builder: Mutex<()>,
     published: ArcSwap<Snapshot>,
     started: Instant,
     /// Bumped after every publish, for whoever follows the instance set.
@@ -287,6 +341,13 @@ impl Registry {
             discovered: BTreeMap::new(),
             discovery_status: BTreeMap::new(),
             instances: HashMap::new(),
+            built: HashMap::new(),
+            dirty: HashSet::new(),
+            dirty_all: true,
+            counts: HashMap::new(),
+            totals: [0; 3],
+            changes_made: 0,
+            changes_published: 0,
             generation: 0,
             panicking: HashMap::new(),
             indexes: HashMap::new(),
@@ -296,6 +357,7 @@ impl Registry {
         let snapshot = build(&mut state, &failures, &metrics);
         Registry {
             state: Mutex::new(state),
+            builder: Mutex::new(()),
             published: ArcSwap::from_pointee(snapshot),
             started: Instant::now(),
             changes: watch::channel(1).0,
@@ -333,7 +395,20 @@ impl Registry {
 
     /// Every instance's shared state.
     pub fn instances(&self) -> Vec<Arc<InstanceState>> {
-        self.lock().instances.values().cloned().collect()
+        self.lock()
+            .instances
+            .values()
+            .flat_map(|m| m.values().map(|b| Arc::clone(&b.instance.state)))
+            .collect()
+    }
+
+    /// The shared state of `service`'s instances.
+    pub fn instances_of(&self, service: &ServiceName) -> Vec<Arc<InstanceState>> {
+        self.lock()
+            .instances
+            .get(service)
+            .map(|m| m.values().map(|b| Arc::clone(&b.instance.state)).collect())
+            .unwrap_or_default()
     }
 
     /// The receiving end of failure streaks reported by the proxy; there is
@@ -348,7 +423,8 @@ impl Registry {
     pub fn apply_config(&self, config: Config) -> Arc<Snapshot> {
         let mut state = self.lock();
         state.config = Arc::new(config);
-        self.publish(&mut state)
+        state.dirty_all = true;
+        self.commit(state)
     }
 
     /// Registers (or updates) an instance through the API. Returns the
@@ -374,7 +450,7 @@ impl Registry {
                 source_name: "proxy.yaml",
             });
         }
-        let expires = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
+        let expires = ttl.map(|ttl| health::deadline_after(tokio::time::Instant::now(), ttl));
         let id = instance.id.clone();
         let created = state
             .registered
@@ -390,7 +466,8 @@ impl Registry {
             )
             .is_none();
         tracing::info!(service = %service, instance = %id, created, ttl = ?ttl, "instance registered through the API");
-        self.publish(&mut state);
+        state.dirty.insert(service.clone());
+        self.commit(state);
         Ok(created)
     }
 
@@ -401,7 +478,7 @@ impl Registry {
         let Some(ttl) = registered.ttl else {
             return Err(RegistryError::NoLease(id.clone()));
         };
-        registered.expires = Some(tokio::time::Instant::now() + ttl);
+        registered.expires = Some(health::deadline_after(tokio::time::Instant::now(), ttl));
         Ok(())
     }
 
@@ -412,7 +489,8 @@ impl Registry {
         Self::registered_mut(&mut state, service, id)?;
         Self::remove_registered(&mut state, service, id);
         tracing::info!(service = %service, instance = %id, "instance deregistered through the API");
-        self.publish(&mut state);
+        state.dirty.insert(service.clone());
+        self.commit(state);
         Ok(())
     }
 
@@ -427,9 +505,9 @@ impl Registry {
         let mut state = self.lock();
         let instance = state
             .instances
-            .values()
-            .find(|i| &i.key.service == service && &i.key.id == id)
-            .cloned();
+            .get(service)
+            .and_then(|m| m.get(id))
+            .map(|b| Arc::clone(&b.instance.state));
         let Some(instance) = instance else {
             return Err(
                 if self.snapshot().services.iter().any(|s| &s.name == service) {
@@ -444,7 +522,9 @@ impl Registry {
         };
         instance.health().drained = drained;
         tracing::info!(service = %service, instance = %id, drained, "instance drain changed through the API");
-        self.publish(&mut state);
+        // A verdict changed: read them all again (as for health events).
+        state.dirty_all = true;
+        self.commit(state);
         Ok(())
     }
 
@@ -465,9 +545,10 @@ impl Registry {
         for (service, id) in &expired {
             tracing::warn!(service = %service, instance = %id, "lease expired without a heartbeat; instance removed");
             Self::remove_registered(&mut state, service, id);
+            state.dirty.insert(service.clone());
         }
         if !expired.is_empty() {
-            self.publish(&mut state);
+            self.commit(state);
         }
         expired.len()
     }
@@ -491,7 +572,8 @@ impl Registry {
             return;
         }
         state.discovered.insert(service.clone(), instances);
-        self.publish(&mut state);
+        state.dirty.insert(service.clone());
+        self.commit(state);
     }
 
     /// Records the discovery status of `service`.
@@ -576,11 +658,26 @@ impl Registry {
     pub async fn rebuild_when_asked(&self) {
         self.rebuild.notified().await;
         let mut state = self.lock();
-        self.publish(&mut state);
+        state.dirty_all = true;
+        self.commit(state);
     }
 
-    fn publish(&self, state: &mut RegistryState) -> Arc<Snapshot> {
-        let snapshot = Arc::new(build(state, &self.failures, &self.metrics));
+    /// Publishes the change just made under `state`, and returns once a
+    /// published snapshot holds it (so a caller reads its own write).
+    /// Writers that arrive while a build runs queue up; the first of them
+    /// builds for all, and the rest find their change already published.
+    fn commit(&self, mut state: MutexGuard<'_, RegistryState>) -> Arc<Snapshot> {
+        state.changes_made += 1;
+        let mine = state.changes_made;
+        drop(state);
+        let _builder = lock(&self.builder);
+        let mut state = self.lock();
+        if state.changes_published >= mine {
+            return self.snapshot();
+        }
+        let upto = state.changes_made;
+        let snapshot = Arc::new(build(&mut state, &self.failures, &self.metrics));
+        state.changes_published = upto;
         self.published.store(Arc::clone(&snapshot));
         self.changes.send_replace(snapshot.generation);
         snapshot
@@ -597,57 +694,78 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the snapshot will hold: every service with its settings and its
-/// instances from every source. The file wins an id clash, then the API.
-fn plan(state: &RegistryState) -> Vec<ServicePlan<'_>> {
+/// The services the snapshot will hold, in order: the file's, then those
+/// only registered through the API. (Consul data for a service that left
+/// the file is dropped.)
+fn service_names(state: &RegistryState) -> Vec<ServiceName> {
     let config = &state.config;
-    let mut names: Vec<&ServiceName> = config.services.keys().collect();
-    for name in state.registered.keys().chain(state.discovered.keys()) {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let settings = match config.services.get(name) {
-                Some(settings) => Cow::Borrowed(settings),
-                // Consul data for a service that left the file is dropped.
-                None if state.registered.contains_key(name) => Cow::Owned(ServiceConfig::registered()),
-                None => return None,
-            };
-            let mut seen = HashSet::new();
-            let mut instances = Vec::new();
-            let file = settings.instances.iter().map(|i| (i, Source::File));
-            let api = state
+    config
+        .services
+        .keys()
+        .chain(
+            state
                 .registered
-                .get(name)
-                .into_iter()
-                .flat_map(|m| m.values().map(|r| (&r.instance, Source::Api)));
-            let consul = state
-                .discovered
-                .get(name)
-                .filter(|_| settings.discovery.is_some())
-                .into_iter()
-                .flat_map(|l| l.iter().map(|i| (i, Source::Consul)));
-            for (instance, source) in file.chain(api).chain(consul) {
-                if seen.insert(instance.id.clone()) {
-                    instances.push((instance.clone(), source));
-                } else {
-                    tracing::warn!(service = %name, instance = %instance.id, source = source.as_str(), "instance id already taken by another source; ignored");
-                }
-            }
-            Some(ServicePlan {
-                name: name.clone(),
-                settings,
-                instances,
-            })
-        })
+                .keys()
+                .filter(|name| !config.services.contains_key(*name)),
+        )
+        .cloned()
         .collect()
 }
 
-/// Builds a snapshot of `state`, creating shared state for new instances
-/// and dropping it for instances that left.
+/// One service's settings and its instances from every source, in order.
+/// The file wins an id clash, then the API.
+fn plan_service<'a>(
+    state: &'a RegistryState,
+    name: &ServiceName,
+) -> (Cow<'a, ServiceConfig>, Vec<(&'a InstanceConfig, Source)>) {
+    let settings = match state.config.services.get(name) {
+        Some(settings) => Cow::Borrowed(settings),
+        None => Cow::Owned(ServiceConfig::registered()),
+    };
+    let file: &'a [InstanceConfig] = match state.config.services.get(name) {
+        Some(settings) => &settings.instances,
+        None => &[],
+    };
+    let api = state.registered.get(name);
+    let consul = state
+        .discovered
+        .get(name)
+        .filter(|_| settings.discovery.is_some());
+    let sources = usize::from(!file.is_empty())
+        + usize::from(api.is_some_and(|m| !m.is_empty()))
+        + usize::from(consul.is_some_and(|l| !l.is_empty()));
+    let all = file
+        .iter()
+        .map(|i| (i, Source::File))
+        .chain(
+            api.into_iter()
+                .flat_map(|m| m.values().map(|r| (&r.instance, Source::Api))),
+        )
+        .chain(
+            consul
+                .into_iter()
+                .flat_map(|l| l.iter().map(|i| (i, Source::Consul))),
+        );
+    // Ids are unique within a source; only a mix needs the clash check.
+    let instances = if sources <= 1 {
+        all.collect()
+    } else {
+        let mut seen = HashSet::new();
+        all.filter(|(instance, source)| {
+            let first = seen.insert(&instance.id);
+            if !first {
+                tracing::warn!(service = %name, instance = %instance.id, source = source.as_str(), "instance id already taken by another source; ignored");
+            }
+            first
+        })
+        .collect()
+    };
+    (settings, instances)
+}
+
+/// Builds a snapshot of `state`: services marked dirty are rebuilt, the
+/// rest are shared with the previous snapshot. Shared state is created for
+/// new instances and dropped for instances that left.
 fn build(
     state: &mut RegistryState,
     failures: &mpsc::UnboundedSender<FailureStreak>,
@@ -657,136 +775,447 @@ fn build(
     let startup = state.generation == 0;
     state.generation += 1;
     let generation = state.generation;
-    let mut kept = HashMap::with_capacity(state.instances.len());
+    let dirty_all = std::mem::take(&mut state.dirty_all);
+    let dirty = std::mem::take(&mut state.dirty);
+    let names = service_names(state);
+    let mut services = Vec::with_capacity(names.len());
+    let mut rebuilt = 0usize;
+    for name in &names {
+        let reuse = (!dirty_all && !dirty.contains(name))
+            .then(|| state.built.get(name).cloned())
+            .flatten();
+        let service = match reuse {
+            Some(service) => service,
+            None => {
+                rebuilt += 1;
+                let service = Arc::new(build_service(
+                    state, name, generation, startup, dirty_all, failures, metrics,
+                ));
+                state.built.insert(name.clone(), Arc::clone(&service));
+                service
+            }
+        };
+        services.push(service);
+    }
+    // Services that left: only a dirty one can.
+    if state.built.len() > names.len() {
+        let kept: HashSet<&ServiceName> = names.iter().collect();
+        let gone: Vec<ServiceName> = state
+            .built
+            .keys()
+            .filter(|name| !kept.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            state.built.remove(&name);
+            state.panicking.remove(&name);
+            state.indexes.remove(&name);
+            if let Some(counts) = state.counts.remove(&name) {
+                for (total, count) in state.totals.iter_mut().zip(counts) {
+                    *total = total.saturating_sub(count);
+                }
+            }
+            for id in state.instances.remove(&name).unwrap_or_default().keys() {
+                metrics.remove_instance(name.as_str(), id.as_str());
+            }
+        }
+    }
+    for (source, total) in [Source::File, Source::Api, Source::Consul]
+        .into_iter()
+        .zip(state.totals)
+    {
+        metrics.set_registry_size(source.as_str(), total);
+    }
     let config = Arc::clone(&state.config);
-    let plans = plan(state);
-    let snapshot = Snapshot::build(
+    let snapshot = Snapshot::assemble(generation, &config, services);
+    tracing::debug!(
         generation,
-        &config,
-        &plans,
-        failures.clone(),
-        metrics,
-        |service_name, service, instance, source| {
-            let key = InstanceKey {
-                service: service_name.clone(),
-                id: instance.id.clone(),
-                address: instance.address,
+        services = names.len(),
+        rebuilt,
+        build_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "snapshot built"
+    );
+    snapshot
+}
+
+/// Rebuilds one service: instances whose config is unchanged are shared
+/// with the previous snapshot, so the cost is a pass over the instances,
+/// not a copy of each.
+fn build_service(
+    state: &mut RegistryState,
+    name: &ServiceName,
+    generation: u64,
+    startup: bool,
+    full: bool,
+    failures: &mpsc::UnboundedSender<FailureStreak>,
+    metrics: &Metrics,
+) -> ServiceSnapshot {
+    let now = tokio::time::Instant::now();
+    let workers = state.config.workers;
+    let mut built = state.instances.remove(name).unwrap_or_default();
+    // The service as last built: instance lists come out in the same order
+    // every time, so most instances are found by walking it alongside.
+    let previous = state.built.get(name).cloned();
+    let (previous_list, previous_verdicts) = match &previous {
+        Some(p) => (&p.all_instances[..], &p.verdicts[..]),
+        None => (&[][..], &[][..]),
+    };
+    let mut cursor = 0usize;
+    // Previous instances the walk stepped over: gone, or found by id below.
+    let mut skipped: Vec<&Arc<Instance>> = Vec::new();
+    let (settings, planned) = plan_service(state, name);
+    let service: &ServiceConfig = &settings;
+    let upstream_settings = upstream::Settings {
+        protocol: service.protocol,
+        tls: service.tls.clone(),
+        max_connections: service.max_connections_per_instance,
+    };
+    let mut counts = [0usize; 3];
+    let mut all_instances = Vec::with_capacity(planned.len());
+    let mut healthy = Vec::with_capacity(planned.len());
+    // Instances whose verdict was read now (their metric may have moved).
+    let mut fresh = Vec::new();
+    let mut fingerprint = 0u64;
+    let mut verdicts = Vec::with_capacity(planned.len());
+    for (config, source) in planned {
+        // The fast way (not for full builds, which read every verdict):
+        // the next previous instance, or the one after it (one removed),
+        // is this one unchanged.
+        if !full {
+            let unchanged = |i: usize| {
+                previous_list
+                    .get(i)
+                    .filter(|p| p.id == config.id && p.is_built_from(config))
             };
-            let shared = match state.instances.get(&key) {
-                Some(existing) => {
-                    let mut health = existing.health();
+            let found = match unchanged(cursor) {
+                Some(p) => Some((p, cursor)),
+                None => unchanged(cursor + 1).map(|p| (p, cursor + 1)),
+            };
+            if let Some((instance, at)) = found {
+                if at > cursor {
+                    skipped.extend(previous_list.get(cursor));
+                }
+                cursor = at + 1;
+                if let Some(verdict) = previous_verdicts.get(at).copied() {
+                    healthy.push(verdict.0);
+                    verdicts.push(verdict);
+                    fingerprint = (fingerprint.rotate_left(23) ^ verdict.1)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    counts[source as usize] += 1;
+                    all_instances.push(Arc::clone(instance));
+                    continue;
+                }
+            }
+        }
+        let existing = built
+            .get_mut(&config.id)
+            .filter(|b| b.instance.address == config.address);
+        let entry = match existing {
+            Some(entry) => {
+                entry.generation = generation;
+                if !entry.instance.is_built_from(config) {
+                    let state = Arc::clone(&entry.instance.state);
+                    entry.instance = Arc::new(Instance::new(name, config, state));
+                    entry.verdict = None;
+                }
+                entry
+            }
+            None => {
+                let key = InstanceKey {
+                    service: name.clone(),
+                    id: config.id.clone(),
+                    address: config.address,
+                };
+                let active = service.health_check.as_ref().map(|check| {
+                    health::ActiveHealth::new(check.initial == InitialHealth::Healthy, startup)
+                });
+                let health = InstanceHealth {
+                    active,
+                    ..InstanceHealth::default()
+                };
+                let shared = InstanceState::new(key, source, health, metrics, workers);
+                let built_instance = Built {
+                    instance: Arc::new(Instance::new(name, config, shared)),
+                    generation,
+                    verdict: None,
+                };
+                // An id that moved address replaces its entry (same labels).
+                built
+                    .entry(config.id.clone())
+                    .insert_entry(built_instance)
+                    .into_mut()
+            }
+        };
+        // Health and settings change only through full builds (config,
+        // health events, drains); a build for a registration elsewhere in
+        // the service reuses the verdict read last time.
+        let verdict = match entry.verdict {
+            Some(verdict) if !full => verdict,
+            _ => {
+                let shared = &entry.instance.state;
+                let verdict = {
+                    let mut health = shared.health();
                     match (&service.health_check, &health.active) {
-                        // Checks newly configured: a serving instance stays in
-                        // until the checks say otherwise.
+                        // Checks newly configured: a serving instance stays
+                        // in until the checks say otherwise.
                         (Some(_), None) => {
                             health.active = Some(health::ActiveHealth::new(true, false))
                         }
                         (None, Some(_)) => health.active = None,
                         _ => {}
                     }
-                    drop(health);
-                    Arc::clone(existing)
-                }
-                None => {
-                    let active = service.health_check.as_ref().map(|check| {
-                        health::ActiveHealth::new(check.initial == InitialHealth::Healthy, startup)
-                    });
-                    InstanceState::new(
-                        key.clone(),
-                        source,
-                        InstanceHealth {
-                            active,
-                            ..InstanceHealth::default()
-                        },
-                        metrics,
-                        config.workers,
+                    (
+                        health.takes_traffic(now),
+                        entry.instance.watch_hash(health.state_word(now), 0),
                     )
+                };
+                if service.outlier_detection.is_none() {
+                    shared.stats.reset_failures();
                 }
-            };
-            if service.outlier_detection.is_none() {
-                shared.stats.reset_failures();
+                if let Err(error) = shared.pool.configure(&upstream_settings) {
+                    tracing::error!(service = %name, instance = %config.id, %error, "cannot set up TLS to the instance");
+                }
+                entry.verdict = Some(verdict);
+                fresh.push(all_instances.len());
+                verdict
             }
-            let settings = upstream::Settings {
-                protocol: service.protocol,
-                tls: service.tls.clone(),
-                max_connections: service.max_connections_per_instance,
-            };
-            if let Err(error) = shared.pool.configure(&settings) {
-                tracing::error!(service = %service_name, instance = %instance.id, %error, "cannot set up TLS to the instance");
+        };
+        healthy.push(verdict.0);
+        verdicts.push(verdict);
+        fingerprint = (fingerprint.rotate_left(23) ^ verdict.1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Same order as `totals`: file, api, consul.
+        counts[source as usize] += 1;
+        all_instances.push(Arc::clone(&entry.instance));
+    }
+    // Instances that left. In a full build every instance kept or created
+    // carries this generation. Otherwise only the previous instances the walk
+    // did not take can have left, unless found by id (then stamped).
+    skipped.extend(previous_list.get(cursor..).unwrap_or_default());
+    if !full {
+        for gone in skipped {
+            let stale = built
+                .get(&gone.id)
+                .is_some_and(|b| b.generation != generation && Arc::ptr_eq(&b.instance, gone));
+            if stale {
+                built.remove(&gone.id);
+                metrics.remove_instance(name.as_str(), gone.id.as_str());
             }
-            kept.insert(key, Arc::clone(&shared));
-            shared
-        },
+        }
+    }
+    if full && built.len() != all_instances.len() {
+        built.retain(|id, entry| {
+            let stays = entry.generation == generation;
+            if !stays {
+                metrics.remove_instance(name.as_str(), id.as_str());
+            }
+            stays
+        });
+    }
+    let fingerprint = fingerprint ^ u64::try_from(all_instances.len()).unwrap_or(u64::MAX);
+    let snapshot = ServiceSnapshot::build(
+        name,
+        service,
+        all_instances,
+        healthy,
+        verdicts,
+        failures.clone(),
+        metrics,
     );
-    drop(plans);
-    for gone in state
-        .instances
-        .keys()
-        .filter(|key| !kept.contains_key(*key))
-    {
-        // Another entry may carry the same labels (an id that moved address).
-        if !kept
-            .keys()
-            .any(|k| k.service == gone.service && k.id == gone.id)
-        {
-            metrics.remove_instance(gone.service.as_str(), gone.id.as_str());
+    drop(settings);
+    drop(previous);
+    state.instances.insert(name.clone(), built);
+    let old = state.counts.insert(name.clone(), counts).unwrap_or([0; 3]);
+    for ((total, new), old) in state.totals.iter_mut().zip(counts).zip(old) {
+        *total = total.saturating_sub(old).saturating_add(new);
+    }
+
+    let was = state
+        .panicking
+        .insert(name.clone(), snapshot.panic)
+        .unwrap_or(false);
+    if snapshot.panic != was {
+        if snapshot.panic {
+            tracing::warn!(service = %name, healthy = snapshot.healthy_count, total = snapshot.all_instances.len(), "too few healthy instances: routing to all of them (panic threshold)");
+        } else {
+            tracing::info!(service = %name, "enough healthy instances again: leaving panic routing");
         }
     }
-    state.instances = kept;
-    for source in [Source::File, Source::Api, Source::Consul] {
-        let count = state
-            .instances
-            .values()
-            .filter(|i| i.source == source)
-            .count();
-        metrics.set_registry_size(source.as_str(), count);
-    }
-    let now = tokio::time::Instant::now();
-    let mut indexes = HashMap::with_capacity(snapshot.services.len());
-    for service in &snapshot.services {
-        let was = state
-            .panicking
-            .insert(service.name.clone(), service.panic)
-            .unwrap_or(false);
-        if service.panic != was {
-            if service.panic {
-                tracing::warn!(service = %service.name, healthy = service.healthy_count, total = service.all_instances.len(), "too few healthy instances: routing to all of them (panic threshold)");
-            } else {
-                tracing::info!(service = %service.name, "enough healthy instances again: leaving panic routing");
-            }
-        }
-        for (instance, in_rotation) in service.all_instances.iter().zip(&service.in_rotation) {
+    // Rotation moves for every instance only with panic routing; otherwise
+    // only the instances whose verdict was just read can have moved.
+    if full || snapshot.panic != was {
+        for (instance, in_rotation) in snapshot.all_instances.iter().zip(&snapshot.in_rotation) {
             instance.state.metrics.set_healthy(*in_rotation);
         }
-        let fingerprint = fingerprint(service, now);
-        let index = match state.indexes.get(&service.name) {
-            Some(&(index, previous)) if previous == fingerprint => index,
-            _ => generation,
-        };
-        indexes.insert(service.name.clone(), (index, fingerprint));
+    } else {
+        for i in fresh {
+            if let (Some(instance), Some(in_rotation)) =
+                (snapshot.all_instances.get(i), snapshot.in_rotation.get(i))
+            {
+                instance.state.metrics.set_healthy(*in_rotation);
+            }
+        }
     }
-    state.indexes = indexes;
-    tracing::debug!(
-        generation,
-        instances = state.instances.len(),
-        build_micros = started.elapsed().as_micros() as u64,
-        "snapshot built"
-    );
+    let index = match state.indexes.get(name) {
+        Some(&(index, previous)) if previous == fingerprint => index,
+        _ => generation,
+    };
+    state.indexes.insert(name.clone(), (index, fingerprint));
     snapshot
 }
 
-/// What a watcher of a service sees: its instances, their weights and
-/// their health.
-fn fingerprint(service: &ServiceSnapshot, now: tokio::time::Instant) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for instance in &service.all_instances {
-        instance.id.hash(&mut hasher);
-        instance.address.hash(&mut hasher);
-        instance.weight.hash(&mut hasher);
-        instance.tags.hash(&mut hasher);
-        instance.metadata.hash(&mut hasher);
-        instance.state.health().describe(now).0.hash(&mut hasher);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let text = "listeners:\n  - address: 127.0.0.1:0\nservices:\n  a: {instances: [{address: \"127.0.0.1:9001\"}]}\n  b: {instances: []}\n";
+        Registry::new(crate::config::parse(text).unwrap())
     }
-    service.instances.len().hash(&mut hasher);
-    hasher.finish()
+
+    fn instance(port: u16) -> InstanceConfig {
+        InstanceConfig {
+            id: InstanceId::from(format!("i{port}").as_str()),
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: std::num::NonZeroU32::MIN,
+            tags: vec![],
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_registration_rebuilds_only_its_service() {
+        let registry = registry();
+        let b = ServiceName::from("b");
+        registry.register(&b, instance(1), None).unwrap();
+        let before = registry.snapshot();
+        registry.register(&b, instance(2), None).unwrap();
+        let after = registry.snapshot();
+        assert!(
+            Arc::ptr_eq(&before.services[0], &after.services[0]),
+            "a is shared"
+        );
+        assert!(!Arc::ptr_eq(&before.services[1], &after.services[1]));
+        let ids: Vec<&str> = after.services[1]
+            .all_instances
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["i1", "i2"]);
+        assert!(
+            Arc::ptr_eq(
+                &before.services[1].all_instances[0],
+                &after.services[1].all_instances[0]
+            ),
+            "an unchanged instance is shared, not copied"
+        );
+        registry.deregister(&b, &InstanceId::from("i1")).unwrap();
+        let last = registry.snapshot();
+        let ids: Vec<&str> = last.services[1]
+            .all_instances
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["i2"]);
+        assert_eq!(
+            registry.instances_of(&b).len(),
+            1,
+            "shared state of i1 is gone"
+        );
+        assert!(Arc::ptr_eq(&before.services[0], &last.services[0]));
+        // A config change rebuilds every service but keeps their instances.
+        registry.apply_config((*registry.config()).clone());
+        let reloaded = registry.snapshot();
+        assert!(!Arc::ptr_eq(&last.services[0], &reloaded.services[0]));
+        assert!(Arc::ptr_eq(
+            &last.services[0].all_instances[0],
+            &reloaded.services[0].all_instances[0]
+        ));
+    }
+
+    #[test]
+    fn removals_and_changes_anywhere_in_a_service_are_built_right() {
+        let registry = registry();
+        let b = ServiceName::from("b");
+        for port in 1..=5 {
+            registry.register(&b, instance(port), None).unwrap();
+        }
+        let ids = |registry: &Registry| -> Vec<String> {
+            registry.snapshot().services[1]
+                .all_instances
+                .iter()
+                .map(|i| i.id.to_string())
+                .collect()
+        };
+        let before = registry.snapshot();
+        registry.deregister(&b, &InstanceId::from("i1")).unwrap();
+        registry.deregister(&b, &InstanceId::from("i3")).unwrap();
+        assert_eq!(ids(&registry), ["i2", "i4", "i5"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        // A changed weight is a new instance over the same shared state.
+        let mut heavier = instance(4);
+        heavier.weight = std::num::NonZeroU32::new(3).unwrap();
+        registry.register(&b, heavier, None).unwrap();
+        let after = registry.snapshot();
+        let find = |s: &Snapshot, id: &str| {
+            Arc::clone(
+                s.services[1]
+                    .all_instances
+                    .iter()
+                    .find(|i| i.id.as_str() == id)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(find(&after, "i4").weight.get(), 3);
+        assert!(!Arc::ptr_eq(&find(&before, "i4"), &find(&after, "i4")));
+        assert!(Arc::ptr_eq(
+            &find(&before, "i4").state,
+            &find(&after, "i4").state
+        ));
+        assert!(Arc::ptr_eq(&find(&before, "i5"), &find(&after, "i5")));
+        // Back at the front, and the last one gone.
+        registry.register(&b, instance(1), None).unwrap();
+        registry.deregister(&b, &InstanceId::from("i5")).unwrap();
+        assert_eq!(ids(&registry), ["i1", "i2", "i4"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        // A full rebuild agrees with the incremental ones.
+        registry.apply_config((*registry.config()).clone());
+        assert_eq!(ids(&registry), ["i1", "i2", "i4"]);
+        assert_eq!(registry.instances_of(&b).len(), 3);
+        assert!(Arc::ptr_eq(
+            &find(&after, "i2"),
+            &find(&registry.snapshot(), "i2")
+        ));
+    }
+
+    #[test]
+    fn every_writer_reads_its_own_write_while_builds_coalesce() {
+        let registry = Arc::new(registry());
+        let b = ServiceName::from("b");
+        let threads: Vec<_> = (0..8u16)
+            .map(|t| {
+                let (registry, b) = (Arc::clone(&registry), b.clone());
+                std::thread::spawn(move || {
+                    for i in 0..50u16 {
+                        let config = instance(10_000 + t * 100 + i);
+                        let id = config.id.clone();
+                        registry.register(&b, config, None).unwrap();
+                        let snapshot = registry.snapshot();
+                        assert!(
+                            snapshot.services[1]
+                                .all_instances
+                                .iter()
+                                .any(|x| x.id == id),
+                            "{id} is published when register returns"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.services[1].all_instances.len(), 400);
+        assert!(snapshot.generation <= 401, "at most one build per change");
+    }
 }

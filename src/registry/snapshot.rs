@@ -2,6 +2,7 @@
 //! instances that may take traffic.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -16,14 +17,7 @@ use crate::config::{
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::router::Router;
 
-use super::{FailureStreak, InstanceState, Source};
-
-/// A service to build: its settings and its instances from every source.
-pub(super) struct ServicePlan<'a> {
-    pub(super) name: ServiceName,
-    pub(super) settings: std::borrow::Cow<'a, ServiceConfig>,
-    pub(super) instances: Vec<(InstanceConfig, Source)>,
-}
+use super::{FailureStreak, InstanceState};
 
 /// Everything a request needs, built whole and published at once.
 #[derive(Debug)]
@@ -32,8 +26,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// The route table.
     pub router: Router,
-    /// Services, indexed by [`crate::router::Route::service`].
-    pub services: Vec<ServiceSnapshot>,
+    /// Services, indexed by [`crate::router::Route::service`]. Shared
+    /// with the snapshots before and after: a change rebuilds only the
+    /// services it touches.
+    pub services: Vec<Arc<ServiceSnapshot>>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
     /// Forward request headers whose names contain `_`.
@@ -74,6 +70,9 @@ pub struct ServiceSnapshot {
     /// Metric handles.
     pub metrics: ServiceMetrics,
     failures: mpsc::UnboundedSender<FailureStreak>,
+    /// For each of `all_instances`: whether it took traffic and its watch
+    /// hash when last read, reused by the next build of the service.
+    pub(super) verdicts: Vec<(bool, u64)>,
 }
 
 impl ServiceSnapshot {
@@ -117,6 +116,55 @@ pub struct Instance {
     pub metadata: BTreeMap<String, String>,
     /// State shared with other snapshots.
     pub state: Arc<InstanceState>,
+    /// `service/id`, where `ip_hash` places the instance on its ring.
+    balance_key: String,
+    /// Hash of the fields above that a watcher sees.
+    config_hash: u64,
+}
+
+impl Instance {
+    /// The instance `config` of `service` with its surviving `state`.
+    pub(super) fn new(
+        service: &ServiceName,
+        config: &InstanceConfig,
+        state: Arc<InstanceState>,
+    ) -> Instance {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        config.id.hash(&mut hasher);
+        config.address.hash(&mut hasher);
+        config.weight.hash(&mut hasher);
+        config.tags.hash(&mut hasher);
+        config.metadata.hash(&mut hasher);
+        Instance {
+            id: config.id.clone(),
+            address: config.address,
+            weight: config.weight,
+            tags: config.tags.clone(),
+            metadata: config.metadata.clone(),
+            state,
+            balance_key: format!("{service}/{}", config.id),
+            config_hash: hasher.finish(),
+        }
+    }
+
+    /// Whether this instance was built from exactly `config`, so the next
+    /// snapshot can share it.
+    pub(super) fn is_built_from(&self, config: &InstanceConfig) -> bool {
+        self.id == config.id
+            && self.address == config.address
+            && self.weight == config.weight
+            && self.tags == config.tags
+            && self.metadata == config.metadata
+    }
+
+    /// Folds what a watcher sees of this instance (its fields and its state
+    /// word) into `fingerprint`. A multiply-rotate mix, not SipHash: this
+    /// runs for every instance of a service at every rebuild.
+    pub(super) fn watch_hash(&self, state: &str, fingerprint: u64) -> u64 {
+        // The state words start with distinct letters.
+        let code = u64::from(state.as_bytes().first().copied().unwrap_or(0));
+        (fingerprint.rotate_left(23) ^ self.config_hash ^ code).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
 }
 
 impl Load for Arc<Instance> {
@@ -125,93 +173,72 @@ impl Load for Arc<Instance> {
     }
 }
 
-impl Snapshot {
-    /// Builds a snapshot from `config`; `state_for` supplies the surviving
-    /// state of each instance.
+impl ServiceSnapshot {
+    /// Builds one service over `all_instances`; `healthy[i]` says whether
+    /// instance `i` takes traffic now.
     pub(super) fn build(
-        generation: u64,
-        config: &Config,
-        plans: &[ServicePlan<'_>],
+        name: &ServiceName,
+        service: &ServiceConfig,
+        all_instances: Vec<Arc<Instance>>,
+        healthy: Vec<bool>,
+        verdicts: Vec<(bool, u64)>,
         failures: mpsc::UnboundedSender<FailureStreak>,
         metrics: &Metrics,
-        mut state_for: impl FnMut(
-            &ServiceName,
-            &ServiceConfig,
-            &InstanceConfig,
-            Source,
-        ) -> Arc<InstanceState>,
-    ) -> Snapshot {
-        let now = tokio::time::Instant::now();
-        let services: Vec<ServiceSnapshot> = plans
+    ) -> ServiceSnapshot {
+        let healthy_count = healthy.iter().filter(|h| **h).count();
+        let panic = service.panic_threshold > 0
+            && !all_instances.is_empty()
+            && healthy_count.saturating_mul(100)
+                < usize::from(service.panic_threshold).saturating_mul(all_instances.len());
+        let in_rotation = if panic {
+            vec![true; all_instances.len()]
+        } else {
+            healthy
+        };
+        let instances: Vec<Arc<Instance>> = all_instances
             .iter()
-            .map(|plan| {
-                let (name, service) = (&plan.name, &*plan.settings);
-                let all_instances: Vec<Arc<Instance>> = plan
-                    .instances
-                    .iter()
-                    .map(|(instance, source)| {
-                        Arc::new(Instance {
-                            id: instance.id.clone(),
-                            address: instance.address,
-                            weight: instance.weight,
-                            tags: instance.tags.clone(),
-                            metadata: instance.metadata.clone(),
-                            state: state_for(name, service, instance, *source),
-                        })
-                    })
-                    .collect();
-                let healthy: Vec<bool> = all_instances
-                    .iter()
-                    .map(|i| i.state.health().takes_traffic(now))
-                    .collect();
-                let healthy_count = healthy.iter().filter(|h| **h).count();
-                let panic = service.panic_threshold > 0
-                    && !all_instances.is_empty()
-                    && healthy_count * 100
-                        < usize::from(service.panic_threshold) * all_instances.len();
-                let in_rotation = if panic {
-                    vec![true; all_instances.len()]
-                } else {
-                    healthy
-                };
-                let instances: Vec<Arc<Instance>> = all_instances
-                    .iter()
-                    .zip(&in_rotation)
-                    .filter(|(_, in_rotation)| **in_rotation)
-                    .map(|(instance, _)| Arc::clone(instance))
-                    .collect();
-                let keys: Vec<String> = instances
-                    .iter()
-                    .map(|i| format!("{name}/{}", i.id))
-                    .collect();
-                let members: Vec<Member<'_>> = instances
-                    .iter()
-                    .zip(&keys)
-                    .map(|(instance, key)| Member {
-                        key,
-                        weight: instance.weight.get(),
-                    })
-                    .collect();
-                ServiceSnapshot {
-                    name: name.clone(),
-                    strategy: service.strategy,
-                    balancer: Balancer::build(service.strategy, &members),
-                    instances,
-                    all_instances,
-                    in_rotation,
-                    healthy_count,
-                    panic,
-                    connect_timeout: service.connect_timeout,
-                    request_timeout: service.request_timeout,
-                    max_attempts: service.max_attempts,
-                    outlier_detection: service.outlier_detection.clone(),
-                    protocol: service.protocol,
-                    tls: service.tls.is_some(),
-                    metrics: metrics.service(name.as_str()),
-                    failures: failures.clone(),
-                }
+            .zip(&in_rotation)
+            .filter(|(_, in_rotation)| **in_rotation)
+            .map(|(instance, _)| Arc::clone(instance))
+            .collect();
+        let members: Vec<Member<'_>> = instances
+            .iter()
+            .map(|instance| Member {
+                key: &instance.balance_key,
+                weight: instance.weight.get(),
             })
             .collect();
+        let balancer = Balancer::build(service.strategy, &members);
+        drop(members);
+        ServiceSnapshot {
+            name: name.clone(),
+            strategy: service.strategy,
+            balancer,
+            instances,
+            all_instances,
+            in_rotation,
+            healthy_count,
+            panic,
+            connect_timeout: service.connect_timeout,
+            request_timeout: service.request_timeout,
+            max_attempts: service.max_attempts,
+            outlier_detection: service.outlier_detection.clone(),
+            protocol: service.protocol,
+            tls: service.tls.is_some(),
+            metrics: metrics.service(name.as_str()),
+            failures,
+            verdicts,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Puts built services together with the route table of `config`.
+    pub(super) fn assemble(
+        generation: u64,
+        config: &Config,
+        services: Vec<Arc<ServiceSnapshot>>,
+    ) -> Snapshot {
         let router = Router::new(&config.routes, |name| {
             services.iter().position(|s| &s.name == name)
         });

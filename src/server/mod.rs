@@ -446,7 +446,8 @@ impl Running {
         };
         // Each listener stops itself at the drain timeout; this is a
         // backstop should one not.
-        let _ = tokio::time::timeout(drain_timeout + Duration::from_secs(2), everything).await;
+        let backstop = drain_timeout.saturating_add(Duration::from_secs(2));
+        let _ = tokio::time::timeout(backstop, everything).await;
     }
 }
 
