@@ -193,12 +193,14 @@ async fn a_custom_check_runs_like_a_built_in_and_one_failure_removes_nothing() {
 async fn a_slow_instance_is_removed_by_max_latency() {
     let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
     let proxy = proxy(&service_yaml(
-        "    health_check: {path: /, interval: 50ms, timeout: 50ms, max_latency: 20ms, jitter: 0ms, unhealthy_threshold: 2}\n",
+        "    health_check: {path: /, interval: 1s, timeout: 1s, max_latency: 200ms, jitter: 0ms, unhealthy_threshold: 2}\n",
         &[&a, &b],
     ))
     .await;
     wait_for(&proxy, "b", "healthy").await;
-    b.set(Mode::Slow(Duration::from_millis(35)));
+    // Far slower than max_latency, far faster than the timeout: the verdict
+    // must say "too slow", however loaded the machine is.
+    b.set(Mode::Slow(Duration::from_millis(600)));
     let b_status = wait_for(&proxy, "b", "unhealthy").await;
     assert!(
         b_status["reason"].as_str().unwrap().contains("too slow"),
@@ -208,7 +210,7 @@ async fn a_slow_instance_is_removed_by_max_latency() {
         b_status["reason"]
             .as_str()
             .unwrap()
-            .contains("> max_latency 20ms"),
+            .contains("> max_latency 200ms"),
         "{b_status}"
     );
 }
@@ -395,7 +397,9 @@ async fn reloads_keep_verdicts_and_new_instances_must_pass_first() {
     let dir = common::binary::temp_dir();
     let path = dir.join("proxy.yaml");
     let listeners = "listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0}\n";
-    let slow_check = "    health_check: {path: /, interval: 50ms, timeout: 40ms, jitter: 0ms, unhealthy_threshold: 2, healthy_threshold: 3}\n";
+    // Three passes take at least a second: room for the checks below on a
+    // loaded machine.
+    let slow_check = "    health_check: {path: /, interval: 500ms, timeout: 400ms, jitter: 0ms, unhealthy_threshold: 2, healthy_threshold: 3}\n";
     std::fs::write(
         &path,
         format!("{listeners}{}", service_yaml(slow_check, &[&a, &b])),
