@@ -113,6 +113,27 @@ pub struct Metrics {
     consul_stale: Family<ServiceLabels, Gauge>,
     connections_accepted: Family<ListenerLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
+    /// Fleet mode (etcd); zero when it is off.
+    fleet: FleetMetrics,
+}
+
+/// Handles of the `switchyard_fleet_*` metrics.
+#[derive(Debug, Clone, Default)]
+pub struct FleetMetrics {
+    /// The fleet config version this node serves.
+    pub applied_version: Gauge,
+    /// 1 while this node's view of the fleet may be behind (etcd
+    /// unreachable, or booted from its snapshot and not caught up yet).
+    pub stale: Gauge,
+    /// Watches started again (after etcd was lost, a compaction or a
+    /// revision that went backwards).
+    pub watch_restarts: Counter,
+    /// Failed etcd requests and broken watches.
+    pub etcd_errors: Counter,
+    /// Versions or values from etcd this node refused.
+    pub refused: Counter,
+    /// Seconds since the last event or answer from etcd.
+    pub seconds_since_last_event: Gauge,
 }
 
 impl Default for Metrics {
@@ -143,6 +164,7 @@ impl Metrics {
             consul_stale: Family::default(),
             connections_accepted: Family::default(),
             connections_open: Family::default(),
+            fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -227,6 +249,37 @@ impl Metrics {
             "connections_open",
             "Client connections open, by listener",
             m.connections_open.clone(),
+        );
+        let fleet = &m.fleet;
+        registry.register(
+            "fleet_applied_version",
+            "The fleet config version this node serves",
+            fleet.applied_version.clone(),
+        );
+        registry.register(
+            "fleet_stale",
+            "1 while this node cannot confirm it has the fleet's latest state",
+            fleet.stale.clone(),
+        );
+        registry.register(
+            "fleet_watch_restarts",
+            "etcd watches started again (lost connection, compaction, revision went backwards)",
+            fleet.watch_restarts.clone(),
+        );
+        registry.register(
+            "fleet_etcd_errors",
+            "Failed etcd requests and broken watches",
+            fleet.etcd_errors.clone(),
+        );
+        registry.register(
+            "fleet_refused",
+            "Fleet versions or etcd values this node refused",
+            fleet.refused.clone(),
+        );
+        registry.register(
+            "fleet_seconds_since_last_event",
+            "Seconds since the last event or answer from etcd",
+            fleet.seconds_since_last_event.clone(),
         );
         Metrics {
             registry,
@@ -322,6 +375,11 @@ impl Metrics {
                 service: service.into(),
             })
             .inc();
+    }
+
+    /// The fleet metrics' handles.
+    pub fn fleet(&self) -> &FleetMetrics {
+        &self.fleet
     }
 
     /// A reload finished with `result`.

@@ -3,13 +3,15 @@
 //! - `GET /admin/status`: the whole proxy (see [`status`]).
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
-//!   [`config_api`]).
+//!   [`config_api`]); `POST /admin/config` pushes a version to the fleet.
+//! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
 //!
 //! When a token is configured, every mutating call (and, if asked, every
 //! read) needs `Authorization: Bearer <token>`.
 
 mod config_api;
 mod dashboard;
+mod fleet;
 mod services;
 mod status;
 
@@ -79,6 +81,15 @@ pub async fn handle(
         (&Method::GET, ["metrics"]) => metrics(state, &request),
         (&Method::GET, []) => dashboard::page(),
         (_, ["admin", "services", ..]) => services::handle(state, request, &segments[2..]).await,
+        (&Method::POST, ["admin", "config"]) => {
+            let query = request.uri().query().map(str::to_string);
+            match read_body(request).await {
+                Ok(body) => config_api::push(state, &body, query.as_deref(), peer).await,
+                Err(response) => response,
+            }
+        }
+        (&Method::GET, ["admin", "fleet"]) => fleet::status(state).await,
+        (_, ["admin", "fleet"]) => method_not_allowed(&method, &path),
         (_, ["admin", "reload"] | ["admin", "config", ..]) => {
             config_api::handle(state, &method, &segments[1..], request.uri().query(), peer).await
         }

@@ -44,6 +44,8 @@ pub enum ChangeSource {
     Api,
     /// `POST /admin/config/rollback/{n}`.
     Rollback,
+    /// Pushed to the fleet (`switchyard config push`, `POST /admin/config`).
+    Push,
 }
 
 impl ChangeSource {
@@ -55,6 +57,7 @@ impl ChangeSource {
             ChangeSource::Signal => "signal",
             ChangeSource::Api => "api",
             ChangeSource::Rollback => "rollback",
+            ChangeSource::Push => "push",
         }
     }
 }
