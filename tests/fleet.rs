@@ -998,3 +998,101 @@ async fn a_wiped_etcd_whose_revision_went_backwards_makes_nodes_re_read() {
     .await;
     assert!(b.fleet_status().resyncs > resyncs_before);
 }
+
+/// The `switchyard_registry_instances{source="api"}` value of a node's
+/// metrics, read over its admin API.
+async fn api_instances(admin: SocketAddr) -> Option<u64> {
+    let (_, text) = switchyard::admin_client::call(admin, Method::GET, "/metrics")
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchyard_registry_instances{source=\"api\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// 10,000 registrations across the fleet: each node's resident memory and
+/// the time a new node takes to load them. A measurement, not a check:
+/// `cargo test --release --test fleet -- --ignored --nocapture ten_thousand`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (benches/README.md), run by hand"]
+async fn ten_thousand_registrations_memory_and_load_time() {
+    need_etcd!();
+    const COUNT: usize = 10_000;
+    let etcd = Etcd::start().await;
+    let upstream = common::echo("big").await;
+    let p = prefix("big");
+    let boot = bootstrap(&etcd.yaml_endpoints(), &p, "big-a");
+    let state_a = common::binary::temp_dir().join("state");
+    let a = common::binary::Process::start(&boot, &["--state-dir", state_a.to_str().unwrap()]);
+    let admin_a = a.admin;
+    let (status, body) = switchyard::admin_client::call_raw(
+        admin_a,
+        Method::POST,
+        "/admin/config",
+        None,
+        Some(("application/yaml", shared(upstream, 1).into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let empty_rss = a.peak_rss_kib();
+
+    // Written straight to etcd, as registrations through many nodes would
+    // be: 100 per transaction.
+    let mut client = etcd.client().await;
+    let started = Instant::now();
+    for batch in 0..COUNT / 100 {
+        let ops: Vec<etcd_client::TxnOp> = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                let address = format!("127.0.{}.{}:{}", n / 250, n % 250 + 1, 10_000 + n % 50_000);
+                let value = serde_json::json!({
+                    "id": format!("i-{n}"), "address": address, "weight": 1,
+                    "tags": ["bench"], "metadata": {"zone": "a"}, "node": "bench"
+                });
+                etcd_client::TxnOp::put(
+                    format!("{p}/registry/svc-{}/i-{n}", n % 100),
+                    value.to_string(),
+                    None,
+                )
+            })
+            .collect();
+        client
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .unwrap();
+    }
+    println!(
+        "{COUNT} registrations written to etcd in {:?}",
+        started.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api_instances(admin_a).await != Some(COUNT as u64) {
+        assert!(Instant::now() < deadline, "node a did not learn them all");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "node a (running) followed them all by watch {:?} after the first write",
+        started.elapsed()
+    );
+    let rss_a = a.peak_rss_kib();
+
+    let started = Instant::now();
+    let state_b = common::binary::temp_dir().join("state");
+    let b = common::binary::Process::start(
+        &bootstrap(&etcd.yaml_endpoints(), &p, "big-b"),
+        &["--state-dir", state_b.to_str().unwrap()],
+    );
+    while api_instances(b.admin).await != Some(COUNT as u64) {
+        assert!(Instant::now() < deadline, "node b did not load them all");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let load_time = started.elapsed();
+    let rss_b = b.peak_rss_kib();
+    println!(
+        "new node: process start to {COUNT} registrations served {load_time:?}; peak RSS: node a {} MiB before, {} MiB with them; node b {} MiB",
+        empty_rss / 1024,
+        rss_a / 1024,
+        rss_b / 1024
+    );
+}

@@ -44,6 +44,8 @@ const NODE_LEASE_TTL: i64 = 10;
 /// of the current step, so nodes do not reconnect in lock-step).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Most watch events applied in one registry publish.
+const MAX_BATCH: usize = 10_000;
 /// The snapshot file in the state directory.
 const SNAPSHOT_FILE: &str = "fleet-snapshot.json";
 
@@ -644,40 +646,36 @@ impl Fleet {
                     continue;
                 }
             };
-            let response = match message {
+            let mut response = match message {
                 Ok(Some(response)) => response,
                 Ok(None) => return WatchEnd::Lost("etcd closed the watch".into()),
                 Err(error) => return WatchEnd::Lost(error.to_string()),
             };
-            if response.canceled() {
-                if response.compact_revision() > 0 {
-                    return WatchEnd::Resync(format!(
-                        "history compacted past revision {} (to {})",
-                        self.lock().status.revision,
-                        response.compact_revision()
-                    ));
+            // A burst (thousands of registrations) arrives as many
+            // responses: take every one already here and apply them with
+            // one registry publish.
+            let mut events: Vec<etcd_client::Event> = Vec::new();
+            loop {
+                if let Some(end) = self.check(&response) {
+                    return end;
                 }
-                return WatchEnd::Lost(format!(
-                    "etcd cancelled the watch: {}",
-                    response.cancel_reason()
-                ));
+                events.extend(response.events().iter().cloned());
+                if events.len() >= MAX_BATCH {
+                    break;
+                }
+                match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                    Ok(Ok(Some(more))) => response = more,
+                    Ok(Ok(None)) => return WatchEnd::Lost("etcd closed the watch".into()),
+                    Ok(Err(error)) => return WatchEnd::Lost(error.to_string()),
+                    Err(_) => break,
+                }
             }
-            let revision = response.header().map_or(0, |h| h.revision());
-            if revision > 0 && revision < self.lock().status.revision {
-                return WatchEnd::Resync(format!(
-                    "etcd revision went backwards ({} after {})",
-                    revision,
-                    self.lock().status.revision
-                ));
-            }
-            self.contact(revision);
-            if !response.events().is_empty() {
-                if let Some(end) = self.handle_events(&store, response.events()).await {
+            if !events.is_empty() {
+                if let Some(end) = self.handle_events(&store, &events).await {
                     return end;
                 }
                 // Events are applied: a resumed watch starts after them.
-                let last = response
-                    .events()
+                let last = events
                     .iter()
                     .filter_map(|e| e.kv())
                     .map(|kv| kv.mod_revision())
@@ -688,6 +686,34 @@ impl Fleet {
                 self.status_changed.notify_one();
             }
         }
+    }
+
+    /// A watch response that ends the watch: cancelled (compaction or
+    /// otherwise) or from a revision before one already seen. Notes the
+    /// contact otherwise.
+    fn check(&self, response: &etcd_client::WatchResponse) -> Option<WatchEnd> {
+        if response.canceled() {
+            let seen = self.lock().status.revision;
+            if response.compact_revision() > 0 {
+                return Some(WatchEnd::Resync(format!(
+                    "history compacted past revision {seen} (to {})",
+                    response.compact_revision()
+                )));
+            }
+            return Some(WatchEnd::Lost(format!(
+                "etcd cancelled the watch: {}",
+                response.cancel_reason()
+            )));
+        }
+        let revision = response.header().map_or(0, |h| h.revision());
+        let seen = self.lock().status.revision;
+        if revision > 0 && revision < seen {
+            return Some(WatchEnd::Resync(format!(
+                "etcd revision went backwards ({revision} after {seen})"
+            )));
+        }
+        self.contact(revision);
+        None
     }
 
     async fn handle_events(
