@@ -879,6 +879,26 @@ async fn the_cli_pushes_lists_and_shows_the_fleet() {
     let p = prefix("cli");
     let a = node(&etcd.yaml_endpoints(), &p, "cli-a").await;
     let b = node(&etcd.yaml_endpoints(), &p, "cli-b").await;
+    // `check` validates the fleet section and asks etcd.
+    let bootstrap_file = a.dir.join("proxy.yaml").display().to_string();
+    let (ok, out, err) = cli(vec!["check".into(), "-c".into(), bootstrap_file]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("has no version yet, node cli-a"), "{out}");
+    let dead = a.dir.join("dead.yaml");
+    let dead_address = common::dead_address().await;
+    std::fs::write(&dead, bootstrap(&format!("[{dead_address}]"), &p, "x")).unwrap();
+    let (ok, _, err) = cli(vec![
+        "check".into(),
+        "-c".into(),
+        dead.display().to_string(),
+    ])
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("etcd at http://{dead_address}: ")),
+        "{err}"
+    );
+
     let file = a.dir.join("fleet.yaml");
     std::fs::write(&file, shared(upstream, 1)).unwrap();
     let admin = a.admin().to_string();
