@@ -1116,3 +1116,48 @@ async fn ten_thousand_registrations_memory_and_load_time() {
         rss_b / 1024
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fleet_writes_nothing_to_etcd() {
+    need_etcd!();
+    let etcd = Etcd::start().await;
+    let upstream = common::echo("idle").await;
+    let p = prefix("idle");
+    let a = node(&etcd.yaml_endpoints(), &p, "a").await;
+    let b = node(&etcd.yaml_endpoints(), &p, "b").await;
+    let version = push_ok(&a, &shared(upstream, 1)).await;
+    let mut client = etcd.client().await;
+    // Both statuses say version 1: every write caused by the push is done.
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let nodes = client
+            .get(
+                format!("{p}/nodes/"),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap();
+        let applied = nodes.kvs().iter().filter(|kv| {
+            serde_json::from_slice::<Value>(kv.value())
+                .is_ok_and(|v| v["applied_version"].as_u64() == Some(version.0))
+        });
+        if applied.count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "statuses not published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revision = |r: etcd_client::GetResponse| r.header().unwrap().revision();
+    let before = revision(client.get("/", None).await.unwrap());
+    // Two lease renewals of each node's status (every 3 s) and several
+    // watch progress requests: none of it may write a revision.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = revision(client.get("/", None).await.unwrap());
+    assert_eq!(
+        after,
+        before,
+        "an idle fleet wrote {} revisions",
+        after - before
+    );
+    assert_eq!((a.version(), b.version()), (Some(version), Some(version)));
+}

@@ -40,6 +40,8 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// The node status key's lease: a node that stops leaves the list this
 /// long after.
 const NODE_LEASE_TTL: i64 = 10;
+/// The node status value is rewritten at least this often.
+const STATUS_REFRESH: Duration = Duration::from_secs(30);
 /// Reconnect backoff bounds (each wait is randomised between half and all
 /// of the current step, so nodes do not reconnect in lock-step).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -683,7 +685,8 @@ impl Fleet {
                 if let Some(last) = last {
                     *resume = Some(last);
                 }
-                self.status_changed.notify_one();
+                // No status rewrite here: the status key is under the
+                // watched prefix, so that would feed itself.
             }
         }
     }
@@ -778,36 +781,50 @@ impl Fleet {
     async fn publish_status(self: Arc<Self>) {
         let mut lease: Option<i64> = None;
         let renew_every = Duration::from_secs(u64::try_from(NODE_LEASE_TTL / 3).unwrap_or(3));
+        // The value is rewritten when the status changes, and now and then
+        // so that its last contact stays fresh; in between only the lease
+        // is renewed (every node watches these keys).
+        let mut written_at: Option<Instant> = None;
+        let mut changed = true;
         loop {
             if self.lock().status.stale && lease.is_some() {
                 // A new lease once etcd is back: the old one has likely expired.
                 lease = None;
             }
-            let written = self.write_status(&mut lease).await;
-            if let Err(error) = &written {
-                tracing::debug!(%error, "cannot publish the node status");
-                lease = None;
+            let rewrite = changed
+                || lease.is_none()
+                || written_at.is_none_or(|at| at.elapsed() >= STATUS_REFRESH);
+            match self.write_status(&mut lease, rewrite).await {
+                Ok(()) => {
+                    if rewrite {
+                        written_at = Some(Instant::now());
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot publish the node status");
+                    lease = None;
+                }
             }
-            let _ = tokio::time::timeout(renew_every, self.status_changed.notified()).await;
+            changed = tokio::time::timeout(renew_every, self.status_changed.notified())
+                .await
+                .is_ok();
         }
     }
 
-    async fn write_status(&self, lease: &mut Option<i64>) -> Result<(), FleetError> {
+    /// Renews (or grants) the status lease; with `rewrite`, writes the
+    /// status value too.
+    async fn write_status(&self, lease: &mut Option<i64>, rewrite: bool) -> Result<(), FleetError> {
         let store = self.store().await?;
         let mut client = store.client();
         let limit = store.request_timeout();
-        let id = match *lease {
-            Some(id) => {
-                let alive = store.renew(id).await?;
-                if alive {
-                    id
-                } else {
-                    self.grant(&mut client, limit).await?
-                }
-            }
-            None => self.grant(&mut client, limit).await?,
+        let (id, fresh) = match *lease {
+            Some(id) if store.renew(id).await? => (id, false),
+            _ => (self.grant(&mut client, limit).await?, true),
         };
         *lease = Some(id);
+        if !rewrite && !fresh {
+            return Ok(());
+        }
         let value =
             serde_json::to_vec(&self.status()).map_err(|e| FleetError::Etcd(e.to_string()))?;
         let key = store.keys().node(self.node());
