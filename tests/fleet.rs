@@ -1161,3 +1161,56 @@ async fn an_idle_fleet_writes_nothing_to_etcd() {
     );
     assert_eq!((a.version(), b.version()), (Some(version), Some(version)));
 }
+
+/// A metric's value from a node's `/metrics`, read over its admin API.
+async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (_, text) = switchyard::admin_client::call(admin, Method::GET, "/metrics")
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_is_logged_once_and_its_end_once() {
+    need_etcd!();
+    let mut etcd = Etcd::start().await;
+    let boot = bootstrap(&etcd.yaml_endpoints(), &prefix("outage-log"), "logged");
+    let state = common::binary::temp_dir().join("state");
+    let node = common::binary::Process::start(&boot, &["--state-dir", state.to_str().unwrap()]);
+    let deadline = Instant::now() + EVENTUALLY;
+    while metric(node.admin, "switchyard_fleet_stale").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the node never reached etcd");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    etcd.members[0].kill();
+    // Several reconnect attempts fail while etcd is down.
+    let restarts = |n: Option<f64>| n.unwrap_or(0.0);
+    let deadline = Instant::now() + EVENTUALLY;
+    while restarts(metric(node.admin, "switchyard_fleet_watch_restarts_total").await) < 4.0 {
+        assert!(Instant::now() < deadline, "no reconnect attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(node.admin, "switchyard_fleet_stale").await,
+        Some(1.0)
+    );
+    etcd.members[0].restart();
+    etcd.wait_ready(EVENTUALLY).await;
+    let deadline = Instant::now() + EVENTUALLY;
+    while metric(node.admin, "switchyard_fleet_stale").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the node did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = node.log.lock().unwrap().clone();
+    let count = |text: &str| log.iter().filter(|l| l.contains(text)).count();
+    assert_eq!(count("etcd unreachable"), 1, "{log:#?}");
+    assert_eq!(count("etcd reachable again"), 1, "{log:#?}");
+    let loud = log
+        .iter()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .count();
+    assert_eq!(loud, 1, "one warning for the whole outage: {log:#?}");
+}
