@@ -1214,3 +1214,115 @@ async fn an_etcd_outage_is_logged_once_and_its_end_once() {
         .count();
     assert_eq!(loud, 1, "one warning for the whole outage: {log:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_auth_on_nodes_need_their_password() {
+    need_etcd!();
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let _ = client.role_add("root").await;
+    client.user_add("root", "root-pw", None).await.unwrap();
+    client.user_grant_role("root", "root").await.unwrap();
+    client.user_add("edge", "edge-pw", None).await.unwrap();
+    client.role_add("edge").await.unwrap();
+    let p = prefix("auth");
+    client
+        .role_grant_permission(
+            "edge",
+            etcd_client::Permission::read_write(format!("{p}/")).with_prefix(),
+        )
+        .await
+        .unwrap();
+    client.user_grant_role("edge", "edge").await.unwrap();
+    client.auth_enable().await.unwrap();
+
+    let upstream = common::echo("auth").await;
+    let with_user = |node: &str, password: &str| {
+        bootstrap(&etcd.yaml_endpoints(), &p, node).replace(
+            "    dial_timeout:",
+            &format!("    username: edge\n    password: {password}\n    dial_timeout:"),
+        )
+    };
+    let dir = common::binary::temp_dir();
+    std::fs::write(dir.join("proxy.yaml"), with_user("good", "edge-pw")).unwrap();
+    let mut good = Node {
+        name: "good".into(),
+        dir,
+        running: None,
+    };
+    good.start().await;
+    let version = push_ok(&good, &shared(upstream, 1)).await;
+    eventually(EVENTUALLY, "the node with the password applies", || {
+        good.version() == Some(version)
+    })
+    .await;
+
+    let dir = common::binary::temp_dir();
+    std::fs::write(dir.join("proxy.yaml"), with_user("bad", "wrong")).unwrap();
+    let mut bad = Node {
+        name: "bad".into(),
+        dir,
+        running: None,
+    };
+    bad.start().await;
+    assert!(bad.fleet_status().stale);
+    let (status, answer) = push(&bad, &shared(upstream, 2)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{answer}"
+    );
+    assert_eq!(bad.version(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_speak_tls_to_etcd_and_refuse_an_unknown_certificate() {
+    need_etcd!();
+    let dir = common::binary::temp_dir();
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.join("etcd.pem"), dir.join("etcd.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let other_ca = dir.join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let etcd = Etcd::start_tls(cert.clone(), key).await;
+
+    let upstream = common::echo("tls").await;
+    let p = prefix("tls");
+    let with_ca = |node: &str, ca: &Path| {
+        bootstrap(&format!("[\"{}\"]", etcd.endpoints()[0]), &p, node).replace(
+            "    dial_timeout:",
+            &format!("    tls: {{ca_file: {}}}\n    dial_timeout:", ca.display()),
+        )
+    };
+    let start = |name: &str, text: String| {
+        let dir = common::binary::temp_dir();
+        std::fs::write(dir.join("proxy.yaml"), text).unwrap();
+        Node {
+            name: name.into(),
+            dir,
+            running: None,
+        }
+    };
+    let mut trusted = start("trusted", with_ca("trusted", &cert));
+    trusted.start().await;
+    let version = push_ok(&trusted, &shared(upstream, 1)).await;
+    eventually(
+        EVENTUALLY,
+        "the node that trusts etcd's certificate applies",
+        || trusted.version() == Some(version) && !trusted.fleet_status().stale,
+    )
+    .await;
+
+    let mut stranger = start("stranger", with_ca("stranger", &other_ca));
+    stranger.start().await;
+    assert!(stranger.fleet_status().stale);
+    let (status, answer) = push(&stranger, &shared(upstream, 2)).await;
+    println!("push through a node that does not trust etcd's certificate: {status} {answer}");
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(stranger.version(), None);
+}

@@ -226,7 +226,10 @@ pub async fn connect(config: &FleetConfig) -> Result<Store, FleetError> {
         .with_keep_alive(Duration::from_secs(2), etcd.request_timeout)
         .with_keep_alive_while_idle(true);
     if let Some((user, password)) = &etcd.user {
-        options = options.with_user(user.clone(), password.0.clone());
+        // etcd's tokens expire (5 min by default): fetch a new one then.
+        options = options
+            .with_user(user.clone(), password.0.clone())
+            .with_auto_token_refresh(true);
     }
     if let Some(tls) = &etcd.tls {
         let mut tls_options = etcd_client::TlsOptions::new();

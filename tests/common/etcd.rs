@@ -29,13 +29,16 @@ pub struct Member {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     initial_cluster: String,
+    /// Certificate and key files: clients speak TLS to it.
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
 impl Member {
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// `127.0.0.1:PORT`, as a proxy.yaml endpoint.
@@ -45,7 +48,15 @@ impl Member {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -117,6 +128,16 @@ impl Etcd {
 
     /// `size` members forming one cluster; returns once it answers.
     pub async fn cluster(size: usize) -> Etcd {
+        Etcd::start_members(size, None).await
+    }
+
+    /// A single member whose clients must speak TLS; `cert` must name
+    /// 127.0.0.1 and be its own CA.
+    pub async fn start_tls(cert: PathBuf, key: PathBuf) -> Etcd {
+        Etcd::start_members(1, Some((cert, key))).await
+    }
+
+    async fn start_members(size: usize, tls: Option<(PathBuf, PathBuf)>) -> Etcd {
         let base = super::binary::temp_dir();
         let mut members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -125,6 +146,7 @@ impl Etcd {
                 peer_port: free_port(),
                 data_dir: base.join(format!("m{i}.etcd")),
                 initial_cluster: String::new(),
+                tls: None,
                 child: None,
             })
             .collect();
@@ -135,6 +157,7 @@ impl Etcd {
             .join(",");
         for member in &mut members {
             member.initial_cluster = initial_cluster.clone();
+            member.tls = tls.clone();
             member.spawn();
         }
         let etcd = Etcd { members };
@@ -156,9 +179,16 @@ impl Etcd {
     /// A client of the running members.
     pub async fn client(&self) -> etcd_client::Client {
         let endpoints: Vec<String> = self.members.iter().map(Member::endpoint).collect();
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5));
+        if let Some((cert, _)) = &self.members[0].tls {
+            let pem = std::fs::read(cert).unwrap();
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(pem)),
+            );
+        }
         etcd_client::Client::connect(endpoints, Some(options))
             .await
             .expect("etcd client")
