@@ -222,8 +222,11 @@ pub async fn connect(config: &FleetConfig) -> Result<Store, FleetError> {
     let etcd = &config.etcd;
     let mut options = ConnectOptions::new()
         .with_connect_timeout(etcd.dial_timeout)
-        // Pings find a dead member on an idle connection (watches included).
-        .with_keep_alive(Duration::from_secs(2), etcd.request_timeout)
+        // Pings find a dead member on an idle connection. Not more often
+        // than etcd allows (its --grpc-keepalive-min-time, 5 s by default,
+        // or it closes the connection); a silent watch is also caught by
+        // the watch's own progress requests.
+        .with_keep_alive(Duration::from_secs(10), etcd.request_timeout)
         .with_keep_alive_while_idle(true);
     if let Some((user, password)) = &etcd.user {
         // etcd's tokens expire (5 min by default): fetch a new one then.
