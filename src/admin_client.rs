@@ -27,6 +27,18 @@ pub async fn call_with(
     token: Option<&str>,
     json: Option<&serde_json::Value>,
 ) -> Result<(StatusCode, String), String> {
+    let body = json.map(|json| ("application/json", Bytes::from(json.to_string())));
+    call_raw(admin, method, path, token, body).await
+}
+
+/// Like [`call`], with a bearer token and a body of the given content type.
+pub async fn call_raw(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Bytes)>,
+) -> Result<(StatusCode, String), String> {
     let exchange = async {
         let stream = TcpStream::connect(admin).await.map_err(|e| {
             format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)")
@@ -42,10 +54,10 @@ pub async fn call_with(
         if let Some(token) = token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let body = match json {
-            Some(json) => {
-                request = request.header(http::header::CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(json.to_string()))
+        let body = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(http::header::CONTENT_TYPE, content_type);
+                Full::new(bytes)
             }
             None => Full::new(Bytes::new()),
         };

@@ -12,6 +12,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod fleet;
 pub mod health;
 pub mod local_origin;
 pub mod metrics;

@@ -40,8 +40,30 @@ enum Command {
     Check,
     /// Start echo upstreams on loopback and the proxy in front of them.
     Demo,
-    /// Look at and roll back the config history of a running proxy.
+    /// Look at and roll back the config history of a running proxy; push
+    /// a new version to its fleet.
     Config(ConfigArgs),
+    /// Look at the fleet a running proxy belongs to.
+    Fleet(FleetArgs),
+}
+
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// The admin API address (default: `admin.address` of the config file).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// The admin token (default: `SWITCHYARD_ADMIN_TOKEN`).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    action: FleetAction,
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Every node: the version it serves, what it refused, last contact
+    /// with etcd, the revision it has seen, stale or not.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -103,6 +125,16 @@ enum ConfigAction {
         /// The version to restore.
         version: u64,
     },
+    /// Validate FILE and push it to the fleet as the next version (fleet
+    /// mode); every node applies it.
+    Push {
+        /// The YAML to push (the shared config, without the node-local
+        /// `fleet`, `admin` and `workers` sections).
+        file: PathBuf,
+        /// Refuse unless this version is still the current one.
+        #[arg(long)]
+        base: Option<u64>,
+    },
 }
 
 // mimalloc: the request path allocates small, short-lived buffers on every
@@ -121,6 +153,9 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(&cli.config),
         Some(Command::Config(args)) => {
             runtime().and_then(|rt| rt.block_on(config_command(&cli.config, args)))
+        }
+        Some(Command::Fleet(args)) => {
+            runtime().and_then(|rt| rt.block_on(fleet_command(&cli.config, args)))
         }
         command => {
             let _log_writer = match telemetry::init(cli.log_format, &cli.log_level) {
@@ -185,6 +220,11 @@ fn check(path: &Path) -> ExitCode {
                 config.services.len(),
                 instances
             );
+            if let Some(fleet) = &config.fleet {
+                if !check_etcd(fleet) {
+                    return ExitCode::FAILURE;
+                }
+            }
             let Some(consul) = &config.consul else {
                 return ExitCode::SUCCESS;
             };
@@ -212,6 +252,38 @@ fn check(path: &Path) -> ExitCode {
         Err(error) => {
             eprintln!("switchyard: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the fleet's etcd answers; says what it has.
+fn check_etcd(fleet: &config::FleetConfig) -> bool {
+    let endpoints = fleet.etcd.endpoints.join(", ");
+    let answer = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let store = switchyard::fleet::store::connect(fleet).await?;
+            store.current().await
+        })
+        .map_err(|e| e.to_string())
+    });
+    match answer {
+        Ok(Some(current)) => {
+            println!(
+                "etcd at {endpoints}: ok (fleet {} at version {}, node {})",
+                fleet.prefix, current.version.info.version, fleet.node
+            );
+            true
+        }
+        Ok(None) => {
+            println!(
+                "etcd at {endpoints}: ok (fleet {} has no version yet, node {})",
+                fleet.prefix, fleet.node
+            );
+            true
+        }
+        Err(error) => {
+            eprintln!("etcd at {endpoints}: {error}");
+            false
         }
     }
 }
@@ -325,7 +397,41 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)
     };
+    if let ConfigAction::Push { file, base } = &args.action {
+        let text =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let path = match base {
+            Some(base) => format!("/admin/config?base={base}"),
+            None => "/admin/config".to_string(),
+        };
+        let (status, body) = switchyard::admin_client::call_raw(
+            admin,
+            Method::POST,
+            &path,
+            args.token.as_deref(),
+            Some(("application/yaml", text.into())),
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        if !status.is_success() {
+            bail!("{}", failure_text(&body));
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+        match json["version"].as_u64() {
+            Some(version) => println!(
+                "pushed {} as version {version}; every node applies it",
+                file.display()
+            ),
+            None => println!(
+                "{} is the current version already; nothing pushed",
+                file.display()
+            ),
+        }
+        return Ok(());
+    }
     let (status, body) = match &args.action {
+        ConfigAction::Push { .. } => return Ok(()),
         ConfigAction::Versions => call(Method::GET, "/admin/config/versions".into()).await?,
         ConfigAction::Show { version } => {
             call(Method::GET, format!("/admin/config/versions/{version}")).await?
@@ -346,6 +452,70 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
         ConfigAction::Show { .. } => print!("{body}"),
         ConfigAction::Diff { .. } => print_diff(&body),
         ConfigAction::Rollback { version } => print_rollback(*version, &body)?,
+        ConfigAction::Push { .. } => {}
+    }
+    Ok(())
+}
+
+async fn fleet_command(path: &Path, args: &FleetArgs) -> anyhow::Result<()> {
+    let admin = match args.admin {
+        Some(admin) => admin,
+        None => config::load(path)
+            .map(|(config, _)| config.admin.address)
+            .with_context(|| "cannot find the admin address in the config; pass --admin ADDRESS")?,
+    };
+    let FleetAction::Status = args.action;
+    let (status, body) = switchyard::admin_client::call_with(
+        admin,
+        Method::GET,
+        "/admin/fleet",
+        args.token.as_deref(),
+        None,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    if !status.is_success() {
+        bail!("{}", failure_text(&body));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+    println!(
+        "fleet current version: {}",
+        json["current_version"]
+            .as_u64()
+            .map_or("unknown (etcd unreachable?)".to_string(), |v| v.to_string())
+    );
+    if let Some(error) = json["etcd_error"].as_str() {
+        println!("etcd: {error} (only this node is shown)");
+    }
+    println!(
+        "{:<20} {:>7}  {:<6}  {:>9}  {:<24}  REFUSED",
+        "NODE", "APPLIED", "STALE", "REVISION", "LAST CONTACT"
+    );
+    for node in json["nodes"].as_array().into_iter().flatten() {
+        let refused = match node["refused"].as_object() {
+            Some(refused) => format!(
+                "version {}: {}",
+                refused.get("version").and_then(|v| v.as_u64()).unwrap_or(0),
+                refused
+                    .get("reason")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .replace('\n', " ")
+            ),
+            None => "-".into(),
+        };
+        println!(
+            "{:<20} {:>7}  {:<6}  {:>9}  {:<24}  {}",
+            node["node"].as_str().unwrap_or("?"),
+            node["applied_version"]
+                .as_u64()
+                .map_or("-".into(), |v| v.to_string()),
+            node["stale"].as_bool().unwrap_or(true),
+            node["revision"].as_i64().unwrap_or(0),
+            node["last_contact"].as_str().unwrap_or("never"),
+            refused
+        );
     }
     Ok(())
 }
@@ -429,6 +599,10 @@ fn print_rollback(version: u64, body: &str) -> anyhow::Result<()> {
     let json: serde_json::Value =
         serde_json::from_str(body).context("unexpected answer from the admin API")?;
     match json["result"].as_str() {
+        Some("pushed") => println!(
+            "rolled back to version {version}: pushed to the fleet as version {}",
+            json["version"].as_u64().unwrap_or(0)
+        ),
         Some("applied") => match json["version"].as_u64() {
             Some(new) => {
                 println!("rolled back to version {version}; it is now serving as version {new}")

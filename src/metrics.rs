@@ -116,6 +116,27 @@ pub struct Metrics {
     connections_rejected: Family<ListenerLabels, Counter>,
     connections_shed: Family<ListenerLabels, Counter>,
     connections_timed_out: Family<ListenerLabels, Counter>,
+    /// Fleet mode (etcd); zero when it is off.
+    fleet: FleetMetrics,
+}
+
+/// Handles of the `switchyard_fleet_*` metrics.
+#[derive(Debug, Clone, Default)]
+pub struct FleetMetrics {
+    /// The fleet config version this node serves.
+    pub applied_version: Gauge,
+    /// 1 while this node's view of the fleet may be behind (etcd
+    /// unreachable, or booted from its snapshot and not caught up yet).
+    pub stale: Gauge,
+    /// Watches started again (after etcd was lost, a compaction or a
+    /// revision that went backwards).
+    pub watch_restarts: Counter,
+    /// Failed etcd requests and broken watches.
+    pub etcd_errors: Counter,
+    /// Versions or values from etcd this node refused.
+    pub refused: Counter,
+    /// Seconds since the last event or answer from etcd.
+    pub seconds_since_last_event: Gauge,
 }
 
 impl Default for Metrics {
@@ -149,6 +170,7 @@ impl Metrics {
             connections_rejected: Family::default(),
             connections_shed: Family::default(),
             connections_timed_out: Family::default(),
+            fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -249,6 +271,37 @@ impl Metrics {
             "Client connections closed by header_read_timeout before a first request, by send_timeout, or at the deadline after a graceful close",
             m.connections_timed_out.clone(),
         );
+        let fleet = &m.fleet;
+        registry.register(
+            "fleet_applied_version",
+            "The fleet config version this node serves",
+            fleet.applied_version.clone(),
+        );
+        registry.register(
+            "fleet_stale",
+            "1 while this node cannot confirm it has the fleet's latest state",
+            fleet.stale.clone(),
+        );
+        registry.register(
+            "fleet_watch_restarts",
+            "etcd watches started again (lost connection, compaction, revision went backwards)",
+            fleet.watch_restarts.clone(),
+        );
+        registry.register(
+            "fleet_etcd_errors",
+            "Failed etcd requests and broken watches",
+            fleet.etcd_errors.clone(),
+        );
+        registry.register(
+            "fleet_refused",
+            "Fleet versions or etcd values this node refused",
+            fleet.refused.clone(),
+        );
+        registry.register(
+            "fleet_seconds_since_last_event",
+            "Seconds since the last event or answer from etcd",
+            fleet.seconds_since_last_event.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -343,6 +396,11 @@ impl Metrics {
                 service: service.into(),
             })
             .inc();
+    }
+
+    /// The fleet metrics' handles.
+    pub fn fleet(&self) -> &FleetMetrics {
+        &self.fleet
     }
 
     /// A reload finished with `result`.

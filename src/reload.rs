@@ -15,10 +15,15 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+mod store;
+
+pub use store::HistoryStore;
+
 use crate::config::history::{
     self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo,
 };
 use crate::config::{self, Config, ConfigErrors};
+use crate::fleet::{Fleet, FleetError, PushOutcome, StoredVersion};
 use crate::health::{self, CustomChecks};
 use crate::registry::Registry;
 use crate::server::{Listeners, StartError};
@@ -66,6 +71,15 @@ pub enum ReloadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The fleet store (etcd) refused or failed.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// A file reload was asked of a fleet node.
+    #[error("this node is in fleet mode: its config comes from etcd; push a change with `switchyard config push FILE` (or POST /admin/config)")]
+    FleetMode,
+    /// A push was asked of a node that is not in a fleet.
+    #[error("this proxy is not in fleet mode (no `fleet:` section); edit its config file and reload instead")]
+    NotFleet,
 }
 
 impl ReloadError {
@@ -77,6 +91,9 @@ impl ReloadError {
             ReloadError::Invalid(_)
                 | ReloadError::AdminMoved { .. }
                 | ReloadError::History(HistoryError::NotFound(_))
+                | ReloadError::Fleet(FleetError::Conflict(_) | FleetError::NotFound(_))
+                | ReloadError::FleetMode
+                | ReloadError::NotFleet
         )
     }
 }
@@ -85,6 +102,12 @@ impl ReloadError {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum ReloadOutcome {
+    /// A new version was written to the fleet; every node applies it
+    /// through its watch.
+    Pushed {
+        /// The new version.
+        version: ConfigVersion,
+    },
     /// A new config is serving.
     Applied {
         /// Its version, when the history could record it.
@@ -133,7 +156,10 @@ pub struct Reloader {
     path: PathBuf,
     registry: Arc<Registry>,
     listeners: Arc<Listeners>,
-    history: Mutex<Option<History>>,
+    history: HistoryStore,
+    /// In fleet mode: the fleet, and this node's own file (its node-local
+    /// sections overlay every version).
+    fleet: Option<(Arc<Fleet>, Arc<Config>)>,
     /// sha256 of the text serving now.
     applied_sha: Mutex<String>,
     status: Mutex<ReloadStatus>,
@@ -178,12 +204,137 @@ impl Reloader {
             path,
             registry,
             listeners,
-            history: Mutex::new(history),
+            history: HistoryStore::Local(Mutex::new(history)),
+            fleet: None,
             applied_sha: Mutex::new(history::sha256_hex(text)),
             status: Mutex::new(status),
             pipeline: tokio::sync::Mutex::new(()),
             health_checks,
         }
+    }
+
+    /// The pipeline of a fleet node serving `text` already (a fleet
+    /// version, its snapshot, or its own file while the fleet has none);
+    /// `local` is the node's own file, whose node-local sections overlay
+    /// every version.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_fleet(
+        path: PathBuf,
+        registry: Arc<Registry>,
+        listeners: Arc<Listeners>,
+        fleet: Arc<Fleet>,
+        local: Config,
+        serving: Option<&StoredVersion>,
+        text: &str,
+        health_checks: Arc<CustomChecks>,
+    ) -> Reloader {
+        let status = ReloadStatus {
+            current_version: serving.map(|v| v.info.version),
+            ..ReloadStatus::default()
+        };
+        if let Some(version) = status.current_version {
+            registry.metrics().set_config_version(version.0);
+        }
+        Reloader {
+            path,
+            registry,
+            listeners,
+            history: HistoryStore::Fleet(Arc::clone(&fleet)),
+            fleet: Some((fleet, Arc::new(local))),
+            applied_sha: Mutex::new(history::sha256_hex(text)),
+            status: Mutex::new(status),
+            pipeline: tokio::sync::Mutex::new(()),
+            health_checks,
+        }
+    }
+
+    /// The fleet, in fleet mode.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref().map(|(fleet, _)| fleet)
+    }
+
+    /// The config history.
+    pub fn history(&self) -> &HistoryStore {
+        &self.history
+    }
+
+    /// Validates `text` as a fleet version, the way every node will.
+    fn parse_shared(&self, text: &str) -> Result<Config, ReloadError> {
+        let Some((_, local)) = &self.fleet else {
+            return Err(ReloadError::NotFleet);
+        };
+        let config = config::parse_shared(text)
+            .map_err(ReloadError::Invalid)?
+            .with_node_local(local);
+        health::unknown_custom_checks(&config, &self.health_checks)
+            .map_err(ReloadError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Validates `text` here and writes it to the fleet as the next
+    /// version (if the current one is still `base`, when given).
+    pub async fn push(
+        &self,
+        text: &str,
+        cause: &str,
+        base: Option<ConfigVersion>,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        self.parse_shared(text)?;
+        let Some((fleet, _)) = &self.fleet else {
+            return Err(ReloadError::NotFleet);
+        };
+        match fleet
+            .push(text, ChangeSource::Push, cause, None, base)
+            .await?
+        {
+            PushOutcome::Pushed(version) => {
+                tracing::info!(%version, cause, "config version pushed to the fleet");
+                Ok(ReloadOutcome::Pushed { version })
+            }
+            PushOutcome::Unchanged(_) => Ok(ReloadOutcome::Unchanged),
+        }
+    }
+
+    /// Applies a fleet version that the watch delivered, through the same
+    /// pipeline as a file reload; the fleet learns the outcome.
+    pub async fn apply_fleet(&self, version: &StoredVersion) -> Result<ReloadOutcome, ReloadError> {
+        let _one_at_a_time = self.pipeline.lock().await;
+        let cause = format!(
+            "fleet version {} ({} from node {})",
+            version.info.version,
+            version.info.source.as_str(),
+            version.author
+        );
+        let result: Result<Option<Vec<String>>, ReloadError> = async {
+            let config = self.parse_shared(&version.config)?;
+            self.swap(&version.config, config, false).await
+        }
+        .await;
+        let result = match result {
+            Ok(changes) => {
+                if let Some((fleet, _)) = &self.fleet {
+                    fleet.applied(version);
+                }
+                lock(&self.status).current_version = Some(version.info.version);
+                self.registry
+                    .metrics()
+                    .set_config_version(version.info.version.0);
+                Ok(match changes {
+                    Some(changes) => ReloadOutcome::Applied {
+                        version: Some(version.info.version),
+                        changes,
+                    },
+                    None => ReloadOutcome::Unchanged,
+                })
+            }
+            Err(error) => {
+                if let Some((fleet, _)) = &self.fleet {
+                    fleet.refused(version.info.version, error.to_string());
+                }
+                Err(error)
+            }
+        };
+        self.finish(ChangeSource::Push, &cause, result)
     }
 
     /// The config file.
@@ -197,18 +348,15 @@ impl Reloader {
     }
 
     /// Every readable version, oldest first, and the unreadable entries.
-    pub fn versions(&self) -> Option<(Vec<VersionInfo>, Vec<history::BrokenEntry>)> {
-        lock(&self.history)
-            .as_ref()
-            .map(|h| (h.versions().to_vec(), h.broken().to_vec()))
+    pub async fn versions(
+        &self,
+    ) -> Result<(Vec<VersionInfo>, Vec<history::BrokenEntry>), ReloadError> {
+        self.history.versions().await
     }
 
     /// The text of a version.
-    pub fn version_text(&self, version: ConfigVersion) -> Result<String, ReloadError> {
-        match lock(&self.history).as_ref() {
-            Some(history) => Ok(history.text(version)?),
-            None => Err(ReloadError::NoHistory),
-        }
+    pub async fn version_text(&self, version: ConfigVersion) -> Result<String, ReloadError> {
+        self.history.text(version).await
     }
 
     /// Reads the file and applies it if it changed.
@@ -217,6 +365,10 @@ impl Reloader {
         source: ChangeSource,
         cause: &str,
     ) -> Result<ReloadOutcome, ReloadError> {
+        if self.fleet.is_some() {
+            let result = Err(ReloadError::FleetMode);
+            return self.finish(source, cause, result);
+        }
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
             let text = config::read_text(&self.path)
@@ -239,9 +391,24 @@ impl Reloader {
         version: ConfigVersion,
         cause: &str,
     ) -> Result<ReloadOutcome, ReloadError> {
+        if let Some((fleet, _)) = &self.fleet {
+            // A rollback is a push of the old text as a new version.
+            let text = self.version_text(version).await?;
+            self.parse_shared(&text)?;
+            return match fleet
+                .push(&text, ChangeSource::Rollback, cause, Some(version), None)
+                .await?
+            {
+                PushOutcome::Pushed(new) => {
+                    tracing::info!(version = %new, restores = %version, "rollback pushed to the fleet");
+                    Ok(ReloadOutcome::Pushed { version: new })
+                }
+                PushOutcome::Unchanged(_) => Ok(ReloadOutcome::Unchanged),
+            };
+        }
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
-            let text = self.version_text(version)?;
+            let text = self.version_text(version).await?;
             self.apply(text, ChangeSource::Rollback, cause, Some(version))
                 .await
         }
@@ -256,12 +423,30 @@ impl Reloader {
         cause: &str,
         rollback_of: Option<ConfigVersion>,
     ) -> Result<ReloadOutcome, ReloadError> {
-        let sha = history::sha256_hex(&text);
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        // A rollback writes the file too (it stays the source of truth).
+        let Some(changes) = self.swap(&text, config, rollback_of.is_some()).await? else {
+            return Ok(ReloadOutcome::Unchanged);
+        };
+        let version = self.history.record_local(&text, source, cause, rollback_of);
+        Ok(ReloadOutcome::Applied { version, changes })
+    }
+
+    /// Checks a parsed config against what is running, binds its new
+    /// listeners and publishes it in one swap; None when it is what is
+    /// serving already. With `write_file`, the config file is rewritten
+    /// before the swap (if that fails, nothing has changed).
+    async fn swap(
+        &self,
+        text: &str,
+        config: Config,
+        write_file: bool,
+    ) -> Result<Option<Vec<String>>, ReloadError> {
+        let sha = history::sha256_hex(text);
         // Same text and same result (certificate files are part of the
         // config, so new certificates behind the same text do apply).
         if *lock(&self.applied_sha) == sha && *self.registry.config() == config {
-            return Ok(ReloadOutcome::Unchanged);
+            return Ok(None);
         }
         health::unknown_custom_checks(&config, &self.health_checks)
             .map_err(ReloadError::Invalid)?;
@@ -274,10 +459,9 @@ impl Reloader {
         }
         let changes = describe_changes(&old, &config);
         let prepared = self.listeners.prepare(&config).await?;
-        if rollback_of.is_some() {
-            // The file first: if it cannot be written, nothing has changed.
+        if write_file {
             let path = self.path.clone();
-            let bytes = text.clone().into_bytes();
+            let bytes = text.as_bytes().to_vec();
             tokio::task::spawn_blocking(move || history::write_atomically(&path, &bytes))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -289,30 +473,7 @@ impl Reloader {
         self.registry.apply_config(config.clone());
         self.listeners.commit(prepared, &config);
         *lock(&self.applied_sha) = sha;
-
-        let version = self.record(&text, source, cause, rollback_of);
-        Ok(ReloadOutcome::Applied { version, changes })
-    }
-
-    /// Records an applied config. A failure here is reported but does not
-    /// undo the change: the config is serving, and ops need it to.
-    fn record(
-        &self,
-        text: &str,
-        source: ChangeSource,
-        cause: &str,
-        rollback_of: Option<ConfigVersion>,
-    ) -> Option<ConfigVersion> {
-        let mut history = lock(&self.history);
-        let history = history.as_mut()?;
-        match history.record(text, source, cause, rollback_of) {
-            Ok(Some(info)) => Some(info.version),
-            Ok(None) => history.latest().map(|v| v.version),
-            Err(error) => {
-                tracing::error!(%error, "config applied but its version could not be recorded");
-                None
-            }
-        }
+        Ok(Some(changes))
     }
 
     fn finish(
@@ -339,7 +500,11 @@ impl Reloader {
                 let error = version
                     .is_none()
                     .then(|| "applied, but the version could not be recorded".to_string());
-                ("applied", error.filter(|_| lock(&self.history).is_some()))
+                ("applied", error.filter(|_| self.history.available()))
+            }
+            Ok(ReloadOutcome::Pushed { version }) => {
+                tracing::info!(source = source.as_str(), cause, %version, "config version pushed");
+                ("pushed", None)
             }
             Ok(ReloadOutcome::Unchanged) => {
                 status.unchanged += 1;

@@ -7,6 +7,7 @@ use http::{Method, Response, StatusCode};
 
 use super::{bad_request, errors_response, json_response, method_not_allowed, AdminState};
 use crate::config::history::{ChangeSource, ConfigVersion, HistoryError};
+use crate::fleet::FleetError;
 use crate::proxy::{text_response, ProxyBody};
 use crate::reload::{ReloadError, ReloadOutcome, Reloader};
 
@@ -29,8 +30,8 @@ pub(super) async fn handle(
             let cause = format!("POST /admin/reload from {peer}");
             reload_response(reloader.reload(ChangeSource::Api, &cause).await)
         }
-        (&Method::GET, ["config", "versions"]) => match reloader.versions() {
-            Some((versions, broken)) => json_response(
+        (&Method::GET, ["config", "versions"]) => match reloader.versions().await {
+            Ok((versions, broken)) => json_response(
                 StatusCode::OK,
                 &serde_json::json!({
                     "current": reloader.status().current_version,
@@ -38,10 +39,10 @@ pub(super) async fn handle(
                     "unreadable": broken,
                 }),
             ),
-            None => error_response(&ReloadError::NoHistory),
+            Err(error) => error_response(&error),
         },
         (&Method::GET, ["config", "versions", number]) => match parse_version(number) {
-            Ok(version) => match reloader.version_text(version) {
+            Ok(version) => match reloader.version_text(version).await {
                 Ok(text) => with_type(
                     text_response(StatusCode::OK, text),
                     "application/yaml; charset=utf-8",
@@ -50,7 +51,7 @@ pub(super) async fn handle(
             },
             Err(message) => bad_request(message),
         },
-        (&Method::GET, ["config", "diff"]) => diff(reloader, query.unwrap_or("")),
+        (&Method::GET, ["config", "diff"]) => diff(reloader, query.unwrap_or("")).await,
         (&Method::POST, ["config", "rollback", number]) => match parse_version(number) {
             Ok(version) => {
                 let cause = format!("rollback to version {version} requested from {peer}");
@@ -75,7 +76,7 @@ fn with_type(mut response: Response<ProxyBody>, content_type: &'static str) -> R
     response
 }
 
-fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
+async fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
     let mut from = None;
     let mut to = reloader.status().current_version;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -100,9 +101,10 @@ fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
                 .into(),
         );
     };
-    let texts = reloader
-        .version_text(from)
-        .and_then(|a| Ok((a, reloader.version_text(to)?)));
+    let texts = match reloader.version_text(from).await {
+        Ok(a) => reloader.version_text(to).await.map(|b| (a, b)),
+        Err(error) => Err(error),
+    };
     match texts {
         Ok((a, b)) => {
             let text = similar::TextDiff::from_lines(&a, &b)
@@ -126,9 +128,44 @@ fn reload_response(result: Result<ReloadOutcome, ReloadError>) -> Response<Proxy
     }
 }
 
+/// `POST /admin/config`: validate the YAML body here and push it to the
+/// fleet as the next version (`?base=N`: only if N is still current).
+pub(super) async fn push(
+    state: &AdminState,
+    body: &[u8],
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let Some(reloader) = state.reloader.as_ref() else {
+        return error_response(&ReloadError::NotFleet);
+    };
+    let mut base = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("base", value)) => match parse_version(value) {
+                Ok(version) => base = Some(version),
+                Err(message) => return bad_request(message),
+            },
+            _ => return bad_request(format!("unknown parameter `{pair}`; use base=N\n")),
+        }
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return bad_request("the body is not UTF-8 text\n".into());
+    };
+    let cause = format!("POST /admin/config from {peer}");
+    reload_response(reloader.push(text, &cause, base).await)
+}
+
 fn error_response(error: &ReloadError) -> Response<ProxyBody> {
     let status = match error {
         ReloadError::History(HistoryError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ReloadError::Fleet(FleetError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ReloadError::Fleet(FleetError::Conflict(_)) | ReloadError::FleetMode => {
+            StatusCode::CONFLICT
+        }
+        ReloadError::Fleet(FleetError::Etcd(_) | FleetError::Timeout(_)) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ReloadError::Bind(_) => StatusCode::CONFLICT,
         error if error.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

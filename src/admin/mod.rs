@@ -4,13 +4,15 @@
 //!   (see [`status`]).
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
-//!   [`config_api`]).
+//!   [`config_api`]); `POST /admin/config` pushes a version to the fleet.
+//! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
 //!
 //! When a token is configured, every mutating call (and, if asked, every
 //! read) needs `Authorization: Bearer <token>`.
 
 mod config_api;
 mod dashboard;
+mod fleet;
 mod services;
 mod status;
 
@@ -87,6 +89,16 @@ pub async fn handle(
         (&Method::GET, ["metrics"]) => metrics(state, &request),
         (&Method::GET, []) => dashboard::page(),
         (_, ["admin", "services", ..]) => services::handle(state, request, &segments[2..]).await,
+        (&Method::POST, ["admin", "config"]) => {
+            let query = request.uri().query().map(str::to_string);
+            // A pushed config may be as large as a config file.
+            match read_body_up_to(request, crate::config::MAX_CONFIG_BYTES).await {
+                Ok(body) => config_api::push(state, &body, query.as_deref(), peer).await,
+                Err(response) => response,
+            }
+        }
+        (&Method::GET, ["admin", "fleet"]) => fleet::status(state).await,
+        (_, ["admin", "fleet"]) => method_not_allowed(&method, &path),
         (_, ["admin", "reload"] | ["admin", "config", ..]) => {
             config_api::handle(state, &method, &segments[1..], request.uri().query(), peer).await
         }
@@ -182,7 +194,15 @@ fn same_secret(given: &str, expected: &str) -> bool {
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
-    Limited::new(request.into_body(), MAX_BODY)
+    read_body_up_to(request, MAX_BODY).await
+}
+
+/// The body, refused when longer than `limit` bytes.
+async fn read_body_up_to(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Response<ProxyBody>> {
+    Limited::new(request.into_body(), limit)
         .collect()
         .await
         .map(|body| body.to_bytes())

@@ -19,7 +19,10 @@ use super::status::service_view;
 use super::{
     bad_request, errors_response, json_response, method_not_allowed, read_body, AdminState,
 };
+use std::sync::Arc;
+
 use crate::config::{parse_duration, InstanceId, Registration, ServiceName};
+use crate::fleet::{Fleet, FleetError};
 use crate::proxy::ProxyBody;
 use crate::registry::RegistryError;
 
@@ -106,7 +109,19 @@ pub(super) async fn handle(
                 }
             };
             let id = instance.id.clone();
-            match registry.register(&name, instance, ttl) {
+            let registered = match fleet_of(state) {
+                Some(fleet) => match registry.check_registration(&name, &instance) {
+                    Ok(()) => fleet
+                        .register(&name, instance, ttl)
+                        .await
+                        .map_err(|e| fleet_error(&e)),
+                    Err(error) => Err(registry_error(&error)),
+                },
+                None => registry
+                    .register(&name, instance, ttl)
+                    .map_err(|e| registry_error(&e)),
+            };
+            match registered {
                 Ok(created) => {
                     let status = if created {
                         StatusCode::CREATED
@@ -118,11 +133,14 @@ pub(super) async fn handle(
                         &serde_json::json!({ "service": name.as_str(), "id": id.as_str(), "created": created }),
                     )
                 }
-                Err(error) => registry_error(&error),
+                Err(response) => response,
             }
         }
         (&Method::PUT, [name, "instances", id, action @ ("heartbeat" | "drain" | "undrain")]) => {
             let (name, id) = (ServiceName::from(*name), InstanceId::from(*id));
+            if let Some(fleet) = fleet_of(state) {
+                return fleet_instance_call(state, fleet, &name, &id, action).await;
+            }
             let result = match *action {
                 "heartbeat" => registry.heartbeat(&name, &id),
                 "drain" => registry.set_drained(&name, &id, true),
@@ -138,7 +156,18 @@ pub(super) async fn handle(
         }
         (&Method::DELETE, [name, "instances", id]) => {
             let (name, id) = (ServiceName::from(*name), InstanceId::from(*id));
-            match registry.deregister(&name, &id) {
+            let result = match fleet_of(state) {
+                Some(fleet) => match fleet.deregister(&name, &id).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(RegistryError::UnknownInstance {
+                        service: name.clone(),
+                        id: id.clone(),
+                    }),
+                    Err(error) => return fleet_error(&error),
+                },
+                None => registry.deregister(&name, &id),
+            };
+            match result {
                 Ok(()) => json_response(
                     StatusCode::OK,
                     &serde_json::json!({ "service": name.as_str(), "id": id.as_str(), "result": "deregistered" }),
@@ -153,6 +182,58 @@ pub(super) async fn handle(
 #[derive(serde::Serialize)]
 struct ServicesView {
     services: Vec<super::status::ServiceView>,
+}
+
+fn fleet_of(state: &AdminState) -> Option<&Arc<Fleet>> {
+    state.reloader.as_ref().and_then(|r| r.fleet())
+}
+
+/// Heartbeat, drain and undrain of a fleet node: the lease and the drain
+/// flag live in etcd, shared by every node.
+async fn fleet_instance_call(
+    state: &AdminState,
+    fleet: &Fleet,
+    name: &ServiceName,
+    id: &InstanceId,
+    action: &str,
+) -> Response<ProxyBody> {
+    let result = match action {
+        "heartbeat" => match fleet.heartbeat(name, id).await {
+            Ok(Some(true)) => Ok(()),
+            Ok(Some(false)) => Err(RegistryError::NoLease(id.clone())),
+            Ok(None) => Err(RegistryError::UnknownInstance {
+                service: name.clone(),
+                id: id.clone(),
+            }),
+            Err(error) => return fleet_error(&error),
+        },
+        _ => {
+            let drained = action == "drain";
+            // Known here first (from any source), then shared.
+            match state.registry.set_drained(name, id, drained) {
+                Ok(()) => match fleet.set_drained(name, id, drained).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => return fleet_error(&error),
+                },
+                Err(error) => Err(error),
+            }
+        }
+    };
+    match result {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "service": name.as_str(), "id": id.as_str(), "result": action }),
+        ),
+        Err(error) => registry_error(&error),
+    }
+}
+
+/// etcd could not take the change: nothing changed anywhere.
+fn fleet_error(error: &FleetError) -> Response<ProxyBody> {
+    errors_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![format!("the fleet registry is unavailable: {error}")],
+    )
 }
 
 /// Blocks until the service's index passes `index`, or `wait` runs out.

@@ -48,6 +48,8 @@ pub enum ChangeSource {
     Api,
     /// `POST /admin/config/rollback/{n}`.
     Rollback,
+    /// Pushed to the fleet (`switchyard config push`, `POST /admin/config`).
+    Push,
 }
 
 impl ChangeSource {
@@ -59,6 +61,7 @@ impl ChangeSource {
             ChangeSource::Signal => "signal",
             ChangeSource::Api => "api",
             ChangeSource::Rollback => "rollback",
+            ChangeSource::Push => "push",
         }
     }
 }

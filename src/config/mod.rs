@@ -6,6 +6,8 @@
 //! [`validate`] checks every field and every cross-field rule, collecting all
 //! problems with their field paths so `switchyard check` can print them at once.
 
+#[cfg(test)]
+mod fleet_tests;
 pub mod history;
 mod raw;
 mod validate;
@@ -59,6 +61,9 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Consul, if used.
     pub consul: Option<ConsulConfig>,
+    /// Fleet mode (config, history and registry shared through etcd), if
+    /// on. Node-local: never part of a pushed version.
+    pub fleet: Option<FleetConfig>,
     /// Forward request headers whose names contain `_` (dropped by
     /// default, like nginx's `underscores_in_headers off`).
     pub underscores_in_headers: bool,
@@ -206,6 +211,55 @@ pub struct ConsulConfig {
     pub stale: bool,
     /// Register switchyard itself in Consul.
     pub register: Option<ConsulRegistration>,
+}
+
+/// Fleet mode: how this node reaches etcd and who it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// How to reach etcd.
+    pub etcd: EtcdConfig,
+    /// The key prefix everything of this fleet lives under (no trailing
+    /// `/`; default `/switchyard/<cluster>`).
+    pub prefix: String,
+    /// This node's name, unique in the fleet (default: the host name).
+    pub node: String,
+}
+
+/// An etcd client's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Member URLs (`http://host:port`, or `https://` with `tls`).
+    pub endpoints: Vec<String>,
+    /// User and password, when etcd has auth on.
+    pub user: Option<(String, Secret)>,
+    /// TLS to etcd, read when the config was loaded.
+    pub tls: Option<EtcdTls>,
+    /// Limit on connecting to a member.
+    pub dial_timeout: Duration,
+    /// Limit on one etcd request.
+    pub request_timeout: Duration,
+}
+
+/// TLS towards etcd: PEM contents.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// CA bundle that signs the members' certificates (system roots when
+    /// none).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key, for etcd's client-cert auth.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify in the members' certificates.
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 /// switchyard's own entry in Consul.
@@ -433,6 +487,12 @@ pub mod defaults {
     pub const MAX_EJECTION_PERCENT: u8 = 50;
     /// Default wait of a Consul blocking query.
     pub const CONSUL_WAIT: Duration = Duration::from_secs(30);
+    /// Default limit on connecting to an etcd member.
+    pub const ETCD_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default limit on one etcd request.
+    pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default fleet cluster name (the prefix is `/switchyard/<cluster>`).
+    pub const FLEET_CLUSTER: &str = "default";
 }
 
 /// One instance of a service.
@@ -691,6 +751,48 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
             "the config uses too many YAML anchors, aliases or merge keys".into()
         }
         other => format!("the config is too large for the YAML parser ({other:?})"),
+    }
+}
+
+/// The top-level sections that belong to one node, not to the fleet: each
+/// node keeps them in its own proxy.yaml, and a pushed version may not
+/// hold them.
+pub const NODE_LOCAL_SECTIONS: [&str; 3] = ["fleet", "admin", "workers"];
+
+/// Parses and validates the text of a fleet version: a whole config
+/// without the node-local sections.
+pub fn parse_shared(text: &str) -> Result<Config, ConfigErrors> {
+    check_size(text.len())?;
+    let raw = parse_raw(text).map_err(|e| ConfigErrors(vec![e]))?;
+    let present = [
+        raw.fleet.is_some(),
+        raw.admin.is_some(),
+        raw.workers.is_some(),
+    ];
+    let errors: Vec<ConfigError> = NODE_LOCAL_SECTIONS
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| *present)
+        .map(|(name, _)| ConfigError {
+            path: (*name).to_string(),
+            message: "is node-local: keep it in each node's own proxy.yaml, not in a version pushed to the fleet".into(),
+            location: None,
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    validate::validate(raw)
+}
+
+impl Config {
+    /// This shared config with the node-local settings of `local` (the
+    /// node's own proxy.yaml): what a fleet node serves.
+    pub fn with_node_local(mut self, local: &Config) -> Config {
+        self.admin = local.admin.clone();
+        self.workers = local.workers;
+        self.fleet = local.fleet.clone();
+        self
     }
 }
 

@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) consul: Option<RawConsul>,
     #[serde(default)]
+    pub(crate) fleet: Option<RawFleet>,
+    #[serde(default)]
     pub(crate) underscores_in_headers: bool,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
@@ -116,6 +118,53 @@ pub(crate) struct RawConsul {
     pub(crate) stale: Option<bool>,
     #[serde(default)]
     pub(crate) register: Option<RawConsulRegister>,
+}
+
+/// `fleet:`: several nodes sharing config, history and registry in etcd.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub(crate) etcd: RawEtcd,
+    #[serde(default)]
+    pub(crate) cluster: Option<String>,
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) node: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEtcd {
+    #[serde(default)]
+    pub(crate) endpoints: Vec<String>,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password: Option<String>,
+    #[serde(default)]
+    pub(crate) password_file: Option<String>,
+    #[serde(default)]
+    pub(crate) password_env: Option<String>,
+    #[serde(default)]
+    pub(crate) tls: Option<RawEtcdTls>,
+    #[serde(default)]
+    pub(crate) dial_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) request_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEtcdTls {
+    #[serde(default)]
+    pub(crate) ca_file: Option<String>,
+    #[serde(default)]
+    pub(crate) cert: Option<String>,
+    #[serde(default)]
+    pub(crate) key: Option<String>,
+    #[serde(default)]
+    pub(crate) server_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

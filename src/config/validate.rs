@@ -143,6 +143,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .as_ref()
         .and_then(|c| validate_consul(c, &mut errors));
 
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| validate_fleet(f, &mut errors));
+
     let workers = match raw.workers {
         None => std::thread::available_parallelism().map_or(1, usize::from),
         Some(n) => errors
@@ -219,6 +224,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             allow_new_services: raw.registry.as_ref().is_some_and(|r| r.allow_new_services),
         },
         consul,
+        fleet,
         underscores_in_headers: raw.underscores_in_headers,
         routes,
         services,
@@ -705,6 +711,51 @@ fn secret(
     Some(Secret(value))
 }
 
+/// A secret named `name` (`password`) given inline, as `<name>_file` or
+/// as `<name>_env`, at most one way.
+fn secret_value(
+    errors: &mut Errors,
+    path: &str,
+    name: &str,
+    inline: Option<&str>,
+    file: Option<&str>,
+    env: Option<&str>,
+) -> Option<Secret> {
+    let given = [inline.is_some(), file.is_some(), env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        errors.push(
+            path,
+            format!("give the {name} one way only: {name}, {name}_file or {name}_env"),
+        );
+        return None;
+    }
+    let (field, value) = if let Some(value) = inline {
+        (name.to_string(), Some(value.to_string()))
+    } else if let Some(file) = file {
+        let field = format!("{name}_file");
+        let value = errors.check(
+            format!("{path}.{field}"),
+            std::fs::read_to_string(file).map_err(|e| format!("cannot read `{file}`: {e}")),
+        );
+        (field, value)
+    } else if let Some(var) = env {
+        let field = format!("{name}_env");
+        let value = errors.check(
+            format!("{path}.{field}"),
+            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
+        );
+        (field, value)
+    } else {
+        return None;
+    };
+    let value = value?.trim().to_string();
+    if value.is_empty() {
+        errors.push(format!("{path}.{field}"), format!("the {name} is empty"));
+        return None;
+    }
+    Some(Secret(value))
+}
+
 fn validate_consul(raw: &super::raw::RawConsul, errors: &mut Errors) -> Option<ConsulConfig> {
     let address = errors.check("consul.address", parse_socket_addr(&raw.address));
     let token = secret(
@@ -742,6 +793,169 @@ fn validate_consul(raw: &super::raw::RawConsul, errors: &mut Errors) -> Option<C
         stale: raw.stale.unwrap_or(true),
         register,
     })
+}
+
+fn validate_fleet(raw: &super::raw::RawFleet, errors: &mut Errors) -> Option<FleetConfig> {
+    let before = errors.0.len();
+    let etcd = &raw.etcd;
+    if etcd.endpoints.is_empty() {
+        errors.push(
+            "fleet.etcd.endpoints",
+            "at least one etcd member is required",
+        );
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in etcd.endpoints.iter().enumerate() {
+        if let Some(url) = errors.check(
+            format!("fleet.etcd.endpoints[{i}]"),
+            etcd_endpoint(endpoint, etcd.tls.is_some()),
+        ) {
+            endpoints.push(url);
+        }
+    }
+    let password = secret_value(
+        errors,
+        "fleet.etcd",
+        "password",
+        etcd.password.as_deref(),
+        etcd.password_file.as_deref(),
+        etcd.password_env.as_deref(),
+    );
+    let user = match (&etcd.username, password) {
+        (Some(name), Some(password)) if !name.trim().is_empty() => {
+            Some((name.trim().to_string(), password))
+        }
+        (Some(_), Some(_)) => {
+            errors.push("fleet.etcd.username", "is empty");
+            None
+        }
+        (Some(_), None) => {
+            errors.push(
+                "fleet.etcd.username",
+                "needs a password (password, password_file or password_env)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("fleet.etcd.password", "needs a username");
+            None
+        }
+        (None, None) => None,
+    };
+    let tls = etcd.tls.as_ref().map(|tls| {
+        let read = |errors: &mut Errors, field: &str, file: &Option<String>| {
+            file.as_ref().and_then(|file| {
+                errors.check(
+                    format!("fleet.etcd.tls.{field}"),
+                    std::fs::read(file).map_err(|e| format!("cannot read `{file}`: {e}")),
+                )
+            })
+        };
+        let ca_pem = read(errors, "ca_file", &tls.ca_file);
+        let cert = read(errors, "cert", &tls.cert);
+        let key = read(errors, "key", &tls.key);
+        let identity = match (cert, key, &tls.cert, &tls.key) {
+            (Some(cert), Some(key), _, _) => Some((cert, key)),
+            (_, _, Some(_), None) => {
+                errors.push("fleet.etcd.tls.cert", "needs `key` beside it");
+                None
+            }
+            (_, _, None, Some(_)) => {
+                errors.push("fleet.etcd.tls.key", "needs `cert` beside it");
+                None
+            }
+            _ => None,
+        };
+        EtcdTls {
+            ca_pem,
+            identity,
+            server_name: tls.server_name.clone(),
+        }
+    });
+    let dial_timeout = duration_field(
+        errors,
+        "fleet.etcd.dial_timeout".into(),
+        &etcd.dial_timeout,
+        defaults::ETCD_DIAL_TIMEOUT,
+        false,
+    );
+    let request_timeout = duration_field(
+        errors,
+        "fleet.etcd.request_timeout".into(),
+        &etcd.request_timeout,
+        defaults::ETCD_REQUEST_TIMEOUT,
+        false,
+    );
+    let cluster = raw.cluster.as_deref().unwrap_or(defaults::FLEET_CLUSTER);
+    if let Err(e) = check_name(cluster) {
+        errors.push("fleet.cluster", format!("cluster name {e}"));
+    }
+    let prefix = match &raw.prefix {
+        Some(prefix) => {
+            let trimmed = prefix.trim_end_matches('/');
+            if !trimmed.starts_with('/') || trimmed.len() < 2 {
+                errors.push(
+                    "fleet.prefix",
+                    format!("`{prefix}` must start with `/` and name something, e.g. `/switchyard/prod`"),
+                );
+            }
+            trimmed.to_string()
+        }
+        None => format!("/switchyard/{cluster}"),
+    };
+    let node = match &raw.node {
+        Some(node) => node.clone(),
+        None => host_name().unwrap_or_default(),
+    };
+    if let Err(e) = check_name(&node) {
+        let why = if raw.node.is_none() {
+            format!("the host name `{node}` cannot be a node name ({e}); set fleet.node")
+        } else {
+            format!("node name {e}")
+        };
+        errors.push("fleet.node", why);
+    }
+    (errors.0.len() == before).then_some(FleetConfig {
+        etcd: EtcdConfig {
+            endpoints,
+            user,
+            tls,
+            dial_timeout,
+            request_timeout,
+        },
+        prefix,
+        node,
+    })
+}
+
+/// `host:port` or `http(s)://host:port` → a URL the etcd client takes.
+fn etcd_endpoint(text: &str, tls: bool) -> Result<String, String> {
+    let (scheme, rest) = match text.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some((other, _)) => return Err(format!("unknown scheme `{other}`; use http or https")),
+        None => (if tls { "https" } else { "http" }, text),
+    };
+    if scheme == "https" && !tls {
+        return Err("an https endpoint needs `fleet.etcd.tls`".into());
+    }
+    let rest = rest.trim_end_matches('/');
+    let port = rest
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .ok_or_else(|| format!("`{text}` needs a host and a port, e.g. `127.0.0.1:2379`"))?;
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(format!("{scheme}://{rest}")),
+        _ => Err(format!("`{port}` in `{text}` is not a port")),
+    }
+}
+
+/// The machine's host name.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
 }
 
 fn percent(value: i64) -> Result<u8, String> {

@@ -427,6 +427,133 @@ impl Registry {
         self.commit(state)
     }
 
+    /// Whether the API may register `instance` in `service`: the service
+    /// exists (or new ones are allowed) and the id is not proxy.yaml's.
+    pub fn check_registration(
+        &self,
+        service: &ServiceName,
+        instance: &InstanceConfig,
+    ) -> Result<(), RegistryError> {
+        let state = self.lock();
+        let in_file = state.config.services.get(service);
+        if in_file.is_none()
+            && !state.config.registry.allow_new_services
+            && !state.registered.contains_key(service)
+        {
+            return Err(RegistryError::NewServiceNotAllowed(service.clone()));
+        }
+        if in_file.is_some_and(|s| s.instances.iter().any(|i| i.id == instance.id)) {
+            return Err(RegistryError::NotRegistered {
+                service: service.clone(),
+                id: instance.id.clone(),
+                source_name: "proxy.yaml",
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces every API registration with `registrations`, as the fleet
+    /// store holds them (their leases live in etcd, not here). Publishes
+    /// only when something changed.
+    pub fn replace_fleet_registrations(
+        &self,
+        registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>>,
+    ) {
+        let mut state = self.lock();
+        let current: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> = state
+            .registered
+            .iter()
+            .map(|(service, instances)| {
+                let instances = instances
+                    .iter()
+                    .map(|(id, r)| (id.clone(), r.instance.clone()))
+                    .collect();
+                (service.clone(), instances)
+            })
+            .collect();
+        if current == registrations {
+            return;
+        }
+        let changed: Vec<ServiceName> = current
+            .keys()
+            .chain(registrations.keys())
+            .filter(|service| current.get(*service) != registrations.get(*service))
+            .cloned()
+            .collect();
+        state.dirty.extend(changed);
+        state.registered = registrations
+            .into_iter()
+            .filter(|(_, instances)| !instances.is_empty())
+            .map(|(service, instances)| {
+                let instances = instances
+                    .into_iter()
+                    .map(|(id, instance)| {
+                        let registered = Registered {
+                            instance,
+                            ttl: None,
+                            expires: None,
+                        };
+                        (id, registered)
+                    })
+                    .collect();
+                (service, instances)
+            })
+            .collect();
+        self.commit(state);
+    }
+
+    /// Adds or replaces one registration learnt from the fleet store.
+    pub fn put_fleet_registration(&self, service: &ServiceName, instance: InstanceConfig) {
+        self.update_fleet_registrations(vec![(service.clone(), instance)], Vec::new());
+    }
+
+    /// Removes one registration the fleet store no longer has.
+    pub fn remove_fleet_registration(&self, service: &ServiceName, id: &InstanceId) {
+        self.update_fleet_registrations(Vec::new(), vec![(service.clone(), id.clone())]);
+    }
+
+    /// Applies a batch of registration changes from the fleet store with
+    /// one publish (a watch can deliver thousands at once).
+    pub fn update_fleet_registrations(
+        &self,
+        put: Vec<(ServiceName, InstanceConfig)>,
+        removed: Vec<(ServiceName, InstanceId)>,
+    ) {
+        let mut state = self.lock();
+        let mut changed = false;
+        for (service, id) in removed {
+            if state
+                .registered
+                .get(&service)
+                .is_some_and(|m| m.contains_key(&id))
+            {
+                Self::remove_registered(&mut state, &service, &id);
+                state.dirty.insert(service);
+                changed = true;
+            }
+        }
+        for (service, instance) in put {
+            let instances = state.registered.entry(service.clone()).or_default();
+            if instances
+                .get(&instance.id)
+                .is_some_and(|r| r.instance == instance)
+            {
+                continue;
+            }
+            let registered = Registered {
+                instance: instance.clone(),
+                ttl: None,
+                expires: None,
+            };
+            instances.insert(instance.id.clone(), registered);
+            state.dirty.insert(service);
+            changed = true;
+        }
+        if changed {
+            self.commit(state);
+        }
+    }
+
     /// Registers (or updates) an instance through the API. Returns the
     /// instance and whether it is new.
     pub fn register(

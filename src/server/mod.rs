@@ -29,6 +29,7 @@ use crate::admin::{self, AdminState};
 use crate::config::history::History;
 use crate::config::{Config, ListenerConfig, ListenerLimits, TlsConfig};
 use crate::discovery;
+use crate::fleet::{self, Fleet};
 use crate::health::{self, CustomChecks};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::{Proxy, ProxyBody};
@@ -467,8 +468,44 @@ pub async fn start_with_checks(
 /// Loads the config file and serves it, with reload on file change,
 /// SIGHUP (see [`Reloader::reload`]) and the admin API, and keeps the
 /// version history.
+///
+/// With a `fleet:` section the file is only this node's bootstrap: the
+/// config comes from etcd (or, when etcd cannot be reached, from the
+/// node's last snapshot of the fleet state), and the history is the
+/// fleet's.
 pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
     let (config, text) = crate::config::load(&options.config_path)?;
+    let checks = Arc::new(options.health_checks.clone());
+    if let Some(fleet) = config.fleet.clone() {
+        let boot = fleet_boot(&options, &fleet).await;
+        let serving = boot
+            .version
+            .as_ref()
+            .and_then(|v| {
+                let parsed = crate::config::parse_shared(&v.config)
+                    .map(|shared| shared.with_node_local(&config));
+                match parsed {
+                    Ok(shared) => Some((shared, v.config.clone())),
+                    Err(errors) => {
+                        tracing::error!(version = %v.info.version, "the fleet version cannot be served here; starting from the local file:\n{errors}");
+                        None
+                    }
+                }
+            });
+        let (serve, serve_text, version) = match serving {
+            Some((shared, shared_text)) => (shared, shared_text, boot.version),
+            None => (config.clone(), text, None),
+        };
+        let live = Live::Fleet {
+            options,
+            local: Box::new(config),
+            text: serve_text,
+            version,
+            stale: boot.stale,
+            registrations: boot.registrations,
+        };
+        return launch(serve, checks, Some(live)).await;
+    }
     let history = match History::open(&options.history_dir(), options.keep_versions) {
         Ok(history) => Some(history),
         Err(error) => {
@@ -476,14 +513,81 @@ pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
             None
         }
     };
-    let checks = Arc::new(options.health_checks.clone());
-    launch(config, checks, Some((options, text, history))).await
+    launch(config, checks, Some(Live::File(options, text, history))).await
+}
+
+/// Registrations by service and id, as a fleet snapshot holds them.
+type Registrations = std::collections::BTreeMap<
+    crate::config::ServiceName,
+    std::collections::BTreeMap<crate::config::InstanceId, crate::config::InstanceConfig>,
+>;
+
+/// What a fleet node starts from.
+struct FleetBoot {
+    version: Option<crate::fleet::StoredVersion>,
+    stale: bool,
+    registrations: Option<Registrations>,
+}
+
+/// The fleet's current version from etcd or, when etcd does not answer,
+/// the node's last snapshot (stale until etcd answers).
+async fn fleet_boot(options: &LiveOptions, fleet: &crate::config::FleetConfig) -> FleetBoot {
+    let current = match fleet::store::connect(fleet).await {
+        Ok(store) => store.current().await,
+        Err(error) => Err(error),
+    };
+    match current {
+        Ok(current) => {
+            if current.is_none() {
+                tracing::info!(prefix = %fleet.prefix, "the fleet has no config version yet; serving the local file until one is pushed");
+            }
+            FleetBoot {
+                version: current.map(|c| c.version),
+                stale: false,
+                registrations: None,
+            }
+        }
+        Err(error) => {
+            let dir = options.history_dir();
+            match fleet::Snapshot::load(&dir) {
+                Some(snapshot) => {
+                    tracing::warn!(%error, version = ?snapshot.version.as_ref().map(|v| v.info.version.0), "etcd unreachable at start; serving the last fleet snapshot (stale until etcd answers)");
+                    FleetBoot {
+                        registrations: Some(snapshot.instances()),
+                        version: snapshot.version,
+                        stale: true,
+                    }
+                }
+                None => {
+                    tracing::warn!(%error, "etcd unreachable at start and no fleet snapshot yet; serving the local file (stale until etcd answers)");
+                    FleetBoot {
+                        version: None,
+                        stale: true,
+                        registrations: None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a live proxy keeps its config: from its file, or from the fleet.
+enum Live {
+    File(LiveOptions, String, Option<History>),
+    Fleet {
+        options: LiveOptions,
+        local: Box<Config>,
+        text: String,
+        version: Option<crate::fleet::StoredVersion>,
+        stale: bool,
+        registrations: Option<Registrations>,
+    },
 }
 
 async fn launch(
     config: Config,
     health_checks: Arc<CustomChecks>,
-    live: Option<(LiveOptions, String, Option<History>)>,
+    live: Option<Live>,
 ) -> Result<Running, StartError> {
     health::unknown_custom_checks(&config, &health_checks).map_err(StartError::Invalid)?;
     let registry = Arc::new(Registry::new(config.clone()));
@@ -517,7 +621,54 @@ async fn launch(
         }
     }
     let reloader = match live {
-        Some((options, text, history)) => {
+        Some(Live::Fleet {
+            options,
+            local,
+            text,
+            version,
+            stale,
+            registrations,
+        }) => {
+            let Some(fleet_config) = local.fleet.clone() else {
+                return Err(StartError::Invalid(crate::config::ConfigErrors(vec![])));
+            };
+            let fleet = Fleet::new(
+                fleet_config,
+                Arc::clone(&registry),
+                options.history_dir(),
+                options.keep_versions,
+            );
+            fleet.set_admin_address(admin_address);
+            if let Some(registrations) = registrations {
+                registry.replace_fleet_registrations(registrations);
+            }
+            fleet.started_with(version.clone(), stale);
+            let reloader = Arc::new(Reloader::new_fleet(
+                options.config_path.clone(),
+                Arc::clone(&registry),
+                Arc::clone(&listeners),
+                Arc::clone(&fleet),
+                *local,
+                version.as_ref(),
+                &text,
+                health_checks,
+            ));
+            background.extend(fleet.spawn());
+            let mut versions = fleet.versions();
+            let applier = Arc::clone(&reloader);
+            background.push(tokio::spawn(async move {
+                // Each new current version goes through the reload
+                // pipeline; the outcome is logged and published.
+                while versions.changed().await.is_ok() {
+                    let version = versions.borrow_and_update().clone();
+                    if let Some(version) = version {
+                        let _ = applier.apply_fleet(&version).await;
+                    }
+                }
+            }));
+            Some(reloader)
+        }
+        Some(Live::File(options, text, history)) => {
             let reloader = Arc::new(Reloader::new(
                 options.config_path.clone(),
                 Arc::clone(&registry),

@@ -172,5 +172,6 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
 pub type Flag = Arc<tokio::sync::Notify>;
 pub mod binary;
 pub mod consul;
+pub mod etcd;
 pub mod flippable;
 pub mod raw;
