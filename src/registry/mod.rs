@@ -434,7 +434,14 @@ impl Registry {
         service: &ServiceName,
         instance: &InstanceConfig,
     ) -> Result<(), RegistryError> {
-        let state = self.lock();
+        Self::may_register(&self.lock(), service, &instance.id)
+    }
+
+    fn may_register(
+        state: &RegistryState,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<(), RegistryError> {
         let in_file = state.config.services.get(service);
         if in_file.is_none()
             && !state.config.registry.allow_new_services
@@ -442,10 +449,10 @@ impl Registry {
         {
             return Err(RegistryError::NewServiceNotAllowed(service.clone()));
         }
-        if in_file.is_some_and(|s| s.instances.iter().any(|i| i.id == instance.id)) {
+        if in_file.is_some_and(|s| s.instances.iter().any(|i| &i.id == id)) {
             return Err(RegistryError::NotRegistered {
                 service: service.clone(),
-                id: instance.id.clone(),
+                id: id.clone(),
                 source_name: "proxy.yaml",
             });
         }
@@ -563,20 +570,7 @@ impl Registry {
         ttl: Option<Duration>,
     ) -> Result<bool, RegistryError> {
         let mut state = self.lock();
-        let in_file = state.config.services.get(service);
-        if in_file.is_none()
-            && !state.config.registry.allow_new_services
-            && !state.registered.contains_key(service)
-        {
-            return Err(RegistryError::NewServiceNotAllowed(service.clone()));
-        }
-        if in_file.is_some_and(|s| s.instances.iter().any(|i| i.id == instance.id)) {
-            return Err(RegistryError::NotRegistered {
-                service: service.clone(),
-                id: instance.id,
-                source_name: "proxy.yaml",
-            });
-        }
+        Self::may_register(&state, service, &instance.id)?;
         let expires = ttl.map(|ttl| health::deadline_after(tokio::time::Instant::now(), ttl));
         let id = instance.id.clone();
         let created = state
