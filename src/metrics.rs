@@ -116,6 +116,7 @@ pub struct Metrics {
     connections_rejected: Family<ListenerLabels, Counter>,
     connections_shed: Family<ListenerLabels, Counter>,
     connections_timed_out: Family<ListenerLabels, Counter>,
+    access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -149,6 +150,7 @@ impl Metrics {
             connections_rejected: Family::default(),
             connections_shed: Family::default(),
             connections_timed_out: Family::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -249,6 +251,11 @@ impl Metrics {
             "Client connections closed by header_read_timeout before a first request, by send_timeout, or at the deadline after a graceful close",
             m.connections_timed_out.clone(),
         );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the log writer was behind (its queue was full) or the write failed",
+            m.access_log_dropped.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -319,6 +326,11 @@ impl Metrics {
                     .get_or_create_owned(&request_labels(&none, class))
             }),
         }
+    }
+
+    /// The counter of dropped access-log lines, for the log writer.
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// A request matched no route.
