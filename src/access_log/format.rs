@@ -12,7 +12,8 @@ use http::Version;
 use super::Record;
 
 /// The JSON line's fixed fields, as the tracing events before had them.
-const JSON_HEAD: &[u8] = br#"","level":"INFO","target":"switchyard::access","message":"request","method":""#;
+const JSON_HEAD: &[u8] =
+    br#"","level":"INFO","target":"switchyard::access","message":"request","method":""#;
 
 /// Appends one JSON line for `record`.
 pub(super) fn json(out: &mut Vec<u8>, record: &Record, now: SystemTime, end: &End) {
@@ -27,9 +28,23 @@ pub(super) fn json(out: &mut Vec<u8>, record: &Record, now: SystemTime, end: &En
     out.extend_from_slice(br#"","status":"#);
     integer(out, u64::from(record.status));
     out.extend_from_slice(br#","service":""#);
-    json_str(out, record.service.as_ref().map_or("-", |s| s.as_str()).as_bytes());
+    json_str(
+        out,
+        record
+            .service
+            .as_ref()
+            .map_or("-", |s| s.as_str())
+            .as_bytes(),
+    );
     out.extend_from_slice(br#"","instance":""#);
-    json_str(out, record.instance.as_ref().map_or("-", |i| i.as_str()).as_bytes());
+    json_str(
+        out,
+        record
+            .instance
+            .as_ref()
+            .map_or("-", |i| i.as_str())
+            .as_bytes(),
+    );
     out.push(b'"');
     if let Some(upstream) = record.upstream_time {
         out.extend_from_slice(br#","upstream_ms":"#);
@@ -318,7 +333,10 @@ mod tests {
             format!("{}.{:03}", u64::MAX / 1000, u64::MAX % 1000)
         );
         assert_eq!(with(|o| seconds(o, Duration::from_millis(12))), "0.012");
-        assert_eq!(with(|o| seconds(o, Duration::from_millis(61_005))), "61.005");
+        assert_eq!(
+            with(|o| seconds(o, Duration::from_millis(61_005))),
+            "61.005"
+        );
     }
 
     #[test]
@@ -326,7 +344,10 @@ mod tests {
         let at = |secs: u64, micros: u64| {
             UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)
         };
-        assert_eq!(with(|o| rfc3339(o, at(0, 0))), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            with(|o| rfc3339(o, at(0, 0))),
+            "1970-01-01T00:00:00.000000Z"
+        );
         // A leap day, and the turn of a century that is a leap year.
         assert_eq!(
             with(|o| rfc3339(o, at(951_782_400, 5))),
@@ -366,10 +387,7 @@ mod tests {
             let decoded: String = serde_json::from_str(&line).unwrap();
             assert_eq!(decoded, String::from_utf8_lossy(bytes), "{line}");
         }
-        assert_eq!(
-            with(|o| json_str(o, b"a\x01\x7fb")),
-            r"a\u0001\u007Fb"
-        );
+        assert_eq!(with(|o| json_str(o, b"a\x01\x7fb")), r"a\u0001\u007Fb");
     }
 
     #[test]

@@ -55,7 +55,10 @@ fn open_append(path: &Path) -> Result<File, LogError> {
 }
 
 enum Message {
-    Batch { bytes: Vec<u8>, lines: u64 },
+    Batch {
+        bytes: Vec<u8>,
+        lines: u64,
+    },
     /// Answered once everything sent before it has been written.
     Written(mpsc::Sender<()>),
 }
@@ -81,7 +84,11 @@ impl std::fmt::Debug for Message {
 
 impl Sink {
     pub(super) fn start(output: Output, dropped: Counter) -> Result<Sink, LogError> {
-        let (sender, receiver) = mpsc::sync_channel(QUEUED_BATCHES);
+        Sink::with_queue(output, dropped, QUEUED_BATCHES)
+    }
+
+    fn with_queue(output: Output, dropped: Counter, queue: usize) -> Result<Sink, LogError> {
+        let (sender, receiver) = mpsc::sync_channel(queue);
         let output = Arc::new(Mutex::new(output));
         let free = Arc::new(Mutex::new(Vec::new()));
         let thread = Writer {
@@ -214,5 +221,51 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// A reader that stops reading (a stuck log shipper on a pipe) costs
+    /// lines, counted, never a wait on the request path.
+    #[test]
+    fn a_stuck_reader_drops_and_counts_lines_instead_of_blocking() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", writer.as_raw_fd()));
+        let output = Output::open(&LogDestination::File(path)).unwrap();
+        let dropped = Counter::default();
+        let sink = Sink::with_queue(output, dropped.clone(), 2).unwrap();
+        // Each batch is larger than a pipe's buffer, so the thread blocks in
+        // its first write and the queue of two fills behind it.
+        let (done, finished) = mpsc::channel();
+        let sends = std::thread::spawn(move || {
+            for _ in 0..20 {
+                let mut bytes = vec![b'x'; 256 * 1024];
+                let mut lines = 10;
+                sink.send(&mut bytes, &mut lines);
+                assert!(bytes.is_empty() && lines == 0);
+            }
+            let _ = done.send(());
+            sink
+        });
+        finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("sending blocked behind a stuck reader");
+        // At most the batch in the write and the two queued got through.
+        assert!(dropped.get() >= 170, "dropped {}", dropped.get());
+        let sink = sends.join().unwrap();
+        drop(sink);
+        // The reader resumes: the thread finishes its writes and ends.
+        let mut all = Vec::new();
+        drop(writer);
+        reader.read_to_end(&mut all).unwrap();
+        assert_eq!(all.len() as u64, (200 - dropped.get()) / 10 * 256 * 1024);
     }
 }

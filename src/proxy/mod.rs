@@ -80,7 +80,11 @@ impl Proxy {
         let host = target::request_host(&request);
         let log = self.access_log.enabled().then(|| {
             let agent = self.access_log.wants_agent();
-            let header = |name| agent.then(|| request.headers().get(name).cloned()).flatten();
+            let header = |name| {
+                agent
+                    .then(|| request.headers().get(name).cloned())
+                    .flatten()
+            };
             Box::new(Record {
                 log: Arc::clone(&self.access_log),
                 method: request.method().clone(),
