@@ -228,6 +228,7 @@ async fn a_reload_moves_the_log_changes_its_format_and_turns_it_off() {
                 .await
                 .unwrap();
         assert_eq!(status, 200, "{body}");
+        assert!(body.contains("access_log changed"), "{body}");
     };
     assert_eq!(get(&client, &url, &[]).await.status, 200);
     proxy.access_log().flush(EVENTUALLY);

@@ -126,7 +126,45 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 /// `\u00XX` (the common ones as `\n`, `\r`, `\t`), valid UTF-8 kept, and
 /// each invalid byte sequence replaced by U+FFFD, so the line is always
 /// valid JSON (as `String::from_utf8_lossy` did before).
+///
+/// Nearly every value is printable ASCII: that prefix is found eight bytes
+/// at a time and copied at once; the rest, if any, goes byte by byte.
 pub(super) fn json_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = <[u8; 8]>::try_from(chunk).map_or(u64::MAX, u64::from_le_bytes);
+        if needs_escape(word) {
+            break;
+        }
+        clean += 8;
+    }
+    while bytes
+        .get(clean)
+        .is_some_and(|&b| !matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f..=0xff))
+    {
+        clean += 1;
+    }
+    out.extend_from_slice(&bytes[..clean]);
+    if clean < bytes.len() {
+        json_str_escaped(out, &bytes[clean..]);
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Whether a byte of `word` is below 0x20, `"`, `\`, 0x7F or from 0x80 up
+/// (the classic "has a zero byte" test, `(x - 0x01..) & !x & 0x80..`).
+fn needs_escape(word: u64) -> bool {
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    let delete = has_zero(word ^ (ONES * 0x7f));
+    (below_space | quote | backslash | delete | (word & HIGH)) != 0
+}
+
+fn json_str_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     for chunk in bytes.utf8_chunks() {
         let valid = chunk.valid().as_bytes();
         let mut start = 0;
@@ -388,6 +426,34 @@ mod tests {
             assert_eq!(decoded, String::from_utf8_lossy(bytes), "{line}");
         }
         assert_eq!(with(|o| json_str(o, b"a\x01\x7fb")), r"a\u0001\u007Fb");
+    }
+
+    #[test]
+    fn the_word_test_finds_every_byte_that_needs_escaping() {
+        for b in 0..=255u8 {
+            let expected = matches!(b, b'"' | b'\\' | 0..=0x1f | 0x7f..=0xff);
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = b;
+                assert_eq!(
+                    needs_escape(u64::from_le_bytes(word)),
+                    expected,
+                    "{b:#x} at {at}"
+                );
+            }
+        }
+        // Long clean prefixes, escapes at every position.
+        for at in 0..40 {
+            let mut bytes = vec![b'x'; 40];
+            bytes[at] = b'"';
+            let line = with(|o| {
+                o.push(b'"');
+                json_str(o, &bytes);
+                o.push(b'"');
+            });
+            let decoded: String = serde_json::from_str(&line).unwrap();
+            assert_eq!(decoded.as_bytes(), &bytes[..]);
+        }
     }
 
     #[test]
