@@ -8,6 +8,7 @@
 #   ROUNDS=5 DURATION=10 benches/load.sh
 #   WRK_THREADS="1 2" benches/load.sh   # wrk -t1 and -t2 (the default)
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash variants
+#   BIN=/path/to/switchyard benches/load.sh      # another build
 #   MONOLAKE=/path/to/monolake benches/load.sh   # default: where
 #                                   # monolake-build.sh leaves it
 #
@@ -40,8 +41,10 @@ BASE_PORT=${BASE_PORT:-18080}
 
 source benches/common.sh
 need_tools nginx haproxy wrk
-cargo build --release --quiet --bin switchyard
-BIN=$PWD/target/release/switchyard
+if [ -z "${BIN:-}" ]; then   # BIN=path/to/switchyard: another build
+  cargo build --release --quiet --bin switchyard
+  BIN=$PWD/target/release/switchyard
+fi
 
 UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
 NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))

@@ -16,11 +16,12 @@ const JSON_HEAD: &[u8] =
     br#"","level":"INFO","target":"switchyard::access","message":"request","method":""#;
 
 /// Appends one JSON line for `record`.
-pub(super) fn json(out: &mut Vec<u8>, record: &Record, now: SystemTime, end: &End) {
+pub(super) fn json(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, end: &End) {
     out.extend_from_slice(br#"{"timestamp":""#);
-    rfc3339(out, now);
+    clock.rfc3339(out, end.now);
     out.extend_from_slice(JSON_HEAD);
-    json_str(out, record.method.as_str().as_bytes());
+    // A method is a token: nothing in it needs escaping.
+    out.extend_from_slice(record.method.as_str().as_bytes());
     out.extend_from_slice(br#"","host":""#);
     json_str(out, record.host.as_ref().map_or(&b""[..], |h| h.as_bytes()));
     out.extend_from_slice(br#"","path":""#);
@@ -70,10 +71,10 @@ pub(super) fn json(out: &mut Vec<u8>, record: &Record, now: SystemTime, end: &En
 /// nginx's `$upstream_response_time` (`-` when no upstream answered):
 ///
 /// `1.2.3.4 - - [01/Dec/2026:15:25:51 +0000] "GET /a?b HTTP/1.1" 200 8 "-" "curl/8" "id" 0.012`
-pub(super) fn combined(out: &mut Vec<u8>, record: &Record, now: SystemTime, end: &End) {
+pub(super) fn combined(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, end: &End) {
     ip(out, record.client_ip);
     out.extend_from_slice(b" - - [");
-    common_log_time(out, now);
+    clock.common_log_time(out, end.now);
     out.extend_from_slice(b"] \"");
     nginx_str(out, record.method.as_str().as_bytes());
     out.push(b' ');
@@ -108,6 +109,7 @@ pub(super) fn combined(out: &mut Vec<u8>, record: &Record, now: SystemTime, end:
 
 /// What is known when the response ends.
 pub(super) struct End {
+    pub(super) now: SystemTime,
     pub(super) total: Duration,
     pub(super) bytes: u64,
     pub(super) complete: bool,
@@ -211,17 +213,31 @@ pub(super) fn nginx_str(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-/// A decimal integer.
+/// "00" to "99", for writing two digits per division.
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// A decimal integer, two digits per division.
 pub(super) fn integer(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while value >= 100 {
+        let pair = (value % 100) as usize * 2;
+        value /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if value >= 10 {
+        let pair = value as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
+        digits[at] = b'0' + value as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
@@ -312,6 +328,50 @@ fn time_of_day(out: &mut Vec<u8>, seconds_of_day: u64) {
     padded(out, seconds_of_day % 60, 2);
 }
 
+/// The date and time of day of the last line, written once per second:
+/// lines within the same second only add their fraction.
+#[derive(Debug, Default)]
+pub(super) struct Clock {
+    second: Option<u64>,
+    rfc3339: Vec<u8>,
+    common: Vec<u8>,
+}
+
+impl Clock {
+    fn refresh(&mut self, now: SystemTime) {
+        let second = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            let whole = UNIX_EPOCH + Duration::from_secs(second);
+            self.rfc3339.clear();
+            rfc3339(&mut self.rfc3339, whole);
+            // Without ".000000Z".
+            self.rfc3339.truncate(self.rfc3339.len().saturating_sub(8));
+            self.common.clear();
+            common_log_time(&mut self.common, whole);
+        }
+    }
+
+    /// As [`rfc3339`].
+    pub(super) fn rfc3339(&mut self, out: &mut Vec<u8>, now: SystemTime) {
+        self.refresh(now);
+        out.extend_from_slice(&self.rfc3339);
+        out.push(b'.');
+        let micros = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_micros();
+        padded(out, u64::from(micros), 6);
+        out.push(b'Z');
+    }
+
+    /// As [`common_log_time`].
+    pub(super) fn common_log_time(&mut self, out: &mut Vec<u8>, now: SystemTime) {
+        self.refresh(now);
+        out.extend_from_slice(&self.common);
+    }
+}
+
 /// `2026-12-01T15:25:51.123456Z`, as the tracing JSON log writes it.
 pub(super) fn rfc3339(out: &mut Vec<u8>, now: SystemTime) {
     let c = civil(now);
@@ -359,7 +419,24 @@ mod tests {
 
     #[test]
     fn integers_and_durations() {
-        for n in [0, 7, 10, 99, 100, 65_535, u64::MAX] {
+        for n in [
+            0,
+            7,
+            9,
+            10,
+            11,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            10_001,
+            65_535,
+            u64::MAX,
+        ]
+        .into_iter()
+        .chain((0..2000).map(|n| n * 7))
+        {
             assert_eq!(with(|o| integer(o, n)), n.to_string());
         }
         assert_eq!(with(|o| millis(o, Duration::from_micros(0))), "0.000");
@@ -375,6 +452,21 @@ mod tests {
             with(|o| seconds(o, Duration::from_millis(61_005))),
             "61.005"
         );
+    }
+
+    #[test]
+    fn the_clock_writes_what_the_formatters_write() {
+        let mut clock = Clock::default();
+        for secs in [0u64, 951_782_400, 951_782_400, 1_796_138_751, 1_796_138_752] {
+            for micros in [0u64, 5, 999_999] {
+                let now = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+                assert_eq!(with(|o| clock.rfc3339(o, now)), with(|o| rfc3339(o, now)));
+                assert_eq!(
+                    with(|o| clock.common_log_time(o, now)),
+                    with(|o| common_log_time(o, now))
+                );
+            }
+        }
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Record {
 struct Slot {
     bytes: Vec<u8>,
     lines: u64,
+    clock: format::Clock,
 }
 
 /// The access log of one running proxy.
@@ -265,11 +266,11 @@ impl AccessLog {
     /// Writes one request's line.
     fn emit(self: &Arc<Self>, record: &Record, bytes: u64, complete: bool) {
         let end = format::End {
+            now: SystemTime::now(),
             total: record.started.elapsed(),
             bytes,
             complete,
         };
-        let now = SystemTime::now();
         let index = slot_number() % self.slots.len();
         let Some(slot) = self.slots.get(index) else {
             return;
@@ -278,9 +279,9 @@ impl AccessLog {
         let slot = &mut *guard;
         let first = slot.lines == 0;
         if self.wants_agent() {
-            format::combined(&mut slot.bytes, record, now, &end);
+            format::combined(&mut slot.bytes, &mut slot.clock, record, &end);
         } else {
-            format::json(&mut slot.bytes, record, now, &end);
+            format::json(&mut slot.bytes, &mut slot.clock, record, &end);
         }
         slot.lines += 1;
         if slot.bytes.len() >= FLUSH_BYTES {
