@@ -5,8 +5,14 @@
 #
 #   benches/instructions.sh              # the release build of this checkout
 #   BIN=/path/to/switchyard benches/instructions.sh   # another build
+#   LOGS="on" benches/instructions.sh    # only as shipped (default: "off on")
 #   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
-#     callgrind_annotate out.callgrind | head -40       # where they go
+#     callgrind_annotate out.callgrind.on | head -40    # where they go
+#
+# Measured twice: with the access log off (`access_log: {enabled: false}`)
+# and as shipped (log on, default format json, to a file on disk). A build
+# from before the `access_log` setting runs with `RUST_LOG=warn` for "off"
+# and `RUST_LOG=info` (its log on stderr, to a file) for "on".
 #
 # With PROFILE the counters are not zeroed (callgrind loses the per-function
 # split of a zeroed dump), so start-up and warm-up, a few percent, are in it.
@@ -45,36 +51,59 @@ EOF
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
-cat > "$WORK/switchyard.yaml" <<EOF
+# Whether this build knows the `access_log` setting.
+if "$BIN" check -c /dev/stdin <<<'listeners: [{address: "127.0.0.1:1"}]
+access_log: {enabled: false}' >/dev/null 2>&1; then NEW_LOG=1; else NEW_LOG=0; fi
+
+for log in ${LOGS:-off on}; do
+  dir="$WORK/log-$log"
+  mkdir -p "$dir"
+  filter=info access_log=""
+  if [ "$NEW_LOG" = 1 ]; then
+    if [ "$log" = on ]; then
+      access_log="access_log: {path: \"$dir/access.log\"}"
+    else
+      access_log="access_log: {enabled: false}"
+    fi
+  elif [ "$log" = off ]; then
+    filter=warn
+  fi
+  cat > "$dir/switchyard.yaml" <<EOF
 listeners: [{address: "127.0.0.1:$PROXY"}]
 admin: {address: "127.0.0.1:$ADMIN"}
+$access_log
 routes: [{service: bench}]
 services:
   bench:
     instances: [{address: "127.0.0.1:$UPSTREAM"}]
 EOF
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
-  "$BIN" run -c "$WORK/switchyard.yaml" --state-dir "$WORK/versions" --no-watch \
-  2>"$WORK/valgrind.log" >/dev/null &
-VALGRIND=$!
-PIDS+=($VALGRIND)
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break
-  sleep 0.3
-done
-curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null || { cat "$WORK/valgrind.log" >&2; exit 1; }
+  # stderr to a file: an old build writes its log there.
+  RUST_LOG=$filter valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.%p" \
+    --log-file="$dir/valgrind.log" \
+    "$BIN" run -c "$dir/switchyard.yaml" --state-dir "$dir/versions" --no-watch \
+    2>"$dir/stderr.log" >/dev/null &
+  VALGRIND=$!
+  PIDS+=($VALGRIND)
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null 2>&1 && break
+    sleep 0.3
+  done
+  curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null || { cat "$dir/valgrind.log" "$dir/stderr.log" >&2; exit 1; }
 
-wrk -t1 -c8 -d3s "http://127.0.0.1:$PROXY/" >/dev/null
-[ -z "${PROFILE:-}" ] && callgrind_control -z "$VALGRIND" >/dev/null 2>&1
-out=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PROXY/")
-callgrind_control -d "$VALGRIND" >/dev/null 2>&1
-requests=$(awk '/requests in/ {print $1}' <<<"$out")
-dump=$(ls "$WORK"/callgrind.*.1 | head -1)
-if [ -n "${PROFILE:-}" ]; then
-  cp "$dump" "$PROFILE"
-  echo "profile of $requests counted requests (plus start-up and warm-up) written to $PROFILE"
-  exit 0
-fi
-instructions=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-awk -v i="$instructions" -v r="$requests" \
-  'BEGIN {printf "%d requests, %d instructions: %.0f instructions per proxied request\n", r, i, i / r}'
+  wrk -t1 -c8 -d3s "http://127.0.0.1:$PROXY/" >/dev/null
+  [ -z "${PROFILE:-}" ] && callgrind_control -z "$VALGRIND" >/dev/null 2>&1
+  out=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PROXY/")
+  callgrind_control -d "$VALGRIND" >/dev/null 2>&1
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  dump=$(ls "$dir"/callgrind.*.1 | head -1)
+  if [ -n "${PROFILE:-}" ]; then
+    cp "$dump" "$PROFILE.$log"
+    echo "access log $log: profile of $requests counted requests (plus start-up and warm-up) written to $PROFILE.$log"
+  else
+    instructions=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    awk -v i="$instructions" -v r="$requests" -v which="$log" \
+      'BEGIN {printf "access log %-3s: %d requests, %d instructions: %.0f instructions per proxied request\n", which, r, i, i / r}'
+  fi
+  kill "$VALGRIND" 2>/dev/null || true
+  wait "$VALGRIND" 2>/dev/null || true
+done

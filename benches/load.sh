@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side load benchmark: switchyard against nginx and HAProxy, all as
-# round-robin reverse proxies in front of the same three upstreams, on
-# loopback only, measured in one run with the targets alternating round by
-# round so machine drift hits all of them alike.
+# Side-by-side load benchmark: switchyard against nginx, HAProxy and (when
+# its binary exists) monolake, all as round-robin reverse proxies in front of
+# the same three upstreams, on loopback only, measured in one run with the
+# targets alternating round by round so machine drift hits all of them alike.
 #
 #   benches/load.sh                 # 3 rounds of 5 s per target and load
 #   ROUNDS=5 DURATION=10 benches/load.sh
-#   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
-#                                   # metrics-and-logs variants
+#   WRK_THREADS="1 2" benches/load.sh   # wrk -t1 and -t2 (the default)
+#   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash variants
+#   BIN=/path/to/switchyard benches/load.sh      # another build
+#   MONOLAKE=/path/to/monolake benches/load.sh   # default: where
+#                                   # monolake-build.sh leaves it
 #
-# Every switchyard variant (round_robin, least_connections, ip_hash, access
-# log on) runs as its own process and is measured in the same rounds. A last
-# target, HAProxy as a plain TCP relay, shows the ceiling: it parses no HTTP
-# but makes the same socket calls per request as the HTTP proxies.
+# switchyard runs twice in every round: as shipped (`switchyard`: access log
+# on, default format json, to a file on disk as a deployment would) and with
+# the log off (`switchyard/log-off`: `access_log: {enabled: false}`); the
+# least_connections / ip_hash variants run with the log off. Each is its own
+# process. A last target, HAProxy as a plain TCP relay, shows the ceiling: it
+# parses no HTTP but makes the same socket calls per request as the HTTP
+# proxies.
 #
-# Prints, per connection count: median req/s, p50 and p99 latency, errors,
-# CPU time per request (user and sys time of the proxy's processes over the
-# run, divided by the requests served) and each proxy's req/s as a ratio to
-# the direct run and to the better of nginx and HAProxy.
+# Prints, per wrk thread count and connection count: median req/s, p50 and
+# p99 latency, errors, CPU time per request (user and sys time of the
+# proxy's processes over the run, divided by the requests served) and each
+# proxy's req/s as a ratio to the direct run and to the best of nginx,
+# HAProxy and monolake; then switchyard's log-on / log-off ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,17 +34,22 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-"64 256"}
+WRK_THREADS=${WRK_THREADS:-"1 2"}
+MONOLAKE=${MONOLAKE:-${TMPDIR:-/tmp}/monolake-build/target/release/monolake}
 VARIANTS=${VARIANTS:-1}
 BASE_PORT=${BASE_PORT:-18080}
 
 source benches/common.sh
 need_tools nginx haproxy wrk
-cargo build --release --quiet --bin switchyard
-BIN=$PWD/target/release/switchyard
+if [ -z "${BIN:-}" ]; then   # BIN=path/to/switchyard: another build
+  cargo build --release --quiet --bin switchyard
+  BIN=$PWD/target/release/switchyard
+fi
 
 UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
 NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))
 SY_PORT=$((BASE_PORT + 12)) SY_ADMIN=$((BASE_PORT + 13)) RELAY_PORT=$((BASE_PORT + 14))
+MONOLAKE_PORT=$((BASE_PORT + 18))
 
 # --- upstreams: nginx, one worker each, `return 200` with ~100 bytes ------
 BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'
@@ -131,12 +143,38 @@ haproxy -f "$WORK/relay.cfg" -db 2>"$WORK/relay.log" &
 RELAY_PID=$!
 PIDS+=($RELAY_PID)
 
+# --- monolake (ByteDance, Rust on monoio/io_uring), when built: 2 workers
+MONOLAKE_PID=
+if [ -x "$MONOLAKE" ]; then
+  cat > "$WORK/monolake.toml" <<EOF
+[runtime]
+worker_threads = 2
+[servers.bench]
+name = "bench"
+listener = { type = "socket", value = "127.0.0.1:$MONOLAKE_PORT" }
+upstream_http_version = "http11"
+[[servers.bench.routes]]
+path = "/"
+upstreams = [
+  { endpoint = { type = "uri", value = "http://127.0.0.1:$UP1" } },
+  { endpoint = { type = "uri", value = "http://127.0.0.1:$UP2" } },
+  { endpoint = { type = "uri", value = "http://127.0.0.1:$UP3" } },
+]
+EOF
+  "$MONOLAKE" --config "$WORK/monolake.toml" >"$WORK/monolake.log" 2>&1 &
+  MONOLAKE_PID=$!
+  PIDS+=($MONOLAKE_PID)
+else
+  echo "monolake not found at $MONOLAKE (monolake-build.sh builds it); measuring without it" >&2
+fi
+
 # --- switchyard: one process per variant, each on its own ports, so every
 # variant is measured inside the same interleaved rounds as the references
-sy_config() { # strategy port admin-port
+sy_config() { # strategy port admin-port access-log
   cat <<EOF
 listeners: [{address: "127.0.0.1:$2"}]
 admin: {address: "127.0.0.1:$3"}
+access_log: $4
 routes: [{service: bench}]
 services:
   bench:
@@ -149,17 +187,19 @@ EOF
 }
 declare -A SY_PIDS SY_PORTS
 SY_NAMES=()
-start_switchyard() { # name port strategy log-filter
-  local name=$1 port=$2 dir="$WORK/sy-${#SY_NAMES[@]}"
+start_switchyard() { # name port strategy on|off
+  local name=$1 port=$2 dir="$WORK/sy-${#SY_NAMES[@]}" log
   if [ -n "${SY_PIDS[$name]:-}" ]; then
     kill "${SY_PIDS[$name]}"; wait "${SY_PIDS[$name]}" 2>/dev/null || true
   else
     SY_NAMES+=("$name")
   fi
   mkdir -p "$dir"
-  sy_config "$3" "$port" "$((port + 100))" > "$dir/switchyard.yaml"
-  RUST_LOG=$4 "$BIN" run -c "$dir/switchyard.yaml" --state-dir "$dir/versions" --no-watch \
-    --log-format json 2>>"$dir/switchyard.log" >/dev/null &
+  if [ "$4" = on ]; then log="{path: \"$dir/access.log\"}"; else log="{enabled: false}"; fi
+  sy_config "$3" "$port" "$((port + 100))" "$log" > "$dir/switchyard.yaml"
+  # The shipped defaults otherwise: log level info, text log on stderr.
+  env -u RUST_LOG "$BIN" run -c "$dir/switchyard.yaml" --state-dir "$dir/versions" --no-watch \
+    2>>"$dir/switchyard.log" >/dev/null &
   SY_PIDS[$name]=$!
   SY_PORTS[$name]=$port
   PIDS+=($!)
@@ -169,19 +209,19 @@ start_switchyard() { # name port strategy log-filter
   done
   echo "switchyard ($name) did not start" >&2; cat "$dir/switchyard.log" >&2; exit 1
 }
-start_switchyard switchyard "$SY_PORT" round_robin warn
+start_switchyard switchyard "$SY_PORT" round_robin on
+start_switchyard switchyard/log-off $((BASE_PORT + 17)) round_robin off
 if [ "$VARIANTS" = 1 ]; then
-  start_switchyard switchyard/least_connections $((BASE_PORT + 15)) least_connections warn
-  start_switchyard switchyard/ip_hash $((BASE_PORT + 16)) ip_hash warn
-  # info turns the access log on (one JSON line per request)
-  start_switchyard switchyard+access-log $((BASE_PORT + 17)) round_robin info
+  start_switchyard switchyard/least_connections $((BASE_PORT + 15)) least_connections off
+  start_switchyard switchyard/ip_hash $((BASE_PORT + 16)) ip_hash off
 fi
 
-for port in $UP1 $UP2 $UP3 $NGINX_PORT $HAPROXY_PORT $RELAY_PORT; do
+REF_PORTS="$NGINX_PORT $HAPROXY_PORT $RELAY_PORT${MONOLAKE_PID:+ $MONOLAKE_PORT}"
+for port in $UP1 $UP2 $UP3 $REF_PORTS; do
   for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-for port in $NGINX_PORT $HAPROXY_PORT $RELAY_PORT; do
-  curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "proxy on $port is not answering" >&2; cat "$WORK"/haproxy.log >&2; exit 1; }
+for port in $REF_PORTS; do
+  curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "proxy on $port is not answering" >&2; cat "$WORK"/*.log >&2; exit 1; }
 done
 NGINX_PIDS() { echo "$NGINX_MASTER $(pgrep -P "$NGINX_MASTER" | tr '\n' ' ')"; }
 HAPROXY_PIDS() { echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')"; }
@@ -200,11 +240,11 @@ TICKS=$(getconf CLK_TCK)
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
-measure() { # name port connections pids...
+measure() { # name port connections pids...   (wrk threads: $THREADS)
   local name=$1 port=$2 conns=$3; shift 3
   local user0 sys0 user1 sys1 out
   read -r user0 sys0 < <(cpu_ticks "$@")
-  out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1) || true
+  out=$(wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" 2>&1) || true
   read -r user1 sys1 < <(cpu_ticks "$@")
   local rps p50 p99 requests errors
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -218,24 +258,29 @@ measure() { # name port connections pids...
     user_us=$(per_request $((user1 - user0)))
     sys_us=$(per_request $((sys1 - sys0)))
   fi
-  echo "$name $conns $rps $p50 $p99 $errors $user_us $sys_us" >> "$RESULTS"
-  printf '  %-28s c=%-4s %10s req/s  p50 %-8s p99 %-8s errors %-4s cpu/req %s user + %s sys us\n' \
-    "$name" "$conns" "$rps" "$p50" "$p99" "$errors" "$user_us" "$sys_us" >&2
+  echo "$name $THREADS $conns $rps $p50 $p99 $errors $user_us $sys_us" >> "$RESULTS"
+  printf '  %-28s t=%s c=%-4s %10s req/s  p50 %-8s p99 %-8s errors %-4s cpu/req %s user + %s sys us\n' \
+    "$name" "$THREADS" "$conns" "$rps" "$p50" "$p99" "$errors" "$user_us" "$sys_us" >&2
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $ROUNDS rounds x ${DURATION}s" >&2
 for round in $(seq "$ROUNDS"); do
   echo "round $round" >&2
-  for conns in $CONNECTIONS; do
-    measure direct "$UP1" "$conns"
-    # shellcheck disable=SC2046
-    measure nginx "$NGINX_PORT" "$conns" $(NGINX_PIDS)
-    # shellcheck disable=SC2046
-    measure haproxy "$HAPROXY_PORT" "$conns" $(HAPROXY_PIDS)
-    for name in "${SY_NAMES[@]}"; do
-      measure "$name" "${SY_PORTS[$name]}" "$conns" "${SY_PIDS[$name]}"
+  for THREADS in $WRK_THREADS; do
+    for conns in $CONNECTIONS; do
+      measure direct "$UP1" "$conns"
+      # shellcheck disable=SC2046
+      measure nginx "$NGINX_PORT" "$conns" $(NGINX_PIDS)
+      # shellcheck disable=SC2046
+      measure haproxy "$HAPROXY_PORT" "$conns" $(HAPROXY_PIDS)
+      if [ -n "$MONOLAKE_PID" ]; then
+        measure monolake "$MONOLAKE_PORT" "$conns" "$MONOLAKE_PID"
+      fi
+      for name in "${SY_NAMES[@]}"; do
+        measure "$name" "${SY_PORTS[$name]}" "$conns" "${SY_PIDS[$name]}"
+      done
+      measure tcp-relay "$RELAY_PORT" "$conns" "$RELAY_PID"
     done
-    measure tcp-relay "$RELAY_PORT" "$conns" "$RELAY_PID"
   done
 done
 
@@ -272,9 +317,9 @@ for s in conns:
     s.close()
 PY
 }
-start_switchyard switchyard "$SY_PORT" round_robin warn
+start_switchyard switchyard "$SY_PORT" round_robin on
 read -r _ _ PER_SILENT_CONN < <(idle_connections "$SY_PORT" "${SY_PIDS[switchyard]}" 0)
-start_switchyard switchyard "$SY_PORT" round_robin warn
+start_switchyard switchyard "$SY_PORT" round_robin on
 SY_PID=${SY_PIDS[switchyard]}
 IDLE_RSS=$(rss_kib "$SY_PID")
 wrk -t2 -c256 -d"${DURATION}s" "http://127.0.0.1:$SY_PORT/" >/dev/null 2>&1 &
@@ -292,9 +337,10 @@ python3 - "$RESULTS" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, conns, rps, p50, p99, errors, user, sys_ = line.split()
+    name, threads, conns, rps, p50, p99, errors, user, sys_ = line.split()
     cpu = None if user == "-" else (float(user), float(sys_))
-    rows.setdefault((name, int(conns)), []).append((float(rps), p50, p99, int(errors), cpu))
+    key = (name, (int(threads), int(conns)))
+    rows.setdefault(key, []).append((float(rps), p50, p99, int(errors), cpu))
 
 def ms(text):
     for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
@@ -306,10 +352,11 @@ names = []
 for name, _ in rows:
     if name not in names:
         names.append(name)
-for conns in sorted({c for _, c in rows}):
+for load in sorted({c for _, c in rows}):
+    threads, conns = load
     med = {}
     for name in names:
-        runs = rows.get((name, conns))
+        runs = rows.get((name, load))
         if not runs:
             continue
         cpu = [r[4] for r in runs if r[4] is not None]
@@ -322,14 +369,21 @@ for conns in sorted({c for _, c in rows}):
             sorted(cpu, key=sum)[len(cpu) // 2] if cpu else None,
         )
     direct = med.get("direct", (float("nan"),))[0]
-    best_ref = max(med.get("nginx", (0,))[0], med.get("haproxy", (0,))[0])
-    print(f"\n{conns} connections (median of {len(rows[('direct', conns)])} runs)")
-    print(f"| target | req/s | p50 ms | p99 ms | errors | CPU µs/req (user + sys) | × direct | × best of nginx/HAProxy |")
+    refs = [r for r in ("nginx", "haproxy", "monolake") if r in med]
+    best_ref = max((med[r][0] for r in refs), default=0)
+    print(f"\nwrk -t{threads}, {conns} connections (median of {len(rows[('direct', load)])} runs)")
+    print(f"| target | req/s | p50 ms | p99 ms | errors | CPU µs/req (user + sys) | × direct | × best of {'/'.join(refs)} |")
     print(f"|---|---|---|---|---|---|---|---|")
     for name, (rps, p50, p99, errors, cpu) in med.items():
         cpu_text = f"{sum(cpu):.1f} ({cpu[0]:.1f} + {cpu[1]:.1f})" if cpu is not None else "-"
         ref = f"{rps / best_ref:.2f}" if name != "direct" and best_ref else "-"
         print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu_text} | {rps / direct:.2f} | {ref} |")
+    on, off = med.get("switchyard"), med.get("switchyard/log-off")
+    if on and off and off[0]:
+        # Round by round too: the two ran back to back each time.
+        pairs = [a[0] / b[0] for a, b in zip(rows[("switchyard", load)], rows[("switchyard/log-off", load)]) if b[0]]
+        each = ", ".join(f"{p:.3f}" for p in pairs)
+        print(f"\nswitchyard as shipped / log off: {on[0] / off[0]:.3f} (median req/s; round by round {each})")
 EOF
 echo
 cat "$WORK/memory.txt"

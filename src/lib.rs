@@ -6,6 +6,7 @@
 //! snapshots. State that must outlive a swap (in-flight counts, connection
 //! pools) is keyed by instance and shared between snapshots.
 
+pub mod access_log;
 pub mod admin;
 pub mod admin_client;
 pub mod balance;

@@ -366,12 +366,14 @@ fn print_demo_help(config: &Config, running: &Running) {
     println!("Stop with Ctrl-C.\n");
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file.
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the config file; SIGUSR1
+/// reopens the access-log file (logrotate's convention, as nginx's).
 async fn wait_for_shutdown(running: &Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut user1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
@@ -380,6 +382,15 @@ async fn wait_for_shutdown(running: &Running) -> anyhow::Result<()> {
                 // The outcome is logged and shown in the admin status.
                 Some(reloader) => { let _ = reloader.reload(ChangeSource::Signal, "SIGHUP").await; }
                 None => tracing::warn!("SIGHUP received, but this proxy runs without a config file"),
+            },
+            _ = user1.recv() => {
+                let access_log = std::sync::Arc::clone(running.access_log());
+                match tokio::task::spawn_blocking(move || access_log.reopen()).await {
+                    Ok(Ok(Some(path))) => tracing::info!(path = %path.display(), "SIGUSR1: access log reopened"),
+                    Ok(Ok(None)) => tracing::info!("SIGUSR1: the access log goes to stderr; nothing to reopen"),
+                    Ok(Err(error)) => tracing::error!(%error, "SIGUSR1: cannot reopen the access log; still writing to the old file"),
+                    Err(error) => tracing::error!(%error, "SIGUSR1: reopening the access log failed"),
+                }
             },
         }
     }

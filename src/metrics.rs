@@ -116,6 +116,7 @@ pub struct Metrics {
     connections_rejected: Family<ListenerLabels, Counter>,
     connections_shed: Family<ListenerLabels, Counter>,
     connections_timed_out: Family<ListenerLabels, Counter>,
+    access_log_dropped: Counter,
     /// Fleet mode (etcd); zero when it is off.
     fleet: FleetMetrics,
 }
@@ -171,6 +172,7 @@ impl Metrics {
             connections_shed: Family::default(),
             connections_timed_out: Family::default(),
             fleet: FleetMetrics::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -302,6 +304,11 @@ impl Metrics {
             "Seconds since the last event or answer from etcd",
             fleet.seconds_since_last_event.clone(),
         );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the log writer was behind (its queue was full) or the write failed",
+            m.access_log_dropped.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -372,6 +379,11 @@ impl Metrics {
                     .get_or_create_owned(&request_labels(&none, class))
             }),
         }
+    }
+
+    /// The counter of dropped access-log lines, for the log writer.
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// A request matched no route.

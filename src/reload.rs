@@ -620,6 +620,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.underscores_in_headers != new.underscores_in_headers {
         changes.push("underscores_in_headers changed".into());
     }
+    if old.access_log != new.access_log {
+        changes.push("access_log changed".into());
+    }
     let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
         c.listeners.iter().map(|l| l.tls.clone()).collect()
     };

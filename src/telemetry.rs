@@ -1,10 +1,16 @@
-//! Logging set-up: tracing to stderr, text or one JSON object per line.
+//! Logging set-up: tracing to stderr, text or one JSON object per line
+//! (the access log has its own writer, see [`crate::access_log`]). Text
+//! lines carry colour codes only when stderr is a terminal and `NO_COLOR`
+//! is not set.
 //!
 //! Lines are written by a background thread, so a request never waits for
 //! stderr (a pipe or a log shipper can be slow), in batches of whatever
 //! has queued up; the queue holds up to
 //! [`QUEUED_LINES`] lines and, when full, makes the writer wait rather than
 //! drop lines.
+
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -42,8 +48,13 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
             64 * 1024,
             std::io::stderr(),
         ));
+    let colour = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -55,4 +66,25 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
     Ok(guard)
+}
+
+/// Colour codes only for a person at a terminal, and never when `NO_COLOR`
+/// is set to anything but the empty string (<https://no-color.org>): a file
+/// or a pipe to a log shipper gets plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 }

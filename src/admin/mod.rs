@@ -6,6 +6,8 @@
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
 //!   [`config_api`]); `POST /admin/config` pushes a version to the fleet.
 //! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
+//! - `POST /admin/logs/reopen`: reopens the access-log file (for log
+//!   rotation; SIGUSR1 does the same).
 //!
 //! When a token is configured, every mutating call (and, if asked, every
 //! read) needs `Authorization: Bearer <token>`.
@@ -102,11 +104,36 @@ pub async fn handle(
         (_, ["admin", "reload"] | ["admin", "config", ..]) => {
             config_api::handle(state, &method, &segments[1..], request.uri().query(), peer).await
         }
-        (_, ["admin", "status" | "health"]) => method_not_allowed(&method, &path),
+        (&Method::POST, ["admin", "logs", "reopen"]) => reopen_logs(state, peer).await,
+        (_, ["admin", "status" | "health"] | ["admin", "logs", "reopen"]) => {
+            method_not_allowed(&method, &path)
+        }
         _ => text_response(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint at {path}; try GET /admin/status\n"),
         ),
+    }
+}
+
+/// `POST /admin/logs/reopen`: the access-log file is opened again at its
+/// path, so lines go to a fresh file after logrotate moved the old one.
+async fn reopen_logs(state: &AdminState, peer: SocketAddr) -> Response<ProxyBody> {
+    let access_log = Arc::clone(state.listeners.access_log());
+    let reopened = tokio::task::spawn_blocking(move || access_log.reopen()).await;
+    match reopened {
+        Ok(Ok(path)) => {
+            let path = path.map(|p| p.display().to_string());
+            tracing::info!(%peer, path = path.as_deref().unwrap_or("stderr"), "access log reopened");
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "result": "reopened", "access_log": path.as_deref().unwrap_or("stderr") }),
+            )
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%peer, %error, "cannot reopen the access log; still writing to the old file");
+            errors_response(StatusCode::INTERNAL_SERVER_ERROR, vec![error.to_string()])
+        }
+        Err(error) => errors_response(StatusCode::INTERNAL_SERVER_ERROR, vec![error.to_string()]),
     }
 }
 

@@ -67,10 +67,52 @@ pub struct Config {
     /// Forward request headers whose names contain `_` (dropped by
     /// default, like nginx's `underscores_in_headers off`).
     pub underscores_in_headers: bool,
+    /// The access log: on or off, where, in which format. A reload applies
+    /// every part of it.
+    pub access_log: AccessLogConfig,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
     pub services: BTreeMap<ServiceName, ServiceConfig>,
+}
+
+/// The access log's settings (`access_log:` in proxy.yaml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// Whether a line is written per request (default on).
+    pub enabled: bool,
+    /// Where lines go (default stderr).
+    pub destination: LogDestination,
+    /// How a line looks (default JSON).
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            destination: LogDestination::Stderr,
+            format: AccessLogFormat::Json,
+        }
+    }
+}
+
+/// Where access-log lines are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogDestination {
+    /// The process's stderr, beside the text log.
+    Stderr,
+    /// A file, appended to; reopened on SIGUSR1 and `POST /admin/logs/reopen`.
+    File(std::path::PathBuf),
+}
+
+/// The line format of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line, with the fields the log always had.
+    Json,
+    /// nginx's `combined` format, then the request id and the upstream time.
+    Combined,
 }
 
 /// A traffic listener.

@@ -30,9 +30,22 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) underscores_in_headers: bool,
     #[serde(default)]
+    pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    #[serde(default)]
+    pub(crate) enabled: Option<bool>,
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    #[serde(default)]
+    pub(crate) format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -121,6 +121,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         true,
     );
 
+    let access_log = validate_access_log(raw.access_log.as_ref(), &mut errors);
+
     let admin_token = match &raw.admin {
         Some(admin) => secret(
             &mut errors,
@@ -226,9 +228,44 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         consul,
         fleet,
         underscores_in_headers: raw.underscores_in_headers,
+        access_log,
         routes,
         services,
     })
+}
+
+fn validate_access_log(
+    raw: Option<&super::raw::RawAccessLog>,
+    errors: &mut Errors,
+) -> AccessLogConfig {
+    let mut config = AccessLogConfig::default();
+    let Some(raw) = raw else {
+        return config;
+    };
+    if let Some(enabled) = raw.enabled {
+        config.enabled = enabled;
+    }
+    match raw.path.as_deref() {
+        None | Some("stderr") => {}
+        Some("") => errors.push(
+            "access_log.path",
+            "must be a file path or `stderr`, not empty",
+        ),
+        Some(path) if path.ends_with('/') => errors.push(
+            "access_log.path",
+            format!("`{path}` names a directory; give a file path"),
+        ),
+        Some(path) => config.destination = LogDestination::File(path.into()),
+    }
+    match raw.format.as_deref() {
+        None | Some("json") => {}
+        Some("combined") => config.format = AccessLogFormat::Combined,
+        Some(other) => errors.push(
+            "access_log.format",
+            format!("unknown format `{other}`; expected `json` or `combined`"),
+        ),
+    }
+    config
 }
 
 /// Beyond this a per-instance connection cap bounds nothing a host can open

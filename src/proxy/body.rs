@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Sleep;
 
-use super::access_log::AccessLog;
+use crate::access_log::Record;
 use crate::registry::InFlightGuard;
 use crate::upstream::{BoxError, Pool, ResponseBody, Sender};
 
@@ -74,7 +74,7 @@ impl Peeked {
 pub(crate) struct Completion {
     pub(crate) _in_flight: InFlightGuard,
     pub(crate) connection: Option<(Sender, Arc<Pool>)>,
-    pub(crate) log: Option<Box<AccessLog>>,
+    pub(crate) log: Option<Box<Record>>,
     /// The service's duration histogram and when the request started.
     pub(crate) duration: Option<(Histogram, Instant)>,
     pub(crate) bytes: u64,

@@ -4,7 +4,6 @@
 //! in the middle of a request changes nothing for that request. Failures
 //! become responses in one place ([`error_response`]).
 
-mod access_log;
 mod body;
 mod error;
 pub mod headers;
@@ -14,19 +13,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, REFERER, TRANSFER_ENCODING, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use access_log::AccessLog;
-pub use access_log::TARGET as ACCESS_LOG_TARGET;
+pub use crate::access_log::TARGET as ACCESS_LOG_TARGET;
 use body::Completion;
 pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
+use crate::access_log::{AccessLog, Record};
 use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
@@ -44,6 +43,7 @@ const STALE_CONNECTION_RETRIES: u32 = 3;
 pub struct Proxy {
     registry: Arc<Registry>,
     scheme: &'static str,
+    access_log: Arc<AccessLog>,
 }
 
 /// What the request path learnt, for metrics and the access log.
@@ -61,9 +61,14 @@ struct Outcome {
 
 impl Proxy {
     /// A proxy reading snapshots from `registry`, for a listener speaking
-    /// `scheme` (`http` or `https`, for `X-Forwarded-Proto`).
-    pub fn new(registry: Arc<Registry>, scheme: &'static str) -> Proxy {
-        Proxy { registry, scheme }
+    /// `scheme` (`http` or `https`, for `X-Forwarded-Proto`), writing to
+    /// `access_log`.
+    pub fn new(registry: Arc<Registry>, scheme: &'static str, access_log: Arc<AccessLog>) -> Proxy {
+        Proxy {
+            registry,
+            scheme,
+            access_log,
+        }
     }
 
     /// Handles one request from `peer`. Never fails: errors are responses.
@@ -77,23 +82,33 @@ impl Proxy {
         let request_id = headers::ensure_request_id(request.headers_mut());
         let client_ip = headers::client_ip(peer.ip(), request.headers(), &snapshot.trusted_proxies);
         let host = target::request_host(&request);
-        let log = access_log::enabled().then(|| AccessLog {
-            method: request.method().clone(),
-            host: match &host {
-                Ok(host) => host.as_ref(),
-                // A refused host is logged as sent.
-                Err(_) => request.headers().get(HOST),
-            }
-            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-            .unwrap_or_default(),
-            path: request.uri().path().to_string(),
-            status: 0,
-            service: None,
-            instance: None,
-            upstream_time: None,
-            started,
-            request_id: request_id.clone(),
-            client_ip,
+        let log = self.access_log.enabled().then(|| {
+            let agent = self.access_log.wants_agent();
+            let header = |name| {
+                agent
+                    .then(|| request.headers().get(name).cloned())
+                    .flatten()
+            };
+            Box::new(Record {
+                log: Arc::clone(&self.access_log),
+                method: request.method().clone(),
+                host: match &host {
+                    Ok(host) => host.clone(),
+                    // A refused host is logged as sent.
+                    Err(_) => request.headers().get(HOST).cloned(),
+                },
+                uri: request.uri().clone(),
+                version: request.version(),
+                status: 0,
+                service: None,
+                instance: None,
+                upstream_time: None,
+                started,
+                request_id: request_id.clone(),
+                client_ip,
+                referer: header(REFERER),
+                user_agent: header(USER_AGENT),
+            })
         });
         let mut pending = Pending {
             snapshot: &snapshot,
@@ -119,10 +134,10 @@ impl Proxy {
         let upgrade = outcome.client_upgrade.take();
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
-            log.service = service.map(|s| s.name.to_string());
-            log.instance = outcome.instance.as_ref().map(|i| i.id.to_string());
+            log.service = service.map(|s| s.name.clone());
+            log.instance = outcome.instance.as_ref().map(|i| i.id.clone());
             log.upstream_time = outcome.upstream_time;
-            Box::new(log)
+            log
         });
         let mut response = match result {
             Ok((mut response, mut completion)) => {
@@ -331,13 +346,13 @@ struct Pending<'a> {
     snapshot: &'a Snapshot,
     started: Instant,
     outcome: Outcome,
-    log: Option<AccessLog>,
+    log: Option<Box<Record>>,
     answered: bool,
 }
 
 impl Pending<'_> {
     /// The request got an answer (or an error response) to send.
-    fn answered(&mut self) -> (Option<AccessLog>, Outcome) {
+    fn answered(&mut self) -> (Option<Box<Record>>, Outcome) {
         self.answered = true;
         (self.log.take(), std::mem::take(&mut self.outcome))
     }
@@ -362,8 +377,8 @@ impl Drop for Pending<'_> {
         }
         if let Some(mut log) = self.log.take() {
             log.status = status;
-            log.service = service.map(|s| s.name.to_string());
-            log.instance = self.outcome.instance.as_ref().map(|i| i.id.to_string());
+            log.service = service.map(|s| s.name.clone());
+            log.instance = self.outcome.instance.as_ref().map(|i| i.id.clone());
             log.emit(0, false);
         }
     }

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
 use crate::config::{Config, ListenerConfig, ListenerLimits, TlsConfig};
@@ -37,6 +38,9 @@ use crate::registry::Registry;
 use crate::reload::{self, Reloader};
 use crate::tls;
 use watchdog::{Pressure, Progress, Tracked};
+
+/// Longest a shutdown waits for the access log's last lines to be written.
+const ACCESS_LOG_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// How often registry leases are checked for expiry.
 const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -71,6 +75,9 @@ pub enum StartError {
     /// The config refers to something this program does not have.
     #[error("the config cannot be served:\n{0}")]
     Invalid(crate::config::ConfigErrors),
+    /// The access log cannot be opened or started.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::LogError),
 }
 
 /// A bound listener.
@@ -95,6 +102,8 @@ pub struct Listeners {
     draining: Mutex<Vec<oneshot::Receiver<()>>>,
     /// Shared by every listener: descriptors are the process's.
     pressure: Arc<Pressure>,
+    /// The access log every listener's requests write to.
+    access_log: Arc<AccessLog>,
 }
 
 struct ActiveListener {
@@ -120,6 +129,8 @@ pub struct Prepared {
     )>,
     /// New certificates for TLS listeners that stay.
     certificates: Vec<(SocketAddr, TlsConfig, tls::CertStore)>,
+    /// The access log's settings, with a new file already open.
+    access_log: crate::access_log::Prepared,
 }
 
 impl ActiveListener {
@@ -136,14 +147,24 @@ fn cert_store(listener: &ListenerConfig, tls: &TlsConfig) -> Result<tls::CertSto
 }
 
 impl Listeners {
-    fn new(registry: Arc<Registry>, workers: Arc<workers::Workers>) -> Listeners {
+    fn new(
+        registry: Arc<Registry>,
+        workers: Arc<workers::Workers>,
+        access_log: Arc<AccessLog>,
+    ) -> Listeners {
         Listeners {
             registry,
             workers,
             active: Mutex::new(Vec::new()),
             draining: Mutex::new(Vec::new()),
             pressure: Pressure::new(),
+            access_log,
         }
+    }
+
+    /// The access log (for reopening it).
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        &self.access_log
     }
 
     /// The listeners serving now.
@@ -188,12 +209,18 @@ impl Listeners {
                 }
             }
         }
-        Ok(Prepared { new, certificates })
+        let access_log = self.access_log.prepare(&config.access_log)?;
+        Ok(Prepared {
+            new,
+            certificates,
+            access_log,
+        })
     }
 
-    /// Starts serving the prepared listeners and stops (and drains) those
-    /// that `config` no longer has.
+    /// Starts serving the prepared listeners, stops (and drains) those
+    /// that `config` no longer has, and applies the access-log settings.
     pub fn commit(&self, prepared: Prepared, config: &Config) {
+        self.access_log.commit(prepared.access_log);
         let mut active = self.lock_active();
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *active)
             .into_iter()
@@ -263,7 +290,11 @@ impl Listeners {
         let open = Arc::new(AtomicUsize::new(0));
         let redirect_https = config.redirect_https;
         tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
-        let proxy = Arc::new(Proxy::new(Arc::clone(&self.registry), scheme));
+        let proxy = Arc::new(Proxy::new(
+            Arc::clone(&self.registry),
+            scheme,
+            Arc::clone(&self.access_log),
+        ));
         let (stop, stopped) = watch::channel(false);
         let connections = self.registry.metrics().listener(&config.name);
         let mut done = Vec::with_capacity(sockets.len());
@@ -449,6 +480,13 @@ impl Running {
         // backstop should one not.
         let backstop = drain_timeout.saturating_add(Duration::from_secs(2));
         let _ = tokio::time::timeout(backstop, everything).await;
+        let access_log = Arc::clone(self.listeners.access_log());
+        let _ = tokio::task::spawn_blocking(move || access_log.flush(ACCESS_LOG_FLUSH_LIMIT)).await;
+    }
+
+    /// The access log (SIGUSR1 reopens it).
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        self.listeners.access_log()
     }
 }
 
@@ -592,7 +630,13 @@ async fn launch(
     health::unknown_custom_checks(&config, &health_checks).map_err(StartError::Invalid)?;
     let registry = Arc::new(Registry::new(config.clone()));
     let workers = workers::Workers::start(config.workers).map_err(StartError::Workers)?;
-    let listeners = Arc::new(Listeners::new(Arc::clone(&registry), workers));
+    // One buffer slot per worker, and one for the threads of the control plane.
+    let access_log = AccessLog::start(
+        &config.access_log,
+        workers.count() + 1,
+        registry.metrics().access_log_dropped(),
+    )?;
+    let listeners = Arc::new(Listeners::new(Arc::clone(&registry), workers, access_log));
     let prepared = listeners.prepare(&config).await?;
     let admin_listener = bind("admin", config.admin.address).await?;
     let admin_address = admin_listener.local_addr().unwrap_or(config.admin.address);
