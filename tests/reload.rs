@@ -357,8 +357,15 @@ fn sighup_reloads_and_the_cli_lists_diffs_and_rolls_back() {
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
-    let (ok, versions) = cli(&["versions"]);
-    assert!(ok, "{versions}");
+    // The version is recorded just after the new config starts serving.
+    let versions = loop {
+        let (ok, versions) = cli(&["versions"]);
+        assert!(ok, "{versions}");
+        if versions.contains("  *       2") || Instant::now() > deadline {
+            break versions;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
     assert!(
         versions.contains("startup") && versions.contains("signal"),
         "{versions}"
