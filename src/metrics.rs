@@ -24,6 +24,12 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    service: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     service: String,
     instance: String,
@@ -111,6 +117,7 @@ pub struct Metrics {
     registry_instances: Family<SourceLabels, Gauge>,
     consul_errors: Family<ServiceLabels, Counter>,
     consul_stale: Family<ServiceLabels, Gauge>,
+    dns_resolutions: Family<DnsLabels, Counter>,
     connections_accepted: Family<ListenerLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_rejected: Family<ListenerLabels, Counter>,
@@ -165,6 +172,7 @@ impl Metrics {
             registry_instances: Family::default(),
             consul_errors: Family::default(),
             consul_stale: Family::default(),
+            dns_resolutions: Family::default(),
             connections_accepted: Family::default(),
             connections_open: Family::default(),
             connections_rejected: Family::default(),
@@ -245,6 +253,11 @@ impl Metrics {
             "consul_stale",
             "1 while a service's Consul data is stale (Consul unreachable or answering badly)",
             m.consul_stale.clone(),
+        );
+        registry.register(
+            "dns_resolutions",
+            "Resolutions of instance host names, by service and result (found, gone: NXDOMAIN or no address, failed: timeout, SERVFAIL, resolver unreachable)",
+            m.dns_resolutions.clone(),
         );
         registry.register(
             "connections_accepted",
@@ -435,6 +448,17 @@ impl Metrics {
         self.consul_errors
             .get_or_create(&ServiceLabels {
                 service: service.into(),
+            })
+            .inc();
+    }
+
+    /// A host name of `service` was resolved; `result` is `found`, `gone`
+    /// or `failed`.
+    pub fn dns_resolution(&self, service: &str, result: &'static str) {
+        self.dns_resolutions
+            .get_or_create(&DnsLabels {
+                service: service.into(),
+                result,
             })
             .inc();
     }

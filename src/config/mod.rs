@@ -61,6 +61,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Consul, if used.
     pub consul: Option<ConsulConfig>,
+    /// How instance addresses given by host name are resolved.
+    pub dns: DnsConfig,
     /// Fleet mode (config, history and registry shared through etcd), if
     /// on. Node-local: never part of a pushed version.
     pub fleet: Option<FleetConfig>,
@@ -359,6 +361,72 @@ pub struct ServiceConfig {
     pub tls: Option<UpstreamTls>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
+    /// Instances listed in the file by host name: each resolved address
+    /// becomes an instance (see [`DnsConfig`]).
+    pub named: Vec<NamedInstance>,
+}
+
+/// An instance given as `host:port`; the resolver turns every A/AAAA
+/// record of `host` into an instance with these settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedInstance {
+    /// The base of the resolved instances' ids (`host:port` when not
+    /// given); each id is `<base>:<ip>`.
+    pub id: InstanceId,
+    /// The host name, without a trailing dot.
+    pub host: String,
+    /// The port the instances listen on.
+    pub port: u16,
+    /// Relative share of traffic of each resolved instance.
+    pub weight: NonZeroU32,
+    /// Free-form tags, inherited by each resolved instance.
+    pub tags: Vec<String>,
+    /// Free-form key/value metadata, inherited by each resolved instance.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NamedInstance {
+    /// The instance for one resolved address: the id is derived from the
+    /// name, the port and the address, so a refresh that returns the same
+    /// address yields the same instance (and keeps its health and pools).
+    pub fn resolved(&self, ip: std::net::IpAddr) -> InstanceConfig {
+        let mut metadata = self.metadata.clone();
+        metadata.insert("dns_name".into(), self.host.clone());
+        InstanceConfig {
+            id: InstanceId::from(format!("{}:{ip}", self.id).as_str()),
+            address: SocketAddr::new(ip, self.port),
+            weight: self.weight,
+            tags: self.tags.clone(),
+            metadata,
+        }
+    }
+}
+
+/// Resolution of instances given by host name (Envoy's STRICT_DNS: every
+/// record is an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty means those of `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
+    /// Time between resolutions of a name.
+    pub refresh: Duration,
+    /// Re-resolve when the answer's TTL runs out instead (bounded by
+    /// [`defaults::DNS_MIN_REFRESH`] and [`defaults::DNS_MAX_REFRESH`]).
+    pub respect_ttl: bool,
+    /// How long a name's last answer is trusted while resolution fails
+    /// transiently; after that a warning, and the instances still stay.
+    pub hold: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> DnsConfig {
+        DnsConfig {
+            resolvers: Vec::new(),
+            refresh: defaults::DNS_REFRESH,
+            respect_ttl: false,
+            hold: defaults::DNS_HOLD,
+        }
+    }
 }
 
 /// The HTTP version spoken to a service's instances.
@@ -485,6 +553,14 @@ pub mod defaults {
     pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
     /// Default share of a service that may be ejected at once.
     pub const MAX_EJECTION_PERCENT: u8 = 50;
+    /// Default time between resolutions of an instance host name.
+    pub const DNS_REFRESH: Duration = Duration::from_secs(5);
+    /// Default time a name's last answer is trusted while resolution fails.
+    pub const DNS_HOLD: Duration = Duration::from_secs(30);
+    /// Shortest refresh when following record TTLs (TTL 0 would spin).
+    pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+    /// Longest refresh when following record TTLs.
+    pub const DNS_MAX_REFRESH: Duration = Duration::from_secs(300);
     /// Default wait of a Consul blocking query.
     pub const CONSUL_WAIT: Duration = Duration::from_secs(30);
     /// Default limit on connecting to an etcd member.
@@ -656,6 +732,7 @@ impl ServiceConfig {
             protocol: UpstreamProtocol::Http1,
             tls: None,
             instances: Vec::new(),
+            named: Vec::new(),
         }
     }
 }

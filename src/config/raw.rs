@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) consul: Option<RawConsul>,
     #[serde(default)]
+    pub(crate) dns: Option<RawDns>,
+    #[serde(default)]
     pub(crate) fleet: Option<RawFleet>,
     #[serde(default)]
     pub(crate) underscores_in_headers: bool,
@@ -33,6 +35,19 @@ pub(crate) struct RawConfig {
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    #[serde(default)]
+    pub(crate) resolvers: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) refresh: Option<String>,
+    #[serde(default)]
+    pub(crate) respect_ttl: Option<bool>,
+    #[serde(default)]
+    pub(crate) hold: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
