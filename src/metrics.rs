@@ -108,6 +108,9 @@ pub struct Metrics {
     connect_errors: Family<ServiceLabels, Counter>,
     timeouts: Family<ServiceLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
+    retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    active_requests: Family<ServiceLabels, Gauge>,
+    active_retries: Family<ServiceLabels, Gauge>,
     in_flight: Family<InstanceLabels, Gauge>,
     healthy: Family<InstanceLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
@@ -163,6 +166,9 @@ impl Metrics {
             connect_errors: Family::default(),
             timeouts: Family::default(),
             retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            active_requests: Family::default(),
+            active_retries: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             transitions: Family::default(),
@@ -208,6 +214,21 @@ impl Metrics {
             "upstream_retries",
             "Requests tried again on another instance",
             m.retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the service's retry budget was used up, by service",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_active_requests",
+            "Requests being sent to a service's instances now (the retry budget's base), by service",
+            m.active_requests.clone(),
+        );
+        registry.register(
+            "upstream_active_retries",
+            "Requests being retried now, by service",
+            m.active_retries.clone(),
         );
         registry.register(
             "instance_in_flight",
@@ -380,6 +401,9 @@ impl Metrics {
             connect_errors: self.connect_errors.get_or_create_owned(&labels),
             timeouts: self.timeouts.get_or_create_owned(&labels),
             retries: self.retries.get_or_create_owned(&labels),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels),
+            active_requests: self.active_requests.get_or_create_owned(&labels),
+            active_retries: self.active_retries.get_or_create_owned(&labels),
             answered_by_proxy: CLASSES.map(|class| {
                 self.requests
                     .get_or_create_owned(&request_labels(&none, class))
@@ -558,6 +582,13 @@ pub struct ServiceMetrics {
     pub timeouts: Counter,
     /// Retries on another instance.
     pub retries: Counter,
+    /// Retries refused by the retry budget.
+    pub retry_budget_exhausted: Counter,
+    /// Requests in `send_with_retries` now; shared by every snapshot, so
+    /// the retry budget survives rebuilds.
+    pub active_requests: Gauge,
+    /// Requests that have started retrying and not finished.
+    pub active_retries: Gauge,
     answered_by_proxy: [Counter; 5],
 }
 

@@ -343,6 +343,8 @@ pub struct ServiceConfig {
     /// Total tries per request (first try included) when connecting fails;
     /// each retry goes to a different instance.
     pub max_attempts: NonZeroU32,
+    /// When a failed try is sent again, and how many retries may run.
+    pub retry: RetryPolicy,
     /// Active health checking, if any.
     pub health_check: Option<HealthCheckConfig>,
     /// Passive health checking (ejection on failures seen in traffic).
@@ -425,6 +427,37 @@ impl Default for DnsConfig {
             refresh: defaults::DNS_REFRESH,
             respect_ttl: false,
             hold: defaults::DNS_HOLD,
+        }
+    }
+}
+
+/// What makes a try count as failed and be sent again (`retry.on`), and
+/// the budget that keeps retries from multiplying load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// No connection could be made (nothing was sent).
+    pub connect_failure: bool,
+    /// The connection reset or closed before any byte of the response
+    /// (idempotent requests only).
+    pub reset: bool,
+    /// The upstream answered 502, 503 or 504 (idempotent requests only).
+    pub gateway_error: bool,
+    /// The upstream answered any 5xx (idempotent requests only).
+    pub server_error: bool,
+    /// Retries in progress may be at most this share of the service's
+    /// active requests (but [`defaults::RETRY_BUDGET_MIN_CONCURRENCY`] are
+    /// always allowed).
+    pub budget_percent: u8,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            connect_failure: true,
+            reset: true,
+            gateway_error: false,
+            server_error: false,
+            budget_percent: defaults::RETRY_BUDGET_PERCENT,
         }
     }
 }
@@ -553,6 +586,14 @@ pub mod defaults {
     pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
     /// Default share of a service that may be ejected at once.
     pub const MAX_EJECTION_PERCENT: u8 = 50;
+    /// Default share of active requests that may be retries (Envoy's).
+    pub const RETRY_BUDGET_PERCENT: u8 = 20;
+    /// Retries always allowed at once, however few requests are active.
+    pub const RETRY_BUDGET_MIN_CONCURRENCY: u64 = 3;
+    /// First retry backoff (full jitter up to this, doubling per retry).
+    pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+    /// Longest retry backoff.
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
     /// Default time between resolutions of an instance host name.
     pub const DNS_REFRESH: Duration = Duration::from_secs(5);
     /// Default time a name's last answer is trusted while resolution fails.
@@ -724,6 +765,7 @@ impl ServiceConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_attempts: NonZeroU32::new(defaults::MAX_ATTEMPTS).unwrap_or(NonZeroU32::MIN),
+            retry: RetryPolicy::default(),
             health_check: None,
             outlier_detection: None,
             panic_threshold: 0,

@@ -327,7 +327,12 @@ pub(crate) struct RawUpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
-    pub(crate) max_attempts: i64,
+    #[serde(default)]
+    pub(crate) max_attempts: Option<i64>,
+    #[serde(default)]
+    pub(crate) on: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) budget_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -360,17 +360,41 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         &raw.request_timeout,
         defaults::REQUEST_TIMEOUT,
     );
-    let max_attempts = match &raw.retry {
+    let max_attempts = match raw.retry.as_ref().and_then(|r| r.max_attempts) {
         None => NonZeroU32::new(defaults::MAX_ATTEMPTS),
-        Some(retry) => errors.check(
+        Some(n) => errors.check(
             format!("{path}.retry.max_attempts"),
-            u32::try_from(retry.max_attempts)
+            u32::try_from(n)
                 .ok()
                 .filter(|n| (1..=10).contains(n))
                 .and_then(NonZeroU32::new)
-                .ok_or_else(|| format!("must be between 1 and 10 (got {})", retry.max_attempts)),
+                .ok_or_else(|| format!("must be between 1 and 10 (got {n})")),
         ),
     };
+    let mut retry = RetryPolicy::default();
+    if let Some(raw_retry) = &raw.retry {
+        if let Some(on) = &raw_retry.on {
+            retry.connect_failure = false;
+            retry.reset = false;
+            for (i, trigger) in on.iter().enumerate() {
+                match trigger.trim() {
+                    "connect-failure" => retry.connect_failure = true,
+                    "reset" => retry.reset = true,
+                    "gateway-error" => retry.gateway_error = true,
+                    "5xx" => retry.server_error = true,
+                    other => errors.push(
+                        format!("{path}.retry.on[{i}]"),
+                        format!("`{other}` is not a retry trigger; use connect-failure, reset, gateway-error or 5xx"),
+                    ),
+                }
+            }
+        }
+        if let Some(p) = raw_retry.budget_percent {
+            if let Some(p) = errors.check(format!("{path}.retry.budget_percent"), percent(p)) {
+                retry.budget_percent = p;
+            }
+        }
+    }
 
     let health_check = raw
         .health_check
@@ -477,6 +501,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         connect_timeout,
         request_timeout,
         max_attempts: max_attempts?,
+        retry,
         health_check,
         outlier_detection,
         panic_threshold: panic_threshold?,
