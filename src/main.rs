@@ -220,6 +220,7 @@ fn check(path: &Path) -> ExitCode {
                 config.services.len(),
                 instances
             );
+            check_dns(&config);
             if let Some(fleet) = &config.fleet {
                 if !check_etcd(fleet) {
                     return ExitCode::FAILURE;
@@ -253,6 +254,48 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("switchyard: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves every instance host name once and warns about those that do
+/// not resolve now. Never a failure: the proxy starts anyway, and the
+/// instances appear when the name resolves.
+fn check_dns(config: &config::Config) {
+    use switchyard::discovery::dns::{self, Resolution};
+    let named: Vec<(String, &config::NamedInstance)> = config
+        .services
+        .iter()
+        .flat_map(|(name, service)| {
+            service
+                .named
+                .iter()
+                .map(move |entry| (format!("services.{name}.instances"), entry))
+        })
+        .collect();
+    if named.is_empty() {
+        return;
+    }
+    let outcome = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let resolver = dns::resolver(&config.dns)?;
+            let mut lines = Vec::new();
+            for (path, entry) in &named {
+                let line = match dns::resolve(&resolver, &entry.host).await {
+                    Resolution::Found(addresses, _) => {
+                        println!("{path}: {} resolves to {} address(es)", entry.host, addresses.len());
+                        continue;
+                    }
+                    Resolution::Gone => format!("{path}: warning: `{}` does not resolve (no such name, or no A/AAAA record); its instances appear when it does", entry.host),
+                    Resolution::Failed(error) => format!("{path}: warning: cannot resolve `{}` now ({error}); its instances appear when it resolves", entry.host),
+                };
+                lines.push(line);
+            }
+            Ok::<_, String>(lines)
+        })
+    });
+    match outcome {
+        Ok(lines) => lines.iter().for_each(|line| eprintln!("{line}")),
+        Err(error) => eprintln!("dns: warning: {error}"),
     }
 }
 

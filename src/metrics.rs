@@ -24,6 +24,12 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    service: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     service: String,
     instance: String,
@@ -102,6 +108,9 @@ pub struct Metrics {
     connect_errors: Family<ServiceLabels, Counter>,
     timeouts: Family<ServiceLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
+    retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    active_requests: Family<ServiceLabels, Gauge>,
+    active_retries: Family<ServiceLabels, Gauge>,
     in_flight: Family<InstanceLabels, Gauge>,
     healthy: Family<InstanceLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
@@ -111,6 +120,7 @@ pub struct Metrics {
     registry_instances: Family<SourceLabels, Gauge>,
     consul_errors: Family<ServiceLabels, Counter>,
     consul_stale: Family<ServiceLabels, Gauge>,
+    dns_resolutions: Family<DnsLabels, Counter>,
     connections_accepted: Family<ListenerLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_rejected: Family<ListenerLabels, Counter>,
@@ -157,6 +167,9 @@ impl Metrics {
             connect_errors: Family::default(),
             timeouts: Family::default(),
             retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            active_requests: Family::default(),
+            active_retries: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             transitions: Family::default(),
@@ -166,6 +179,7 @@ impl Metrics {
             registry_instances: Family::default(),
             consul_errors: Family::default(),
             consul_stale: Family::default(),
+            dns_resolutions: Family::default(),
             connections_accepted: Family::default(),
             connections_open: Family::default(),
             connections_rejected: Family::default(),
@@ -202,6 +216,21 @@ impl Metrics {
             "upstream_retries",
             "Requests tried again on another instance",
             m.retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the service's retry budget was used up, by service",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_active_requests",
+            "Requests being sent to a service's instances now (the retry budget's base), by service",
+            m.active_requests.clone(),
+        );
+        registry.register(
+            "upstream_active_retries",
+            "Requests being retried now, by service",
+            m.active_retries.clone(),
         );
         registry.register(
             "instance_in_flight",
@@ -247,6 +276,11 @@ impl Metrics {
             "consul_stale",
             "1 while a service's Consul data is stale (Consul unreachable or answering badly)",
             m.consul_stale.clone(),
+        );
+        registry.register(
+            "dns_resolutions",
+            "Resolutions of instance host names, by service and result (found, gone: NXDOMAIN or no address, failed: timeout, SERVFAIL, resolver unreachable)",
+            m.dns_resolutions.clone(),
         );
         registry.register(
             "connections_accepted",
@@ -374,6 +408,9 @@ impl Metrics {
             connect_errors: self.connect_errors.get_or_create_owned(&labels),
             timeouts: self.timeouts.get_or_create_owned(&labels),
             retries: self.retries.get_or_create_owned(&labels),
+            retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels),
+            active_requests: self.active_requests.get_or_create_owned(&labels),
+            active_retries: self.active_retries.get_or_create_owned(&labels),
             answered_by_proxy: CLASSES.map(|class| {
                 self.requests
                     .get_or_create_owned(&request_labels(&none, class))
@@ -447,6 +484,17 @@ impl Metrics {
         self.consul_errors
             .get_or_create(&ServiceLabels {
                 service: service.into(),
+            })
+            .inc();
+    }
+
+    /// A host name of `service` was resolved; `result` is `found`, `gone`
+    /// or `failed`.
+    pub fn dns_resolution(&self, service: &str, result: &'static str) {
+        self.dns_resolutions
+            .get_or_create(&DnsLabels {
+                service: service.into(),
+                result,
             })
             .inc();
     }
@@ -546,6 +594,13 @@ pub struct ServiceMetrics {
     pub timeouts: Counter,
     /// Retries on another instance.
     pub retries: Counter,
+    /// Retries refused by the retry budget.
+    pub retry_budget_exhausted: Counter,
+    /// Requests in `send_with_retries` now; shared by every snapshot, so
+    /// the retry budget survives rebuilds.
+    pub active_requests: Gauge,
+    /// Requests that have started retrying and not finished.
+    pub active_retries: Gauge,
     answered_by_proxy: [Counter; 5],
 }
 

@@ -178,7 +178,7 @@ services:
 }
 
 #[tokio::test]
-async fn a_reset_after_sending_is_a_502_and_is_not_retried() {
+async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
     // Reads the request, then closes without answering.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rude = listener.local_addr().unwrap();
@@ -198,10 +198,26 @@ async fn a_reset_after_sending_is_a_502_and_is_not_retried() {
         "routes:\n  - service: s\nservices:\n  s: {{strategy: round_robin, instances: [{{address: \"{rude}\"}}, {{address: \"{good}\"}}]}}\n"
     ))
     .await;
-    let got = get(&client(), &format!("{}/", base(&proxy)), &[]).await;
+    // A POST may have had its effect: never sent again.
+    let post = http::Request::post(format!("{}/", base(&proxy)))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let got = send(&client(), post).await;
     assert_eq!(got.status, 502, "{}", got.body);
     assert!(got.body.contains("closed the connection"), "{}", got.body);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A GET is idempotent: when it meets the rude one (one of the next two
+    // in round robin), the other instance answers it.
+    for _ in 0..2 {
+        let got = get(&client(), &format!("{}/", base(&proxy)), &[]).await;
+        assert_eq!(
+            (got.status, got.served_by()),
+            (200, "good".into()),
+            "{}",
+            got.body
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -61,6 +61,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Consul, if used.
     pub consul: Option<ConsulConfig>,
+    /// How instance addresses given by host name are resolved.
+    pub dns: DnsConfig,
     /// Fleet mode (config, history and registry shared through etcd), if
     /// on. Node-local: never part of a pushed version.
     pub fleet: Option<FleetConfig>,
@@ -383,6 +385,8 @@ pub struct ServiceConfig {
     /// Total tries per request (first try included) when connecting fails;
     /// each retry goes to a different instance.
     pub max_attempts: NonZeroU32,
+    /// When a failed try is sent again, and how many retries may run.
+    pub retry: RetryPolicy,
     /// Active health checking, if any.
     pub health_check: Option<HealthCheckConfig>,
     /// Passive health checking (ejection on failures seen in traffic).
@@ -401,6 +405,103 @@ pub struct ServiceConfig {
     pub tls: Option<UpstreamTls>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
+    /// Instances listed in the file by host name: each resolved address
+    /// becomes an instance (see [`DnsConfig`]).
+    pub named: Vec<NamedInstance>,
+}
+
+/// An instance given as `host:port`; the resolver turns every A/AAAA
+/// record of `host` into an instance with these settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedInstance {
+    /// The base of the resolved instances' ids (`host:port` when not
+    /// given); each id is `<base>:<ip>`.
+    pub id: InstanceId,
+    /// The host name, without a trailing dot.
+    pub host: String,
+    /// The port the instances listen on.
+    pub port: u16,
+    /// Relative share of traffic of each resolved instance.
+    pub weight: NonZeroU32,
+    /// Free-form tags, inherited by each resolved instance.
+    pub tags: Vec<String>,
+    /// Free-form key/value metadata, inherited by each resolved instance.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl NamedInstance {
+    /// The instance for one resolved address: the id is derived from the
+    /// name, the port and the address, so a refresh that returns the same
+    /// address yields the same instance (and keeps its health and pools).
+    pub fn resolved(&self, ip: std::net::IpAddr) -> InstanceConfig {
+        let mut metadata = self.metadata.clone();
+        metadata.insert("dns_name".into(), self.host.clone());
+        InstanceConfig {
+            id: InstanceId::from(format!("{}:{ip}", self.id).as_str()),
+            address: SocketAddr::new(ip, self.port),
+            weight: self.weight,
+            tags: self.tags.clone(),
+            metadata,
+        }
+    }
+}
+
+/// Resolution of instances given by host name (Envoy's STRICT_DNS: every
+/// record is an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty means those of `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
+    /// Time between resolutions of a name.
+    pub refresh: Duration,
+    /// Re-resolve when the answer's TTL runs out instead (bounded by
+    /// [`defaults::DNS_MIN_REFRESH`] and [`defaults::DNS_MAX_REFRESH`]).
+    pub respect_ttl: bool,
+    /// How long a name's last answer is trusted while resolution fails
+    /// transiently; after that a warning, and the instances still stay.
+    pub hold: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> DnsConfig {
+        DnsConfig {
+            resolvers: Vec::new(),
+            refresh: defaults::DNS_REFRESH,
+            respect_ttl: false,
+            hold: defaults::DNS_HOLD,
+        }
+    }
+}
+
+/// What makes a try count as failed and be sent again (`retry.on`), and
+/// the budget that keeps retries from multiplying load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// No connection could be made (nothing was sent).
+    pub connect_failure: bool,
+    /// The connection reset or closed before any byte of the response
+    /// (idempotent requests only).
+    pub reset: bool,
+    /// The upstream answered 502, 503 or 504 (idempotent requests only).
+    pub gateway_error: bool,
+    /// The upstream answered any 5xx (idempotent requests only).
+    pub server_error: bool,
+    /// Retries in progress may be at most this share of the service's
+    /// active requests (but [`defaults::RETRY_BUDGET_MIN_CONCURRENCY`] are
+    /// always allowed).
+    pub budget_percent: u8,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            connect_failure: true,
+            reset: true,
+            gateway_error: false,
+            server_error: false,
+            budget_percent: defaults::RETRY_BUDGET_PERCENT,
+        }
+    }
 }
 
 /// The HTTP version spoken to a service's instances.
@@ -527,6 +628,22 @@ pub mod defaults {
     pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
     /// Default share of a service that may be ejected at once.
     pub const MAX_EJECTION_PERCENT: u8 = 50;
+    /// Default share of active requests that may be retries (Envoy's).
+    pub const RETRY_BUDGET_PERCENT: u8 = 20;
+    /// Retries always allowed at once, however few requests are active.
+    pub const RETRY_BUDGET_MIN_CONCURRENCY: u64 = 3;
+    /// First retry backoff (full jitter up to this, doubling per retry).
+    pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+    /// Longest retry backoff.
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+    /// Default time between resolutions of an instance host name.
+    pub const DNS_REFRESH: Duration = Duration::from_secs(5);
+    /// Default time a name's last answer is trusted while resolution fails.
+    pub const DNS_HOLD: Duration = Duration::from_secs(30);
+    /// Shortest refresh when following record TTLs (TTL 0 would spin).
+    pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+    /// Longest refresh when following record TTLs.
+    pub const DNS_MAX_REFRESH: Duration = Duration::from_secs(300);
     /// Default wait of a Consul blocking query.
     pub const CONSUL_WAIT: Duration = Duration::from_secs(30);
     /// Default limit on connecting to an etcd member.
@@ -690,6 +807,7 @@ impl ServiceConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_attempts: NonZeroU32::new(defaults::MAX_ATTEMPTS).unwrap_or(NonZeroU32::MIN),
+            retry: RetryPolicy::default(),
             health_check: None,
             outlier_detection: None,
             panic_threshold: 0,
@@ -698,6 +816,7 @@ impl ServiceConfig {
             protocol: UpstreamProtocol::Http1,
             tls: None,
             instances: Vec::new(),
+            named: Vec::new(),
         }
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) consul: Option<RawConsul>,
     #[serde(default)]
+    pub(crate) dns: Option<RawDns>,
+    #[serde(default)]
     pub(crate) fleet: Option<RawFleet>,
     #[serde(default)]
     pub(crate) underscores_in_headers: bool,
@@ -46,6 +48,19 @@ pub(crate) struct RawAccessLog {
     pub(crate) path: Option<String>,
     #[serde(default)]
     pub(crate) format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    #[serde(default)]
+    pub(crate) resolvers: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) refresh: Option<String>,
+    #[serde(default)]
+    pub(crate) respect_ttl: Option<bool>,
+    #[serde(default)]
+    pub(crate) hold: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,7 +340,12 @@ pub(crate) struct RawUpstreamTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRetry {
-    pub(crate) max_attempts: i64,
+    #[serde(default)]
+    pub(crate) max_attempts: Option<i64>,
+    #[serde(default)]
+    pub(crate) on: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) budget_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -163,6 +163,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .unwrap_or(1),
     };
 
+    let dns = validate_dns(raw.dns.as_ref(), &mut errors);
+
     let mut services = BTreeMap::new();
     for (name, service) in &raw.services {
         let path = format!("services.{name}");
@@ -226,6 +228,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             allow_new_services: raw.registry.as_ref().is_some_and(|r| r.allow_new_services),
         },
         consul,
+        dns,
         fleet,
         underscores_in_headers: raw.underscores_in_headers,
         access_log,
@@ -394,17 +397,41 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         &raw.request_timeout,
         defaults::REQUEST_TIMEOUT,
     );
-    let max_attempts = match &raw.retry {
+    let max_attempts = match raw.retry.as_ref().and_then(|r| r.max_attempts) {
         None => NonZeroU32::new(defaults::MAX_ATTEMPTS),
-        Some(retry) => errors.check(
+        Some(n) => errors.check(
             format!("{path}.retry.max_attempts"),
-            u32::try_from(retry.max_attempts)
+            u32::try_from(n)
                 .ok()
                 .filter(|n| (1..=10).contains(n))
                 .and_then(NonZeroU32::new)
-                .ok_or_else(|| format!("must be between 1 and 10 (got {})", retry.max_attempts)),
+                .ok_or_else(|| format!("must be between 1 and 10 (got {n})")),
         ),
     };
+    let mut retry = RetryPolicy::default();
+    if let Some(raw_retry) = &raw.retry {
+        if let Some(on) = &raw_retry.on {
+            retry.connect_failure = false;
+            retry.reset = false;
+            for (i, trigger) in on.iter().enumerate() {
+                match trigger.trim() {
+                    "connect-failure" => retry.connect_failure = true,
+                    "reset" => retry.reset = true,
+                    "gateway-error" => retry.gateway_error = true,
+                    "5xx" => retry.server_error = true,
+                    other => errors.push(
+                        format!("{path}.retry.on[{i}]"),
+                        format!("`{other}` is not a retry trigger; use connect-failure, reset, gateway-error or 5xx"),
+                    ),
+                }
+            }
+        }
+        if let Some(p) = raw_retry.budget_percent {
+            if let Some(p) = errors.check(format!("{path}.retry.budget_percent"), percent(p)) {
+                retry.budget_percent = p;
+            }
+        }
+    }
 
     let health_check = raw
         .health_check
@@ -464,8 +491,30 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
     let mut instances = Vec::new();
     let mut ids = HashSet::new();
     let mut addresses = HashSet::new();
+    let mut named = Vec::new();
+    let mut names = HashSet::new();
     for (i, instance) in raw.instances.iter().enumerate() {
         let path = format!("{path}.instances[{i}]");
+        if let Some(host_port) = named_address(&instance.address) {
+            if let Some(instance) = validate_named(&path, instance, host_port, errors) {
+                if !names.insert((instance.host.clone(), instance.port)) {
+                    errors.push(
+                        format!("{path}.address"),
+                        format!(
+                            "{}:{} is listed twice in this service",
+                            instance.host, instance.port
+                        ),
+                    );
+                } else if !ids.insert(instance.id.clone()) {
+                    errors.push(
+                        format!("{path}.id"),
+                        format!("id `{}` is used twice in this service", instance.id),
+                    );
+                }
+                named.push(instance);
+            }
+            continue;
+        }
         if let Some(instance) = validate_instance(&path, instance, errors) {
             if !addresses.insert(instance.address) {
                 errors.push(
@@ -489,6 +538,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         connect_timeout,
         request_timeout,
         max_attempts: max_attempts?,
+        retry,
         health_check,
         outlier_detection,
         panic_threshold: panic_threshold?,
@@ -497,6 +547,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         protocol: protocol?,
         tls: tls.flatten(),
         instances,
+        named,
     })
 }
 
@@ -1258,6 +1309,132 @@ fn validate_outlier(
     })
 }
 
+/// `host:port` when `text` is meant as a host name: it is not an IP
+/// address with a port, and the part before the last `:` is neither an IP
+/// address nor made of digits and dots only (a mistyped IPv4 address gets
+/// the IP address error, not a DNS lookup).
+fn named_address(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim();
+    if text.parse::<SocketAddr>().is_ok() {
+        return None;
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let looks_numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if host.is_empty()
+        || looks_numeric
+        || host.contains([':', '[', ']'])
+        || host.parse::<std::net::IpAddr>().is_ok()
+    {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// A host name as DNS allows it: labels of 1-63 letters, digits and `-`
+/// (not at either end), at most 253 characters; one trailing dot allowed.
+fn check_host_name(host: &str) -> Result<String, String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("`{host}` is not a host name (1-253 characters)"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(format!(
+                "`{host}` is not a host name: label `{label}` must be 1-63 letters, digits or `-`"
+            ));
+        }
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn validate_named(
+    path: &str,
+    raw: &RawInstance,
+    (host, port): (&str, &str),
+    errors: &mut Errors,
+) -> Option<NamedInstance> {
+    let address_path = format!("{path}.address");
+    let host = errors.check(address_path.clone(), check_host_name(host));
+    let port = errors.check(
+        address_path,
+        port.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("`{port}` is not a port (1-65535)")),
+    );
+    let weight = errors.check(format!("{path}.weight"), weight(raw.weight));
+    let (host, port) = (host?, port?);
+    let id = match &raw.id {
+        Some(id) => errors.check(
+            format!("{path}.id"),
+            check_name(id).map(|()| InstanceId::from(id.as_str())),
+        )?,
+        None => InstanceId::from(format!("{host}:{port}").as_str()),
+    };
+    Some(NamedInstance {
+        id,
+        host,
+        port,
+        weight: weight?,
+        tags: raw.tags.clone(),
+        metadata: raw.metadata.clone(),
+    })
+}
+
+fn weight(raw: Option<i64>) -> Result<NonZeroU32, String> {
+    match raw {
+        None => Ok(NonZeroU32::MIN),
+        Some(w) => u32::try_from(w)
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| format!("must be between 1 and {MAX_WEIGHT} (got {w})")),
+    }
+}
+
+fn validate_dns(raw: Option<&super::raw::RawDns>, errors: &mut Errors) -> DnsConfig {
+    let Some(raw) = raw else {
+        return DnsConfig::default();
+    };
+    let mut resolvers = Vec::new();
+    for (i, text) in raw.resolvers.iter().flatten().enumerate() {
+        // A bare IP means the standard port.
+        let parsed = text
+            .trim()
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, 53))
+            .or_else(|_| parse_socket_addr(text));
+        if let Some(address) = errors.check(format!("dns.resolvers[{i}]"), parsed) {
+            resolvers.push(address);
+        }
+    }
+    DnsConfig {
+        resolvers,
+        refresh: duration_field(
+            errors,
+            "dns.refresh".into(),
+            &raw.refresh,
+            defaults::DNS_REFRESH,
+            false,
+        ),
+        respect_ttl: raw.respect_ttl.unwrap_or(false),
+        hold: duration_field(
+            errors,
+            "dns.hold".into(),
+            &raw.hold,
+            defaults::DNS_HOLD,
+            true,
+        ),
+    }
+}
+
 fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Option<InstanceConfig> {
     // Port 0 means "any port" to a listener; nothing can connect to it.
     let address = parse_socket_addr(&raw.address).and_then(|address| {
@@ -1271,17 +1448,7 @@ fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Opti
         }
     });
     let address = errors.check(format!("{path}.address"), address);
-    let weight = errors.check(
-        format!("{path}.weight"),
-        match raw.weight {
-            None => Ok(NonZeroU32::MIN),
-            Some(w) => u32::try_from(w)
-                .ok()
-                .filter(|w| *w <= MAX_WEIGHT)
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| format!("must be between 1 and {MAX_WEIGHT} (got {w})")),
-        },
-    );
+    let weight = errors.check(format!("{path}.weight"), weight(raw.weight));
     let id = match &raw.id {
         Some(id) => errors.check(
             format!("{path}.id"),

@@ -1,8 +1,10 @@
-//! Sources of instances other than the file: Consul. Each source only ever
+//! Sources of instances other than the file's addresses: Consul, and the
+//! file's host names resolved by DNS. Each source only ever
 //! writes the registry; a source that fails keeps the last instances it
 //! delivered (marked stale) until it recovers.
 
 pub mod consul;
+pub mod dns;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +28,15 @@ const QUERY_BURST: u32 = 2;
 /// quickly.
 const QUERY_REFILL: Duration = Duration::from_secs(1);
 
-/// Starts following Consul for every service with `discovery`, and keeps
-/// following the config: watchers start, stop and restart as reloads add,
-/// remove or change discovery settings.
+/// Starts following Consul for every service with `discovery`, and
+/// resolving every instance host name, and keeps following the config:
+/// watchers start, stop and restart as reloads add, remove or change
+/// discovery settings.
 pub fn spawn(registry: Arc<Registry>) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(follow_config(registry))]
+    vec![
+        tokio::spawn(follow_config(Arc::clone(&registry))),
+        dns::spawn(registry),
+    ]
 }
 
 async fn follow_config(registry: Arc<Registry>) {

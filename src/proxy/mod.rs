@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST, REFERER, TRANSFER_ENCODING, USER_AGENT};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -27,7 +27,7 @@ pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record};
 use crate::balance::hash_ip;
-use crate::config::UpstreamProtocol;
+use crate::config::{defaults, UpstreamProtocol};
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::upstream::{
     framing, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
@@ -384,10 +384,13 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Tries instances until one accepts the connection, at most
-/// `max_attempts` times, each on an instance not tried before. Once the
-/// request has been handed to a connection it is never sent again, except
-/// when that connection had been closed by the upstream (see [`Sent`]).
+/// Tries instances until one answers, at most `max_attempts` times, each
+/// on an instance not tried before, as `retry.on` allows. A request that
+/// was written is sent again only if it is idempotent, its connection
+/// closed before any response head (or the answer is a status `retry.on`
+/// names), and the retry budget allows; otherwise only when that
+/// connection had been closed by the upstream before it went out (see
+/// [`Sent`]).
 async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
@@ -397,9 +400,16 @@ async fn send_with_retries(
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
+    let policy = service.retry;
+    let idempotent = is_idempotent(&request);
+    let _active = GaugeGuard::new(&service.metrics.active_requests);
+    let mut retrying: Option<GaugeGuard<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     for attempt in 1..=attempts {
+        if attempt > 1 {
+            tokio::time::sleep(backoff(attempt - 1)).await;
+        }
         let Some(index) = service
             .balancer
             .pick_excluding(client_hash, &service.instances, &tried)
@@ -429,9 +439,25 @@ async fn send_with_retries(
             Sent::Answered {
                 response,
                 connection,
+                request: again,
             } => {
                 outcome.upstream_time = started.map(|started| started.elapsed());
                 let status = response.status();
+                let retry_status = status.is_server_error()
+                    && (policy.server_error
+                        || (policy.gateway_error && matches!(status.as_u16(), 502..=504)));
+                if let Some(again) = again.filter(|_| retry_status && idempotent) {
+                    if attempt < attempts && retry_allowed(service, &mut retrying) {
+                        tracing::debug!(service = %service.name, instance = %instance.id, attempt, %status, "retrying on another instance");
+                        instance.state.metrics.response(status.as_u16());
+                        service.record_outcome(instance, Some(&status as &dyn std::fmt::Display));
+                        drop(response);
+                        tried.push(index);
+                        last_error = None;
+                        request = again;
+                        continue;
+                    }
+                }
                 let server_error = status.is_server_error()
                     && service
                         .outlier_detection
@@ -457,6 +483,16 @@ async fn send_with_retries(
                 tried.push(index);
                 last_error = Some(error);
                 request = unsent;
+            }
+            Sent::ConnectFailed(error, unsent) if !policy.connect_failure => {
+                if !error.is_local() {
+                    service.record_outcome(instance, Some(&error));
+                }
+                service.metrics.connect_errors.inc();
+                tried.push(index);
+                last_error = Some(error);
+                drop(unsent);
+                break;
             }
             Sent::ConnectFailed(error, unsent) => {
                 tracing::warn!(
@@ -489,8 +525,17 @@ async fn send_with_retries(
                     timeout: service.request_timeout,
                 });
             }
-            Sent::Failed(error) => {
+            Sent::Failed(error, again) => {
                 service.record_outcome(instance, Some(&error));
+                if let Some(again) = again.filter(|_| policy.reset && idempotent) {
+                    if attempt < attempts && retry_allowed(service, &mut retrying) {
+                        tracing::warn!(service = %service.name, instance = %instance.id, attempt, %error, "connection closed before the response; retrying on another instance");
+                        tried.push(index);
+                        last_error = None;
+                        request = again;
+                        continue;
+                    }
+                }
                 tracing::warn!(
                     service = %service.name,
                     instance = %instance.id,
@@ -528,6 +573,65 @@ async fn send_with_retries(
     })
 }
 
+/// Whether sending `request` twice has the effect of sending it once
+/// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
+fn is_idempotent<B>(request: &Request<B>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || request.headers().contains_key("idempotency-key")
+}
+
+/// The wait before retry number `retry` (1, 2, ...): full jitter up to
+/// 25 ms doubling per retry, at most 250 ms, so retries of requests that
+/// failed together do not arrive together.
+fn backoff(retry: u32) -> Duration {
+    let ceiling = defaults::RETRY_BACKOFF_BASE
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+        .min(defaults::RETRY_BACKOFF_MAX);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(..=millis))
+}
+
+/// Whether a request that reached an instance may be retried: the retry
+/// budget allows retries in progress up to `budget_percent` of the
+/// service's active requests, and always a few. The first retry of a
+/// request takes a slot it holds until it is done; a refusal is counted.
+/// (Re-sending after a connect failure, which cost the instances nothing,
+/// is bounded by `max_attempts` only.)
+fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<'a>>) -> bool {
+    if slot.is_some() {
+        return true;
+    }
+    let metrics = &service.metrics;
+    let active = u64::try_from(metrics.active_requests.get()).unwrap_or(0);
+    let retrying = u64::try_from(metrics.active_retries.get()).unwrap_or(0);
+    let allowed = (active.saturating_mul(u64::from(service.retry.budget_percent)) / 100)
+        .max(defaults::RETRY_BUDGET_MIN_CONCURRENCY);
+    if retrying >= allowed {
+        metrics.retry_budget_exhausted.inc();
+        return false;
+    }
+    *slot = Some(GaugeGuard::new(&metrics.active_retries));
+    true
+}
+
+/// Counts one in a gauge while alive.
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> GaugeGuard<'a> {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Whether a failed exchange was the client's doing, judged by how reading
 /// its body went: it broke the body's framing or went away (the upstream
 /// client then reports only that the body failed), or the request timeout
@@ -539,10 +643,12 @@ fn client_fault(
 ) -> Option<ProxyError> {
     let state = client_body?.state();
     match (sent, state) {
-        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Malformed) => {
+        (Sent::Failed(..) | Sent::TimedOut, ClientBodyState::Malformed) => {
             Some(ProxyError::MalformedRequestBody)
         }
-        (Sent::Failed(_) | Sent::TimedOut, ClientBodyState::Gone) => Some(ProxyError::ClientClosed),
+        (Sent::Failed(..) | Sent::TimedOut, ClientBodyState::Gone) => {
+            Some(ProxyError::ClientClosed)
+        }
         (Sent::TimedOut, ClientBodyState::WaitingForClient) => {
             Some(ProxyError::ClientTimeout { timeout })
         }
@@ -557,6 +663,9 @@ enum Sent {
     Answered {
         response: Response<ResponseBody>,
         connection: Option<Sender>,
+        /// The request, when it can be sent again (the lean client only
+        /// borrows it).
+        request: Option<Request<RequestBody>>,
     },
     /// No connection could be made; the request is given back.
     ConnectFailed(ConnectError, Request<RequestBody>),
@@ -564,8 +673,10 @@ enum Sent {
     Unsent(Request<RequestBody>, String),
     /// No response head within the request timeout.
     TimedOut,
-    /// The request went out and the exchange failed.
-    Failed(String),
+    /// The request went out and the exchange failed; the request is given
+    /// back when the connection closed or reset before any response head
+    /// (it may be sent again if it is idempotent).
+    Failed(String, Option<Request<RequestBody>>),
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns
@@ -592,11 +703,12 @@ async fn send_hyper(
                 // The lean client checks the same in its own parser.
                 let status = response.status();
                 if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
-                    return Sent::Failed(format!("invalid response: {invalid}"));
+                    return Sent::Failed(format!("invalid response: {invalid}"), None);
                 }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
                     connection: Some(connection.sender),
+                    request: None,
                 };
             }
             Err(_elapsed) => return Sent::TimedOut,
@@ -607,7 +719,7 @@ async fn send_hyper(
                     request = unsent;
                 }
                 Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
-                None => return Sent::Failed(error.into_error().to_string()),
+                None => return Sent::Failed(error.into_error().to_string(), None),
             },
         }
     }
@@ -636,6 +748,7 @@ async fn send_lean(
                 return Sent::Answered {
                     response: response.map(ResponseBody::Lean),
                     connection: None,
+                    request: Some(request),
                 }
             }
             Err(_elapsed) => return Sent::TimedOut,
@@ -643,7 +756,10 @@ async fn send_lean(
             Ok(Err(failed)) if failed.unsent => {
                 return Sent::Unsent(request, failed.error.to_string())
             }
-            Ok(Err(failed)) => return Sent::Failed(failed.error.to_string()),
+            Ok(Err(failed)) => {
+                let again = failed.before_response.then_some(request);
+                return Sent::Failed(failed.error.to_string(), again);
+            }
         }
     }
 }

@@ -292,6 +292,8 @@ struct RegistryState {
     /// Discovered in Consul, by service.
     discovered: BTreeMap<ServiceName, Vec<InstanceConfig>>,
     discovery_status: BTreeMap<ServiceName, DiscoveryStatus>,
+    /// Resolved from the file's host-name instances, by service.
+    resolved: BTreeMap<ServiceName, Vec<InstanceConfig>>,
     /// Built instances by service and id, each with the generation of the
     /// last build that kept it.
     instances: HashMap<ServiceName, InstanceMap>,
@@ -340,6 +342,7 @@ impl Registry {
             registered: BTreeMap::new(),
             discovered: BTreeMap::new(),
             discovery_status: BTreeMap::new(),
+            resolved: BTreeMap::new(),
             instances: HashMap::new(),
             built: HashMap::new(),
             dirty: HashSet::new(),
@@ -697,6 +700,28 @@ impl Registry {
         self.commit(state);
     }
 
+    /// Replaces the instances resolved from the host names `service` lists
+    /// in the file. Instances whose id and address come back unchanged are
+    /// kept as they are (health, ejections, pools).
+    pub fn set_resolved(&self, service: &ServiceName, instances: Vec<InstanceConfig>) {
+        let mut state = self.lock();
+        if state.resolved.get(service) == Some(&instances) {
+            return;
+        }
+        state.resolved.insert(service.clone(), instances);
+        state.dirty.insert(service.clone());
+        self.commit(state);
+    }
+
+    /// The instances last resolved from the host names of `service`.
+    pub fn resolved(&self, service: &ServiceName) -> Vec<InstanceConfig> {
+        self.lock()
+            .resolved
+            .get(service)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Records the discovery status of `service`.
     pub fn set_discovery_status(&self, service: &ServiceName, status: DiscoveryStatus) {
         self.lock().discovery_status.insert(service.clone(), status);
@@ -847,17 +872,28 @@ fn plan_service<'a>(
         Some(settings) => &settings.instances,
         None => &[],
     };
+    // Resolved names count as the file's: they are written there.
+    let resolved = state
+        .resolved
+        .get(name)
+        .filter(|_| !settings.named.is_empty());
     let api = state.registered.get(name);
     let consul = state
         .discovered
         .get(name)
         .filter(|_| settings.discovery.is_some());
     let sources = usize::from(!file.is_empty())
+        + usize::from(resolved.is_some_and(|l| !l.is_empty()))
         + usize::from(api.is_some_and(|m| !m.is_empty()))
         + usize::from(consul.is_some_and(|l| !l.is_empty()));
     let all = file
         .iter()
         .map(|i| (i, Source::File))
+        .chain(
+            resolved
+                .into_iter()
+                .flat_map(|l| l.iter().map(|i| (i, Source::File))),
+        )
         .chain(
             api.into_iter()
                 .flat_map(|m| m.values().map(|r| (&r.instance, Source::Api))),

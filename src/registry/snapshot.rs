@@ -61,6 +61,8 @@ pub struct ServiceSnapshot {
     pub request_timeout: Duration,
     /// Tries per request.
     pub max_attempts: NonZeroU32,
+    /// When and how much to retry.
+    pub retry: crate::config::RetryPolicy,
     /// Passive health checking, if on.
     pub outlier_detection: Option<OutlierDetectionConfig>,
     /// HTTP version spoken to the instances.
@@ -222,6 +224,7 @@ impl ServiceSnapshot {
             connect_timeout: service.connect_timeout,
             request_timeout: service.request_timeout,
             max_attempts: service.max_attempts,
+            retry: service.retry,
             outlier_detection: service.outlier_detection.clone(),
             protocol: service.protocol,
             tls: service.tls.is_some(),

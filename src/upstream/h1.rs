@@ -73,6 +73,10 @@ pub struct SendError {
     /// The request was certainly not processed (a reused connection that
     /// was closed under us).
     pub unsent: bool,
+    /// The connection closed or reset before any response head arrived:
+    /// the request may have been processed, but nothing was answered, so
+    /// an idempotent request can be sent again.
+    pub before_response: bool,
 }
 
 impl Conn {
@@ -121,9 +125,11 @@ impl Conn {
         if let Err(error) = self.io.write_all(&self.head).await {
             // A reused connection the upstream had closed: nothing arrived.
             let unsent = reused && is_closed_error(&error);
+            let before_response = is_closed_error(&error);
             return Err(SendError {
                 error: error.into(),
                 unsent,
+                before_response,
             });
         }
         let head_only = request.method() == Method::HEAD;
@@ -150,6 +156,7 @@ impl Conn {
                             return Err(SendError {
                                 error,
                                 unsent: false,
+                                before_response: false,
                             })
                         }
                     };
@@ -185,7 +192,12 @@ impl Conn {
                             *request.method(),
                             Method::GET | Method::HEAD | Method::OPTIONS
                         );
-                    return Err(SendError { error, unsent });
+                    let before_response = !received_any && closed;
+                    return Err(SendError {
+                        error,
+                        unsent,
+                        before_response,
+                    });
                 }
             }
         }

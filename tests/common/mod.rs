@@ -172,6 +172,7 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
 pub type Flag = Arc<tokio::sync::Notify>;
 pub mod binary;
 pub mod consul;
+pub mod dns;
 pub mod etcd;
 pub mod flippable;
 pub mod raw;
