@@ -650,3 +650,43 @@ async fn registrations_survive_a_config_reload() {
     let seen = served(&proxy, 8).await;
     assert_eq!(seen.iter().filter(|s| *s == "b").count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_instance_ids_work_in_every_call() {
+    let a = echo("a").await;
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n").await;
+    // No id: the id is the address, with a `:` that URL encoders write as %3A.
+    let (status, answer) = api(
+        &proxy,
+        Method::POST,
+        "/admin/services/svc/instances",
+        Some(json!({"address": a.to_string(), "ttl": "60s"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let encoded = a.to_string().replace(':', "%3A");
+    let instance = format!("/admin/services/svc/instances/{encoded}");
+    for action in ["heartbeat", "drain", "undrain"] {
+        let (status, answer) =
+            api(&proxy, Method::PUT, &format!("{instance}/{action}"), None).await;
+        assert_eq!(status, 200, "{action}: {answer}");
+        assert_eq!(answer["id"], a.to_string(), "{action} names the decoded id");
+    }
+    // The service name is decoded too (`s%76c` is `svc`).
+    let (status, service) = api(&proxy, Method::GET, "/admin/services/s%76c", None).await;
+    assert_eq!(status, 200, "{service}");
+    // An encoded `/` inside a segment is refused, not split or looked up.
+    let (status, answer) = api(
+        &proxy,
+        Method::DELETE,
+        "/admin/services/svc/instances/a%2Fb",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.as_str().unwrap().contains("encoded `/`"), "{answer}");
+    let (status, answer) = api(&proxy, Method::DELETE, &instance, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
+    assert!(ids(&service).is_empty(), "{service}");
+}
