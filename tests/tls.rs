@@ -228,3 +228,87 @@ async fn a_redirect_listener_sends_clients_to_https() {
         "{errors}"
     );
 }
+
+/// Replaces `dir/{file}.pem` and `.key` with a new certificate the way
+/// certificate managers do: written beside them, then renamed over them.
+fn rename_cert(dir: &Path, file: &str, names: &[&str]) -> Vec<u8> {
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let der = write_cert(&staging, file, names);
+    for ext in ["pem", "key"] {
+        let name = format!("{file}.{ext}");
+        std::fs::rename(staging.join(&name), dir.join(&name)).unwrap();
+    }
+    der
+}
+
+/// Waits (up to 30 s) until a new handshake for `name` gets `expected`.
+async fn eventually_served(address: std::net::SocketAddr, name: &str, expected: &[u8], what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if leaf(&connect(address, name, &[b"http/1.1"]).await) == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still the old certificate after 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_replaced_on_disk_are_picked_up_by_the_watch() {
+    let upstream = echo("up").await;
+    let dir = common::binary::temp_dir();
+    // Certificates in their own directories, as cert managers keep them.
+    let (certs, later) = (dir.join("certs"), dir.join("later"));
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&later).unwrap();
+    let first = write_cert(&certs, "a", &["a.test"]);
+    let yaml = |cert_dir: &Path| {
+        let d = cert_dir.display();
+        format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: {d}/a.pem, key: {d}/a.key, server_names: [a.test]}}\nadmin: {{address: 127.0.0.1:0}}\nroutes: [{{service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+        )
+    };
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, yaml(&certs)).unwrap();
+    let options = switchyard::server::LiveOptions::new(&path);
+    assert!(options.watch, "watching is the default");
+    let proxy = switchyard::server::start_live(options).await.unwrap();
+    let address = proxy.listeners()[0].address;
+    assert_eq!(
+        leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
+        first
+    );
+
+    let second = rename_cert(&certs, "a", &["a.test"]);
+    eventually_served(
+        address,
+        "a.test",
+        &second,
+        "chain and key renamed into place",
+    )
+    .await;
+
+    // A directory first named by a reload is watched from then on.
+    let third = write_cert(&later, "a", &["a.test"]);
+    std::fs::write(dir.join("proxy.yaml.new"), yaml(&later)).unwrap();
+    std::fs::rename(dir.join("proxy.yaml.new"), &path).unwrap();
+    eventually_served(
+        address,
+        "a.test",
+        &third,
+        "proxy.yaml names a new directory",
+    )
+    .await;
+    let fourth = rename_cert(&later, "a", &["a.test"]);
+    eventually_served(
+        address,
+        "a.test",
+        &fourth,
+        "certificate in the new directory renamed",
+    )
+    .await;
+}
