@@ -197,8 +197,85 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
             .unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(
-        body.contains("listeners[0].tls.certificates[0].key: does not go with the certificate"),
+        body.contains(&format!(
+            "listeners[0].tls.certificates[0].key: `{d}/a.key` does not match the certificate in `{d}/a.pem`"
+        )),
         "{body}"
+    );
+}
+
+/// The errors of a one-certificate listener whose files are `cert`, `key`.
+fn tls_errors(dir: &Path, cert: &[u8], key: &[u8]) -> String {
+    std::fs::write(dir.join("c.pem"), cert).unwrap();
+    std::fs::write(dir.join("c.key"), key).unwrap();
+    let d = dir.display();
+    let text = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: {d}/c.pem, key: {d}/c.key}}\nadmin: {{address: 127.0.0.1:0}}\n"
+    );
+    switchyard::config::parse(&text).unwrap_err().to_string()
+}
+
+#[test]
+fn broken_certificates_are_named_in_plain_words() {
+    let dir = common::binary::temp_dir();
+    let good = rcgen::generate_simple_self_signed(vec!["c.test".to_string()]).unwrap();
+    let key = good.signing_key.serialize_pem();
+    let (field, file) = (
+        "listeners[0].tls.certificates[0].cert",
+        dir.join("c.pem").display().to_string(),
+    );
+
+    // Valid PEM and base64, but what is inside is not a certificate: this
+    // used to be blamed on the key, in rustls's words.
+    let errors = tls_errors(
+        &dir,
+        b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        key.as_bytes(),
+    );
+    assert!(
+        errors.contains(&format!(
+            "{field}: `{file}`: the first certificate is not a valid X.509 certificate"
+        )),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains("BadEncoding") && !errors.contains(".key"),
+        "{errors}"
+    );
+
+    let errors = tls_errors(&dir, b"just some text\n", key.as_bytes());
+    assert!(
+        errors.contains(&format!("{field}: `{file}` holds no certificate")),
+        "{errors}"
+    );
+
+    let errors = tls_errors(
+        &dir,
+        b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        key.as_bytes(),
+    );
+    assert!(
+        errors.contains(&format!("{field}: `{file}` is not a valid PEM file")),
+        "{errors}"
+    );
+
+    let mut params = rcgen::CertificateParams::new(vec!["c.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&good.signing_key).unwrap();
+    let errors = tls_errors(&dir, expired.pem().as_bytes(), key.as_bytes());
+    assert!(
+        errors.contains(&format!("{field}: `{file}`: the certificate expired on"))
+            && errors.contains("2021"),
+        "{errors}"
+    );
+
+    // A certificate where the key should be.
+    let errors = tls_errors(&dir, good.cert.pem().as_bytes(), good.cert.pem().as_bytes());
+    assert!(
+        errors.contains("listeners[0].tls.certificates[0].key: `")
+            && errors.contains("holds no private key"),
+        "{errors}"
     );
 }
 
