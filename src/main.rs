@@ -173,7 +173,7 @@ fn main() -> ExitCode {
             };
             let result = run(&cli.config, args, demo);
             if let Err(error) = &result {
-                tracing::error!("{}", describe(error));
+                tracing::error!("{}", config::one_line(&describe(error)));
             }
             result
         }

@@ -521,7 +521,8 @@ impl Reloader {
                 tracing::error!(
                     source = source.as_str(),
                     cause,
-                    "config reload refused, the running config stays: {error}"
+                    "config reload refused, the running config stays: {}",
+                    config::one_line(&error.to_string())
                 );
                 ("failed", Some(error.to_string()))
             }

@@ -281,3 +281,29 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(access["timestamp"].as_str().unwrap().contains('T'));
     assert!(events.iter().any(|e| e["message"] == "stopped"));
 }
+
+#[test]
+fn a_list_of_config_errors_is_one_text_log_line() {
+    let dir = temp_dir();
+    let path = dir.join("proxy.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: nowhere\nadmin:\n  address: 127.0.0.1:0\nroutes:\n  - service: missing\nservices: {}\n",
+    )
+    .unwrap();
+    let output = command()
+        .args(["run", "--no-watch", "--log-format", "text", "-c"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.join("versions"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(events.len(), 1, "one error event: {stderr}");
+    assert!(
+        events[0].contains("listeners[0].address") && events[0].contains("routes[0].service"),
+        "both errors on the event's line: {stderr}"
+    );
+}

@@ -588,6 +588,20 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// `text` on one line: its lines (such as a list of config errors) joined
+/// with `; `, so one log event stays one line in the text log format.
+pub fn one_line(text: &str) -> String {
+    let mut joined = String::with_capacity(text.len());
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !joined.is_empty() {
+            // `…is not a valid config:` introduces the list.
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(line);
+    }
+    joined
+}
+
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
