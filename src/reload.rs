@@ -622,6 +622,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.underscores_in_headers != new.underscores_in_headers {
         changes.push("underscores_in_headers changed".into());
     }
+    if old.error_detail != new.error_detail {
+        changes.push("error_detail changed".into());
+    }
     let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
         c.listeners.iter().map(|l| l.tls.clone()).collect()
     };

@@ -67,6 +67,8 @@ pub struct Config {
     /// Forward request headers whose names contain `_` (dropped by
     /// default, like nginx's `underscores_in_headers off`).
     pub underscores_in_headers: bool,
+    /// What the bodies of the proxy's own error answers (502, 504, …) say.
+    pub error_detail: ErrorDetail,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -587,6 +589,17 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// How much the proxy's own error answers tell the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorDetail {
+    /// What happened and the request id; upstream addresses and OS errors
+    /// stay in the log (the default: they are internal).
+    #[default]
+    Minimal,
+    /// Everything the log says, for development.
+    Full,
+}
 
 /// `text` on one line: its lines (such as a list of config errors) joined
 /// with `; `, so one log event stays one line in the text log format.

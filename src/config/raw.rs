@@ -30,6 +30,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) underscores_in_headers: bool,
     #[serde(default)]
+    pub(crate) error_detail: Option<String>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,

@@ -121,6 +121,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         true,
     );
 
+    let error_detail = match raw.error_detail.as_deref() {
+        None | Some("minimal") => ErrorDetail::Minimal,
+        Some("full") => ErrorDetail::Full,
+        Some(other) => {
+            errors.push(
+                "error_detail",
+                format!("`{other}` is not a choice; use `minimal` (the default) or `full`"),
+            );
+            ErrorDetail::Minimal
+        }
+    };
+
     let admin_token = match &raw.admin {
         Some(admin) => secret(
             &mut errors,
@@ -226,6 +238,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         consul,
         fleet,
         underscores_in_headers: raw.underscores_in_headers,
+        error_detail,
         routes,
         services,
     })
