@@ -307,3 +307,27 @@ fn a_list_of_config_errors_is_one_text_log_line() {
         "both errors on the event's line: {stderr}"
     );
 }
+
+#[test]
+fn config_durations_take_fractions_and_combined_units() {
+    let config = VALID
+        .replace("admin:\n", "drain_timeout: 1m30s\nadmin:\n")
+        .replace(
+            "strategy: round_robin\n",
+            "strategy: round_robin\n    health_check: {path: /, interval: 1.5s, timeout: 0.25s}\n",
+        );
+    let (ok, stdout, stderr) = check(&config);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = check(&VALID.replace("admin:\n", "drain_timeout: -1.5s\nadmin:\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("drain_timeout: `-1.5s` is negative"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = check(&VALID.replace("admin:\n", "drain_timeout: 24h0.5s\nadmin:\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("drain_timeout: `24h0.5s` is too long; the most allowed is 24h"),
+        "{stderr}"
+    );
+}

@@ -690,3 +690,46 @@ async fn percent_encoded_instance_ids_work_in_every_call() {
     let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
     assert!(ids(&service).is_empty(), "{service}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_take_fractional_and_combined_waits_and_consul_flags() {
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n").await;
+    let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
+    let index = service["index"].as_u64().unwrap();
+    for wait in ["0.3s", "0m0.3s"] {
+        let started = Instant::now();
+        let (status, answer) = api(
+            &proxy,
+            Method::GET,
+            &format!("/admin/services/svc?index={index}&wait={wait}&stale&consistent"),
+            None,
+        )
+        .await;
+        let waited = started.elapsed();
+        assert_eq!(status, 200, "wait={wait}: {answer}");
+        assert_eq!(answer["index"], index);
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+            "wait={wait} blocked {waited:?}"
+        );
+    }
+    for (query, words) in [
+        ("wait=-1s", "negative"),
+        ("wait=1.5d", "unknown unit `d`"),
+        ("wait=NaN", "not a duration"),
+        ("nope=1", "unknown parameter `nope`"),
+    ] {
+        let (status, answer) = api(
+            &proxy,
+            Method::GET,
+            &format!("/admin/services/svc?index={index}&{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert!(
+            answer.as_str().unwrap().contains(words),
+            "{query}: {answer}"
+        );
+    }
+}
