@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http::{Method, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use switchyard::admin_client::call_with;
@@ -732,4 +732,58 @@ async fn watches_take_fractional_and_combined_waits_and_consul_flags() {
             "{query}: {answer}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_answer_head_like_get_without_a_body() {
+    let a = echo("a").await;
+    let proxy = proxy(&format!(
+        "routes:\n  - service: svc\nservices:\n  svc: {{instances: [{{id: a, address: \"{a}\"}}]}}\n"
+    ))
+    .await;
+    let admin = proxy.admin_address();
+    let client = client();
+    for path in [
+        "/admin/status",
+        "/admin/health",
+        "/admin/services",
+        "/admin/services/svc",
+        "/admin/services/svc?healthy=true",
+        "/",
+    ] {
+        let url = format!("http://{admin}{path}");
+        let got = get(&client, &url, &[]).await;
+        assert_eq!(got.status, 200, "GET {path}: {}", got.body);
+        let head = send(&client, Request::head(&url).body(Full::default()).unwrap()).await;
+        assert_eq!(head.status, 200, "HEAD {path}: {}", head.body);
+        assert!(head.body.is_empty(), "HEAD {path} has no body");
+        assert_eq!(
+            head.headers["content-type"], got.headers["content-type"],
+            "HEAD {path}"
+        );
+        let length: usize = head.headers["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // /admin/status carries timings that change between calls.
+        if path != "/admin/status" {
+            assert_eq!(
+                length,
+                got.body.len(),
+                "HEAD {path}: the length GET would send"
+            );
+        } else {
+            assert!(length > 0);
+        }
+    }
+    // An unknown service is a 404 for HEAD as for GET.
+    let head = send(
+        &client,
+        Request::head(format!("http://{admin}/admin/services/nope"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 404);
 }

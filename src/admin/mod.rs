@@ -62,15 +62,35 @@ impl AdminState {
     }
 }
 
-/// Answers one admin request from `peer`.
+/// Answers one admin request from `peer`. `HEAD` is answered like `GET`
+/// (same status and headers, `Content-Length` included) without the body.
 pub async fn handle(
     state: &AdminState,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     if let Some(refusal) = authorize(state, &request, peer) {
         return refusal;
     }
+    if request.method() != Method::HEAD {
+        return route(state, request, peer).await;
+    }
+    *request.method_mut() = Method::GET;
+    let response = route(state, request, peer).await;
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = http_body::Body::size_hint(&body).exact() {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(parts, ProxyBody::message(Bytes::new()))
+}
+
+async fn route(
+    state: &AdminState,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let path = request.uri().path().trim_end_matches('/').to_string();
     // Each segment is decoded once: every URL encoder writes the `:` of an
     // instance id (its address) as `%3A`.
