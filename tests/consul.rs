@@ -281,7 +281,7 @@ fn check_tests_the_consul_connection() {
     );
     std::fs::write(&path, &text).unwrap();
     let output = common::binary::command()
-        .arg("check")
+        .args(["check", "--connect"])
         .arg("-c")
         .arg(&path)
         .output()
@@ -300,13 +300,30 @@ fn check_tests_the_consul_connection() {
     )
     .unwrap();
     let output = common::binary::command()
-        .arg("check")
+        .args(["check", "--connect"])
         .arg("-c")
         .arg(&path)
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach Consul"));
+
+    // Without --connect, `check` validates offline (like `nginx -t`): an
+    // unreachable agent does not make a valid file invalid.
+    let output = common::binary::command()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(!stdout.contains("consul at"), "not contacted: {stdout}");
 }
 
 /// The JSON log events of `process` named `message`, waiting (up to 20 s)
