@@ -425,11 +425,30 @@ impl Reloader {
         rollback_of: Option<ConfigVersion>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
+        let old = self.registry.config();
         // A rollback writes the file too (it stays the source of truth).
-        let Some(changes) = self.swap(&text, config, rollback_of.is_some()).await? else {
+        let Some(changes) = self
+            .swap(&text, config.clone(), rollback_of.is_some())
+            .await?
+        else {
             return Ok(ReloadOutcome::Unchanged);
         };
-        let version = self.history.record_local(&text, source, cause, rollback_of);
+        // Same text, new result: files it names changed (certificates);
+        // that is a version too, its cause saying which.
+        let cause = if same_text {
+            let certificates = changed_certificates(&old, &config);
+            if certificates.is_empty() {
+                format!("{cause}; files named by the config changed")
+            } else {
+                format!("{cause}; certificates changed: {}", certificates.join(", "))
+            }
+        } else {
+            cause.to_string()
+        };
+        let version = self
+            .history
+            .record_local(&text, source, &cause, rollback_of, same_text);
         Ok(ReloadOutcome::Applied { version, changes })
     }
 
@@ -542,6 +561,43 @@ impl Reloader {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The certificates of `new` that `old` did not serve, each as its chain
+/// file, the SHA-256 fingerprint of its leaf (as `openssl x509
+/// -fingerprint -sha256` prints it) and its key file.
+fn changed_certificates(old: &Config, new: &Config) -> Vec<String> {
+    let serving = |c: &Config| -> Vec<config::CertificateConfig> {
+        c.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|tls| tls.certificates.iter().cloned())
+            .collect()
+    };
+    let before = serving(old);
+    let mut changed: Vec<String> = serving(new)
+        .into_iter()
+        .filter(|c| !before.contains(c))
+        .map(|c| {
+            let leaf = c
+                .chain
+                .first()
+                .map(|der| <sha2::Sha256 as sha2::Digest>::digest(der));
+            let fingerprint = leaf.map_or_else(String::new, |digest| {
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            });
+            format!(
+                "{} (sha256 {fingerprint}) with key {}",
+                c.cert_path, c.key_path
+            )
+        })
+        .collect();
+    changed.dedup();
+    changed
 }
 
 /// What differs between two configs, in words, for the reload log line.

@@ -161,6 +161,37 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
             .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("TLS certificates changed"), "{body}");
+    // Recorded as a version of its own, whose cause names the file and the
+    // new leaf's SHA-256 fingerprint (as `openssl x509 -fingerprint` shows).
+    let (status, versions) = switchyard::admin_client::call(
+        proxy.admin_address(),
+        Method::GET,
+        "/admin/config/versions",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{versions}");
+    let versions: serde_json::Value = serde_json::from_str(&versions).unwrap();
+    let list = versions["versions"].as_array().unwrap();
+    assert_eq!(
+        list.len(),
+        2,
+        "start-up and the certificate reload: {versions}"
+    );
+    assert_eq!(versions["current"], list[1]["version"], "{versions}");
+    let fingerprint = <sha2::Sha256 as sha2::Digest>::digest(&cert_a2)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let cause = list[1]["cause"].as_str().unwrap();
+    assert!(
+        cause.contains(&format!(
+            "{d}/a.pem (sha256 {fingerprint}) with key {d}/a.key"
+        )),
+        "{cause}"
+    );
+    assert!(!cause.contains("b.pem"), "b did not change: {cause}");
     assert_eq!(
         leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
         cert_a2
