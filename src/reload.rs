@@ -579,10 +579,7 @@ fn changed_certificates(old: &Config, new: &Config) -> Vec<String> {
         .into_iter()
         .filter(|c| !before.contains(c))
         .map(|c| {
-            let leaf = c
-                .chain
-                .first()
-                .map(|der| <sha2::Sha256 as sha2::Digest>::digest(der));
+            let leaf = c.chain.first().map(<sha2::Sha256 as sha2::Digest>::digest);
             let fingerprint = leaf.map_or_else(String::new, |digest| {
                 digest
                     .iter()
