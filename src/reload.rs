@@ -6,6 +6,7 @@
 //! serving, and the error is logged, counted and shown in the admin status.
 //! Reloads run one at a time.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -424,11 +425,30 @@ impl Reloader {
         rollback_of: Option<ConfigVersion>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
+        let old = self.registry.config();
         // A rollback writes the file too (it stays the source of truth).
-        let Some(changes) = self.swap(&text, config, rollback_of.is_some()).await? else {
+        let Some(changes) = self
+            .swap(&text, config.clone(), rollback_of.is_some())
+            .await?
+        else {
             return Ok(ReloadOutcome::Unchanged);
         };
-        let version = self.history.record_local(&text, source, cause, rollback_of);
+        // Same text, new result: files it names changed (certificates);
+        // that is a version too, its cause saying which.
+        let cause = if same_text {
+            let certificates = changed_certificates(&old, &config);
+            if certificates.is_empty() {
+                format!("{cause}; files named by the config changed")
+            } else {
+                format!("{cause}; certificates changed: {}", certificates.join(", "))
+            }
+        } else {
+            cause.to_string()
+        };
+        let version = self
+            .history
+            .record_local(&text, source, &cause, rollback_of, same_text);
         Ok(ReloadOutcome::Applied { version, changes })
     }
 
@@ -520,7 +540,8 @@ impl Reloader {
                 tracing::error!(
                     source = source.as_str(),
                     cause,
-                    "config reload refused, the running config stays: {error}"
+                    "config reload refused, the running config stays: {}",
+                    config::one_line(&error.to_string())
                 );
                 ("failed", Some(error.to_string()))
             }
@@ -540,6 +561,40 @@ impl Reloader {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The certificates of `new` that `old` did not serve, each as its chain
+/// file, the SHA-256 fingerprint of its leaf (as `openssl x509
+/// -fingerprint -sha256` prints it) and its key file.
+fn changed_certificates(old: &Config, new: &Config) -> Vec<String> {
+    let serving = |c: &Config| -> Vec<config::CertificateConfig> {
+        c.listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|tls| tls.certificates.iter().cloned())
+            .collect()
+    };
+    let before = serving(old);
+    let mut changed: Vec<String> = serving(new)
+        .into_iter()
+        .filter(|c| !before.contains(c))
+        .map(|c| {
+            let leaf = c.chain.first().map(<sha2::Sha256 as sha2::Digest>::digest);
+            let fingerprint = leaf.map_or_else(String::new, |digest| {
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            });
+            format!(
+                "{} (sha256 {fingerprint}) with key {}",
+                c.cert_path, c.key_path
+            )
+        })
+        .collect();
+    changed.dedup();
+    changed
 }
 
 /// What differs between two configs, in words, for the reload log line.
@@ -623,6 +678,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.access_log != new.access_log {
         changes.push("access_log changed".into());
     }
+    if old.error_detail != new.error_detail {
+        changes.push("error_detail changed".into());
+    }
     let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
         c.listeners.iter().map(|l| l.tls.clone()).collect()
     };
@@ -691,19 +749,15 @@ fn join(items: &[&String]) -> String {
         .join(", ")
 }
 
-/// Watches the config file's directory (so saves by rename are seen) and
-/// reloads after each burst of changes to the file.
+/// Watches the directories of the config file and of every certificate
+/// and key file it names (so saves by rename, as editors and certificate
+/// managers do them, are seen) and reloads after each burst of changes to
+/// one of those files. Files first named by a reload are watched from then
+/// on.
 pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<()>> {
-    let path = reloader.path().to_path_buf();
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let files = Arc::new(Mutex::new(HashSet::new()));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let seen = Arc::clone(&files);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // Reads (including our own) must not trigger a reload.
@@ -712,20 +766,14 @@ pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<(
             EventKind::Access(_) | EventKind::Other | EventKind::Any => false,
             EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
         };
-        if relevant
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file_name.as_os_str()))
-        {
+        if relevant && event.paths.iter().any(|p| lock(&seen).contains(p)) {
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tracing::info!(file = %path.display(), "watching the config file for changes");
+    let mut dirs = HashSet::new();
+    watch_more(&mut watcher, &mut dirs, &files, &reloader)?;
+    tracing::info!(file = %reloader.path().display(), "watching the config file and its certificates for changes");
     Ok(tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
         while rx.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
             if !reloader.path().exists() {
@@ -737,8 +785,51 @@ pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<(
                 reloader.path().display()
             );
             let _ = reloader.reload(ChangeSource::File, &cause).await;
+            if let Err(error) = watch_more(&mut watcher, &mut dirs, &files, &reloader) {
+                tracing::error!(%error, "cannot watch a new certificate directory; reload with SIGHUP or the API");
+            }
         }
     }))
+}
+
+/// Starts watching the directories of files the running config names that
+/// are not watched yet, and makes their names the ones that count.
+fn watch_more(
+    watcher: &mut impl Watcher,
+    dirs: &mut HashSet<PathBuf>,
+    files: &Mutex<HashSet<PathBuf>>,
+    reloader: &Reloader,
+) -> notify::Result<()> {
+    let config = reloader.registry.config();
+    let certificates = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|tls| &tls.certificates)
+        .flat_map(|c| {
+            [
+                std::path::Path::new(&c.cert_path),
+                std::path::Path::new(&c.key_path),
+            ]
+        });
+    let mut wanted = HashSet::new();
+    for file in std::iter::once(reloader.path()).chain(certificates) {
+        let Some(name) = file.file_name() else {
+            continue;
+        };
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // Event paths are the watched directory joined with the name.
+        wanted.insert(dir.join(name));
+        if !dirs.contains(&dir) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            dirs.insert(dir);
+        }
+    }
+    *lock(files) = wanted;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -281,3 +281,53 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(access["timestamp"].as_str().unwrap().contains('T'));
     assert!(events.iter().any(|e| e["message"] == "stopped"));
 }
+
+#[test]
+fn a_list_of_config_errors_is_one_text_log_line() {
+    let dir = temp_dir();
+    let path = dir.join("proxy.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - address: nowhere\nadmin:\n  address: 127.0.0.1:0\nroutes:\n  - service: missing\nservices: {}\n",
+    )
+    .unwrap();
+    let output = command()
+        .args(["run", "--no-watch", "--log-format", "text", "-c"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.join("versions"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let events: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(events.len(), 1, "one error event: {stderr}");
+    assert!(
+        events[0].contains("listeners[0].address") && events[0].contains("routes[0].service"),
+        "both errors on the event's line: {stderr}"
+    );
+}
+
+#[test]
+fn config_durations_take_fractions_and_combined_units() {
+    let config = VALID
+        .replace("admin:\n", "drain_timeout: 1m30s\nadmin:\n")
+        .replace(
+            "strategy: round_robin\n",
+            "strategy: round_robin\n    health_check: {path: /, interval: 1.5s, timeout: 0.25s}\n",
+        );
+    let (ok, stdout, stderr) = check(&config);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, _, stderr) = check(&VALID.replace("admin:\n", "drain_timeout: -1.5s\nadmin:\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("drain_timeout: `-1.5s` is negative"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = check(&VALID.replace("admin:\n", "drain_timeout: 24h0.5s\nadmin:\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("drain_timeout: `24h0.5s` is too long; the most allowed is 24h"),
+        "{stderr}"
+    );
+}

@@ -281,7 +281,7 @@ fn check_tests_the_consul_connection() {
     );
     std::fs::write(&path, &text).unwrap();
     let output = common::binary::command()
-        .arg("check")
+        .args(["check", "--connect"])
         .arg("-c")
         .arg(&path)
         .output()
@@ -300,11 +300,138 @@ fn check_tests_the_consul_connection() {
     )
     .unwrap();
     let output = common::binary::command()
-        .arg("check")
+        .args(["check", "--connect"])
         .arg("-c")
         .arg(&path)
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach Consul"));
+
+    // Without --connect, `check` validates offline (like `nginx -t`): an
+    // unreachable agent does not make a valid file invalid.
+    let output = common::binary::command()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(": ok ("), "{stdout}");
+    assert!(!stdout.contains("consul at"), "not contacted: {stdout}");
+}
+
+/// The JSON log events of `process` named `message`, waiting (up to 20 s)
+/// until there are `count` of them.
+fn events(process: &common::binary::Process, message: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found: Vec<Value> = process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["message"] == message)
+            .collect();
+        if found.len() >= count {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} `{message}` events in 20s, wanted {count}: {found:?}",
+            found.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_membership_changes_are_logged_once_each_with_counts() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let consul = FakeConsul::start().await;
+    consul.set("web", vec![entry("node-a", a, 1, "passing")]);
+    let config = format!(
+        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{}",
+        yaml(&consul, "1s", "")
+    );
+    let process = tokio::task::spawn_blocking(move || common::binary::Process::start(&config, &[]))
+        .await
+        .unwrap();
+    let message = "Consul membership changed";
+    let first = tokio::task::block_in_place(|| events(&process, message, 1));
+    assert_eq!(
+        (
+            &first[0]["added"],
+            &first[0]["removed"],
+            &first[0]["instances"]
+        ),
+        (&Value::from(1), &Value::from(0), &Value::from(1)),
+        "{first:?}"
+    );
+    assert_eq!(first[0]["service"], "web");
+
+    consul.set(
+        "web",
+        vec![
+            entry("node-a", a, 1, "passing"),
+            entry("node-b", b, 1, "passing"),
+        ],
+    );
+    let second = tokio::task::block_in_place(|| events(&process, message, 2));
+    assert_eq!(second[1]["added"], 1, "{second:?}");
+    assert_eq!(second[1]["instances"], 2, "{second:?}");
+    assert!(
+        second[1]["added_ids"].as_str().unwrap().contains("node-b"),
+        "{second:?}"
+    );
+
+    // A new index with the same members (a weight changed) is no membership
+    // change; the removal after it is the third event.
+    consul.set(
+        "web",
+        vec![
+            entry("node-a", a, 5, "passing"),
+            entry("node-b", b, 1, "passing"),
+        ],
+    );
+    let admin = process.admin;
+    let started = Instant::now();
+    loop {
+        let (_, body) = switchyard::admin_client::call(admin, Method::GET, "/admin/services/web")
+            .await
+            .unwrap();
+        let view: Value = serde_json::from_str(&body).unwrap();
+        if view["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["weight"] == 5)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "weight never changed: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consul.set("web", vec![entry("node-b", b, 1, "passing")]);
+    let third = tokio::task::block_in_place(|| events(&process, message, 3));
+    assert_eq!(
+        third.len(),
+        3,
+        "the weight change was not logged: {third:?}"
+    );
+    assert_eq!(third[2]["removed"], 1, "{third:?}");
+    assert_eq!(third[2]["added"], 0, "{third:?}");
+    assert!(
+        third[2]["removed_ids"].as_str().unwrap().contains("node-a"),
+        "{third:?}"
+    );
 }

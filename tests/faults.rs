@@ -400,3 +400,83 @@ async fn an_upstream_killed_under_load_loses_no_get_and_replays_no_post() {
         .collect();
     assert!(post_statuses.iter().all(|s| *s == 502), "{post_statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_hide_internal_addresses_and_the_log_keeps_them() {
+    let dead = dead_address().await;
+    let routes = format!(
+        "routes:\n  - service: s\nservices:\n  s: {{retry: {{max_attempts: 1}}, instances: [{{address: \"{dead}\"}}]}}\n"
+    );
+    let config =
+        format!("listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{routes}");
+    let process = tokio::task::spawn_blocking(move || Process::start(&config, &[]))
+        .await
+        .unwrap();
+    let got = get(&client(), &format!("http://{}/", process.listener), &[]).await;
+    assert_eq!(got.status, 502, "{}", got.body);
+    let id = got.headers["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        got.body.contains("could not connect to service `s`"),
+        "says what happened: {}",
+        got.body
+    );
+    assert!(
+        got.body.contains(&format!("request id {id}")),
+        "{}",
+        got.body
+    );
+    for internal in [
+        dead.to_string(),
+        dead.port().to_string(),
+        "os error".into(),
+        "refused".into(),
+    ] {
+        assert!(
+            !got.body.contains(&internal),
+            "`{internal}` leaked: {}",
+            got.body
+        );
+    }
+    // The detail is in the WARN line with the same request id.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let logged = loop {
+        let found = process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["message"] == "request failed" && e["request_id"] == id.as_str());
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `request failed` log line for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert!(
+        logged["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
+        "{logged}"
+    );
+
+    // `error_detail: full` (development) puts the detail in the body too.
+    let full = proxy(&format!("error_detail: full\n{routes}")).await;
+    let got = get(&client(), &format!("{}/", base(&full)), &[]).await;
+    assert_eq!(got.status, 502, "{}", got.body);
+    assert!(got.body.contains(&dead.to_string()), "{}", got.body);
+    assert!(got.body.contains("request id "), "{}", got.body);
+    let errors =
+        switchyard::config::parse("listeners: [{address: 127.0.0.1:80}]\nerror_detail: all\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        errors.contains("error_detail: `all` is not a choice"),
+        "{errors}"
+    );
+}

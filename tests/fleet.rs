@@ -879,9 +879,15 @@ async fn the_cli_pushes_lists_and_shows_the_fleet() {
     let p = prefix("cli");
     let a = node(&etcd.yaml_endpoints(), &p, "cli-a").await;
     let b = node(&etcd.yaml_endpoints(), &p, "cli-b").await;
-    // `check` validates the fleet section and asks etcd.
+    // `check --connect` validates the fleet section and asks etcd.
     let bootstrap_file = a.dir.join("proxy.yaml").display().to_string();
-    let (ok, out, err) = cli(vec!["check".into(), "-c".into(), bootstrap_file]).await;
+    let (ok, out, err) = cli(vec![
+        "check".into(),
+        "--connect".into(),
+        "-c".into(),
+        bootstrap_file,
+    ])
+    .await;
     assert!(ok, "{out}{err}");
     assert!(out.contains("has no version yet, node cli-a"), "{out}");
     let dead = a.dir.join("dead.yaml");
@@ -889,6 +895,7 @@ async fn the_cli_pushes_lists_and_shows_the_fleet() {
     std::fs::write(&dead, bootstrap(&format!("[{dead_address}]"), &p, "x")).unwrap();
     let (ok, _, err) = cli(vec![
         "check".into(),
+        "--connect".into(),
         "-c".into(),
         dead.display().to_string(),
     ])
@@ -898,6 +905,15 @@ async fn the_cli_pushes_lists_and_shows_the_fleet() {
         err.contains(&format!("etcd at http://{dead_address}: ")),
         "{err}"
     );
+    // Plain `check` is offline: the same file is valid.
+    let (ok, out, err) = cli(vec![
+        "check".into(),
+        "-c".into(),
+        dead.display().to_string(),
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains("etcd at"), "{out}");
 
     let file = a.dir.join("fleet.yaml");
     std::fs::write(&file, shared(upstream, 1)).unwrap();

@@ -204,8 +204,10 @@ async fn read_request(
 /// connection counts must not depend on which worker the kernel hands the
 /// client's connection to.
 async fn proxy_to(upstream: &Scripted, settings: &str) -> Running {
+    // `error_detail: full`: these tests read what the proxy saw of the
+    // upstream's bytes from the error body.
     proxy(&format!(
-        "workers: 1\nroutes:\n  - service: s\nservices:\n  s: {{{settings}instances: [{{address: \"{}\"}}]}}\n",
+        "workers: 1\nerror_detail: full\nroutes:\n  - service: s\nservices:\n  s: {{{settings}instances: [{{address: \"{}\"}}]}}\n",
         upstream.address
     ))
     .await

@@ -498,3 +498,61 @@ async fn killing_an_instance_under_load() {
         "without retries, connect failures reach clients: {without}"
     );
 }
+
+/// The first JSON log event of `process` for which `wanted` holds, waiting
+/// up to 20 s for it.
+fn log_event(
+    process: &common::binary::Process,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = process
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|event| wanted(event));
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "no such log event in 20s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coming_up_logs_info_going_down_warn_and_held_flaps_show() {
+    let f = Flippable::start("f").await;
+    let config = format!(
+        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n{}",
+        service_yaml(
+            "    health_check: {path: /, interval: 200ms, timeout: 150ms, jitter: 0ms, healthy_threshold: 2, unhealthy_threshold: 5}\n",
+            &[&f],
+        )
+    );
+    let process = tokio::task::spawn_blocking(move || common::binary::Process::start(&config, &[]))
+        .await
+        .unwrap();
+    let changed = |to: &'static str| {
+        move |e: &serde_json::Value| e["message"] == "instance health changed" && e["to"] == to
+    };
+    let up = tokio::task::block_in_place(|| log_event(&process, changed("healthy")));
+    assert_eq!(up["level"], "INFO", "coming up is routine: {up}");
+    assert_eq!(up["instance"], "f");
+
+    f.set(Mode::Status(500));
+    let held = tokio::task::block_in_place(|| {
+        log_event(&process, |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("held back by the threshold"))
+                && e["reason"].as_str().is_some_and(|r| r.contains("500"))
+        })
+    });
+    assert_eq!(held["stays"], "healthy", "{held}");
+    assert_eq!(held["threshold"], 5, "{held}");
+    let down = tokio::task::block_in_place(|| log_event(&process, changed("unhealthy")));
+    assert_eq!(down["level"], "WARN", "going down needs attention: {down}");
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http::{Method, Response};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use switchyard::admin_client::call_with;
@@ -649,4 +649,141 @@ async fn registrations_survive_a_config_reload() {
     assert_eq!(service["instances"][0]["weight"], 3);
     let seen = served(&proxy, 8).await;
     assert_eq!(seen.iter().filter(|s| *s == "b").count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_instance_ids_work_in_every_call() {
+    let a = echo("a").await;
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n").await;
+    // No id: the id is the address, with a `:` that URL encoders write as %3A.
+    let (status, answer) = api(
+        &proxy,
+        Method::POST,
+        "/admin/services/svc/instances",
+        Some(json!({"address": a.to_string(), "ttl": "60s"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let encoded = a.to_string().replace(':', "%3A");
+    let instance = format!("/admin/services/svc/instances/{encoded}");
+    for action in ["heartbeat", "drain", "undrain"] {
+        let (status, answer) =
+            api(&proxy, Method::PUT, &format!("{instance}/{action}"), None).await;
+        assert_eq!(status, 200, "{action}: {answer}");
+        assert_eq!(answer["id"], a.to_string(), "{action} names the decoded id");
+    }
+    // The service name is decoded too (`s%76c` is `svc`).
+    let (status, service) = api(&proxy, Method::GET, "/admin/services/s%76c", None).await;
+    assert_eq!(status, 200, "{service}");
+    // An encoded `/` inside a segment is refused, not split or looked up.
+    let (status, answer) = api(
+        &proxy,
+        Method::DELETE,
+        "/admin/services/svc/instances/a%2Fb",
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.as_str().unwrap().contains("encoded `/`"), "{answer}");
+    let (status, answer) = api(&proxy, Method::DELETE, &instance, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
+    assert!(ids(&service).is_empty(), "{service}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_take_fractional_and_combined_waits_and_consul_flags() {
+    let proxy = proxy("routes:\n  - service: svc\nservices:\n  svc: {instances: []}\n").await;
+    let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
+    let index = service["index"].as_u64().unwrap();
+    for wait in ["0.3s", "0m0.3s"] {
+        let started = Instant::now();
+        let (status, answer) = api(
+            &proxy,
+            Method::GET,
+            &format!("/admin/services/svc?index={index}&wait={wait}&stale&consistent"),
+            None,
+        )
+        .await;
+        let waited = started.elapsed();
+        assert_eq!(status, 200, "wait={wait}: {answer}");
+        assert_eq!(answer["index"], index);
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+            "wait={wait} blocked {waited:?}"
+        );
+    }
+    for (query, words) in [
+        ("wait=-1s", "negative"),
+        ("wait=1.5d", "unknown unit `d`"),
+        ("wait=NaN", "not a duration"),
+        ("nope=1", "unknown parameter `nope`"),
+    ] {
+        let (status, answer) = api(
+            &proxy,
+            Method::GET,
+            &format!("/admin/services/svc?index={index}&{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert!(
+            answer.as_str().unwrap().contains(words),
+            "{query}: {answer}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_answer_head_like_get_without_a_body() {
+    let a = echo("a").await;
+    let proxy = proxy(&format!(
+        "routes:\n  - service: svc\nservices:\n  svc: {{instances: [{{id: a, address: \"{a}\"}}]}}\n"
+    ))
+    .await;
+    let admin = proxy.admin_address();
+    let client = client();
+    for path in [
+        "/admin/status",
+        "/admin/health",
+        "/admin/services",
+        "/admin/services/svc",
+        "/admin/services/svc?healthy=true",
+        "/",
+    ] {
+        let url = format!("http://{admin}{path}");
+        let got = get(&client, &url, &[]).await;
+        assert_eq!(got.status, 200, "GET {path}: {}", got.body);
+        let head = send(&client, Request::head(&url).body(Full::default()).unwrap()).await;
+        assert_eq!(head.status, 200, "HEAD {path}: {}", head.body);
+        assert!(head.body.is_empty(), "HEAD {path} has no body");
+        assert_eq!(
+            head.headers["content-type"], got.headers["content-type"],
+            "HEAD {path}"
+        );
+        let length: usize = head.headers["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // /admin/status carries timings that change between calls.
+        if path != "/admin/status" {
+            assert_eq!(
+                length,
+                got.body.len(),
+                "HEAD {path}: the length GET would send"
+            );
+        } else {
+            assert!(length > 0);
+        }
+    }
+    // An unknown service is a 404 for HEAD as for GET.
+    let head = send(
+        &client,
+        Request::head(format!("http://{admin}/admin/services/nope"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 404);
 }

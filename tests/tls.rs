@@ -161,6 +161,37 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
             .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("TLS certificates changed"), "{body}");
+    // Recorded as a version of its own, whose cause names the file and the
+    // new leaf's SHA-256 fingerprint (as `openssl x509 -fingerprint` shows).
+    let (status, versions) = switchyard::admin_client::call(
+        proxy.admin_address(),
+        Method::GET,
+        "/admin/config/versions",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{versions}");
+    let versions: serde_json::Value = serde_json::from_str(&versions).unwrap();
+    let list = versions["versions"].as_array().unwrap();
+    assert_eq!(
+        list.len(),
+        2,
+        "start-up and the certificate reload: {versions}"
+    );
+    assert_eq!(versions["current"], list[1]["version"], "{versions}");
+    let fingerprint = <sha2::Sha256 as sha2::Digest>::digest(&cert_a2)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let cause = list[1]["cause"].as_str().unwrap();
+    assert!(
+        cause.contains(&format!(
+            "{d}/a.pem (sha256 {fingerprint}) with key {d}/a.key"
+        )),
+        "{cause}"
+    );
+    assert!(!cause.contains("b.pem"), "b did not change: {cause}");
     assert_eq!(
         leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
         cert_a2
@@ -197,8 +228,85 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
             .unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(
-        body.contains("listeners[0].tls.certificates[0].key: does not go with the certificate"),
+        body.contains(&format!(
+            "listeners[0].tls.certificates[0].key: `{d}/a.key` does not match the certificate in `{d}/a.pem`"
+        )),
         "{body}"
+    );
+}
+
+/// The errors of a one-certificate listener whose files are `cert`, `key`.
+fn tls_errors(dir: &Path, cert: &[u8], key: &[u8]) -> String {
+    std::fs::write(dir.join("c.pem"), cert).unwrap();
+    std::fs::write(dir.join("c.key"), key).unwrap();
+    let d = dir.display();
+    let text = format!(
+        "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: {d}/c.pem, key: {d}/c.key}}\nadmin: {{address: 127.0.0.1:0}}\n"
+    );
+    switchyard::config::parse(&text).unwrap_err().to_string()
+}
+
+#[test]
+fn broken_certificates_are_named_in_plain_words() {
+    let dir = common::binary::temp_dir();
+    let good = rcgen::generate_simple_self_signed(vec!["c.test".to_string()]).unwrap();
+    let key = good.signing_key.serialize_pem();
+    let (field, file) = (
+        "listeners[0].tls.certificates[0].cert",
+        dir.join("c.pem").display().to_string(),
+    );
+
+    // Valid PEM and base64, but what is inside is not a certificate: this
+    // used to be blamed on the key, in rustls's words.
+    let errors = tls_errors(
+        &dir,
+        b"-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        key.as_bytes(),
+    );
+    assert!(
+        errors.contains(&format!(
+            "{field}: `{file}`: the first certificate is not a valid X.509 certificate"
+        )),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains("BadEncoding") && !errors.contains(".key"),
+        "{errors}"
+    );
+
+    let errors = tls_errors(&dir, b"just some text\n", key.as_bytes());
+    assert!(
+        errors.contains(&format!("{field}: `{file}` holds no certificate")),
+        "{errors}"
+    );
+
+    let errors = tls_errors(
+        &dir,
+        b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        key.as_bytes(),
+    );
+    assert!(
+        errors.contains(&format!("{field}: `{file}` is not a valid PEM file")),
+        "{errors}"
+    );
+
+    let mut params = rcgen::CertificateParams::new(vec!["c.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&good.signing_key).unwrap();
+    let errors = tls_errors(&dir, expired.pem().as_bytes(), key.as_bytes());
+    assert!(
+        errors.contains(&format!("{field}: `{file}`: the certificate expired on"))
+            && errors.contains("2021"),
+        "{errors}"
+    );
+
+    // A certificate where the key should be.
+    let errors = tls_errors(&dir, good.cert.pem().as_bytes(), good.cert.pem().as_bytes());
+    assert!(
+        errors.contains("listeners[0].tls.certificates[0].key: `")
+            && errors.contains("holds no private key"),
+        "{errors}"
     );
 }
 
@@ -227,4 +335,88 @@ async fn a_redirect_listener_sends_clients_to_https() {
         errors.contains("listeners[0].redirect_https: must be a port"),
         "{errors}"
     );
+}
+
+/// Replaces `dir/{file}.pem` and `.key` with a new certificate the way
+/// certificate managers do: written beside them, then renamed over them.
+fn rename_cert(dir: &Path, file: &str, names: &[&str]) -> Vec<u8> {
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let der = write_cert(&staging, file, names);
+    for ext in ["pem", "key"] {
+        let name = format!("{file}.{ext}");
+        std::fs::rename(staging.join(&name), dir.join(&name)).unwrap();
+    }
+    der
+}
+
+/// Waits (up to 30 s) until a new handshake for `name` gets `expected`.
+async fn eventually_served(address: std::net::SocketAddr, name: &str, expected: &[u8], what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if leaf(&connect(address, name, &[b"http/1.1"]).await) == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still the old certificate after 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_replaced_on_disk_are_picked_up_by_the_watch() {
+    let upstream = echo("up").await;
+    let dir = common::binary::temp_dir();
+    // Certificates in their own directories, as cert managers keep them.
+    let (certs, later) = (dir.join("certs"), dir.join("later"));
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&later).unwrap();
+    let first = write_cert(&certs, "a", &["a.test"]);
+    let yaml = |cert_dir: &Path| {
+        let d = cert_dir.display();
+        format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{cert: {d}/a.pem, key: {d}/a.key, server_names: [a.test]}}\nadmin: {{address: 127.0.0.1:0}}\nroutes: [{{service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+        )
+    };
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, yaml(&certs)).unwrap();
+    let options = switchyard::server::LiveOptions::new(&path);
+    assert!(options.watch, "watching is the default");
+    let proxy = switchyard::server::start_live(options).await.unwrap();
+    let address = proxy.listeners()[0].address;
+    assert_eq!(
+        leaf(&connect(address, "a.test", &[b"http/1.1"]).await),
+        first
+    );
+
+    let second = rename_cert(&certs, "a", &["a.test"]);
+    eventually_served(
+        address,
+        "a.test",
+        &second,
+        "chain and key renamed into place",
+    )
+    .await;
+
+    // A directory first named by a reload is watched from then on.
+    let third = write_cert(&later, "a", &["a.test"]);
+    std::fs::write(dir.join("proxy.yaml.new"), yaml(&later)).unwrap();
+    std::fs::rename(dir.join("proxy.yaml.new"), &path).unwrap();
+    eventually_served(
+        address,
+        "a.test",
+        &third,
+        "proxy.yaml names a new directory",
+    )
+    .await;
+    let fourth = rename_cert(&later, "a", &["a.test"]);
+    eventually_served(
+        address,
+        "a.test",
+        &fourth,
+        "certificate in the new directory renamed",
+    )
+    .await;
 }

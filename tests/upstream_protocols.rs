@@ -167,7 +167,7 @@ async fn tls_to_upstreams_is_verified_against_the_configured_ca() {
     std::fs::write(dir.join("other-ca.pem"), other_ca).unwrap();
     let d = dir.display();
     let proxy = proxy(&format!(
-        "routes:\n  - {{host: good.test, service: good}}\n  - {{host: wrong.test, service: wrong}}\n  - {{host: lax.test, service: lax}}\nservices:\n  good: {{tls: {{ca_file: {d}/ca.pem, server_name: up.test}}, retry: {{max_attempts: 1}}, instances: [{{address: \"{upstream}\"}}]}}\n  wrong: {{tls: {{ca_file: {d}/other-ca.pem, server_name: up.test}}, retry: {{max_attempts: 1}}, instances: [{{address: \"{upstream}\"}}]}}\n  lax: {{tls: {{ca_file: {d}/other-ca.pem, server_name: up.test, verify: false}}, instances: [{{address: \"{upstream}\"}}]}}\n"
+        "error_detail: full\nroutes:\n  - {{host: good.test, service: good}}\n  - {{host: wrong.test, service: wrong}}\n  - {{host: lax.test, service: lax}}\nservices:\n  good: {{tls: {{ca_file: {d}/ca.pem, server_name: up.test}}, retry: {{max_attempts: 1}}, instances: [{{address: \"{upstream}\"}}]}}\n  wrong: {{tls: {{ca_file: {d}/other-ca.pem, server_name: up.test}}, retry: {{max_attempts: 1}}, instances: [{{address: \"{upstream}\"}}]}}\n  lax: {{tls: {{ca_file: {d}/other-ca.pem, server_name: up.test, verify: false}}, instances: [{{address: \"{upstream}\"}}]}}\n"
     ))
     .await;
     let client = client();

@@ -64,17 +64,43 @@ impl AdminState {
     }
 }
 
-/// Answers one admin request from `peer`.
+/// Answers one admin request from `peer`. `HEAD` is answered like `GET`
+/// (same status and headers, `Content-Length` included) without the body.
 pub async fn handle(
     state: &AdminState,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     if let Some(refusal) = authorize(state, &request, peer) {
         return refusal;
     }
+    if request.method() != Method::HEAD {
+        return route(state, request, peer).await;
+    }
+    *request.method_mut() = Method::GET;
+    let response = route(state, request, peer).await;
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = http_body::Body::size_hint(&body).exact() {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(parts, ProxyBody::message(Bytes::new()))
+}
+
+async fn route(
+    state: &AdminState,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
     let path = request.uri().path().trim_end_matches('/').to_string();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    // Each segment is decoded once: every URL encoder writes the `:` of an
+    // instance id (its address) as `%3A`.
+    let decoded = match decode_segments(&path) {
+        Ok(decoded) => decoded,
+        Err(message) => return bad_request(message),
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["admin", "status"]) => {
@@ -241,6 +267,49 @@ async fn read_body_up_to(
         })
 }
 
+/// The segments of `path` after its leading `/`, each percent-decoded
+/// once. An encoded `/` (`%2F`) is refused rather than taken as data: no
+/// service name or instance id may contain one, and a proxy in front of
+/// the admin API may decode it differently.
+fn decode_segments(path: &str) -> Result<Vec<String>, String> {
+    path.split('/')
+        .skip(1)
+        .map(|segment| {
+            let decoded = percent_decode(segment)
+                .ok_or_else(|| format!("the path segment `{segment}` is not valid percent-encoded UTF-8\n"))?;
+            if decoded.contains('/') {
+                return Err(format!(
+                    "the path segment `{segment}` contains an encoded `/`; names and ids cannot contain one\n"
+                ));
+            }
+            Ok(decoded)
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (RFC 3986 §2.1); `None` for a broken escape or
+/// bytes that are not UTF-8. `+` stays `+`: that rule is for query strings.
+fn percent_decode(segment: &str) -> Option<String> {
+    if !segment.contains('%') {
+        return Some(segment.to_string());
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        if byte == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(byte);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn method_not_allowed(method: &Method, path: &str) -> Response<ProxyBody> {
     text_response(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -280,7 +349,25 @@ fn errors_response(status: StatusCode, errors: Vec<String>) -> Response<ProxyBod
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, same_secret};
+    use super::{bearer_token, decode_segments, percent_decode, same_secret};
+
+    #[test]
+    fn path_segments_are_decoded_once() {
+        assert_eq!(
+            percent_decode("127.0.0.1%3A8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(percent_decode("a%253Ab").as_deref(), Some("a%3Ab"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%3"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%FF"), None);
+        assert!(decode_segments("/admin/services/a%2Fb").is_err());
+        assert_eq!(
+            decode_segments("/admin/services/app").unwrap(),
+            vec!["admin", "services", "app"]
+        );
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

@@ -312,9 +312,12 @@ impl Query {
                 "wait" => {
                     parsed.wait = Some(parse_duration(value).map_err(|e| format!("wait: {e}\n"))?)
                 }
+                // Consul clients send these; every answer here is
+                // consistent and fresh, so they change nothing.
+                "stale" | "consistent" => {}
                 other => {
                     return Err(format!(
-                        "unknown parameter `{other}`; use healthy, index and wait\n"
+                        "unknown parameter `{other}`; use healthy, index and wait (stale and consistent are accepted and ignored)\n"
                     ))
                 }
             }

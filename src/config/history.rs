@@ -255,6 +255,21 @@ impl History {
         if self.latest().is_some_and(|latest| latest.sha256 == sha256) {
             return Ok(None);
         }
+        self.record_even_if_same(text, source, cause, rolled_back_from)
+            .map(Some)
+    }
+
+    /// Like [`History::record`], also when the text is the latest's: a
+    /// reload that applied changed files behind the same text (new
+    /// certificates) is a version of its own.
+    pub fn record_even_if_same(
+        &mut self,
+        text: &str,
+        source: ChangeSource,
+        cause: &str,
+        rolled_back_from: Option<ConfigVersion>,
+    ) -> Result<VersionInfo, HistoryError> {
+        let sha256 = sha256_hex(text);
         let version = ConfigVersion(self.highest + 1);
         let info = VersionInfo {
             version,
@@ -277,7 +292,7 @@ impl History {
         self.sizes
             .push(u64::try_from(json.len()).unwrap_or(u64::MAX));
         self.enforce_retention();
-        Ok(Some(info))
+        Ok(info)
     }
 
     fn enforce_retention(&mut self) {

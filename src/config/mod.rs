@@ -72,6 +72,8 @@ pub struct Config {
     /// The access log: on or off, where, in which format. A reload applies
     /// every part of it.
     pub access_log: AccessLogConfig,
+    /// What the bodies of the proxy's own error answers (502, 504, …) say.
+    pub error_detail: ErrorDetail,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -746,6 +748,31 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+/// How much the proxy's own error answers tell the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorDetail {
+    /// What happened and the request id; upstream addresses and OS errors
+    /// stay in the log (the default: they are internal).
+    #[default]
+    Minimal,
+    /// Everything the log says, for development.
+    Full,
+}
+
+/// `text` on one line: its lines (such as a list of config errors) joined
+/// with `; `, so one log event stays one line in the text log format.
+pub fn one_line(text: &str) -> String {
+    let mut joined = String::with_capacity(text.len());
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if !joined.is_empty() {
+            // `…is not a valid config:` introduces the list.
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(line);
+    }
+    joined
+}
 
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,7 @@ pub(crate) struct RawConfig {
     pub(crate) underscores_in_headers: bool,
     #[serde(default)]
     pub(crate) access_log: Option<RawAccessLog>,
+    pub(crate) error_detail: Option<String>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::raw::{
     RawConfig, RawHealthCheck, RawInstance, RawOutlierDetection, RawRoute, RawService, RawStatus,
@@ -122,6 +122,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     );
 
     let access_log = validate_access_log(raw.access_log.as_ref(), &mut errors);
+    let error_detail = match raw.error_detail.as_deref() {
+        None | Some("minimal") => ErrorDetail::Minimal,
+        Some("full") => ErrorDetail::Full,
+        Some(other) => {
+            errors.push(
+                "error_detail",
+                format!("`{other}` is not a choice; use `minimal` (the default) or `full`"),
+            );
+            ErrorDetail::Minimal
+        }
+    };
 
     let admin_token = match &raw.admin {
         Some(admin) => secret(
@@ -232,6 +243,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         fleet,
         underscores_in_headers: raw.underscores_in_headers,
         access_log,
+        error_detail,
         routes,
         services,
     })
@@ -678,7 +690,7 @@ fn validate_upstream_tls(
 /// parse, the key is a kind rustls can sign with, and it matches the leaf.
 fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Option<TlsConfig> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::PrivateKeyDer;
 
     if raw.certificates.is_empty() {
         errors.push(
@@ -698,20 +710,9 @@ fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Op
                     .map_err(|e| format!("cannot read `{}`: {e}", certificate.cert)),
             )
             .and_then(|pem| {
-                let chain: Result<Vec<CertificateDer<'static>>, _> =
-                    CertificateDer::pem_slice_iter(&pem).collect();
-                let chain = chain.map_err(|e| {
-                    format!("`{}` is not a PEM certificate chain: {e}", certificate.cert)
-                });
                 errors.check(
                     format!("{path}.cert"),
-                    chain.and_then(|c| {
-                        if c.is_empty() {
-                            Err(format!("`{}` holds no certificate", certificate.cert))
-                        } else {
-                            Ok(c)
-                        }
-                    }),
+                    certificate_chain(&certificate.cert, &pem, SystemTime::now()),
                 )
             });
         let key_pem = errors.check(
@@ -722,8 +723,13 @@ fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Op
         let key = key_pem.as_ref().and_then(|pem| {
             errors.check(
                 format!("{path}.key"),
-                PrivateKeyDer::from_pem_slice(pem)
-                    .map_err(|e| format!("`{}` is not a PEM private key: {e}", certificate.key)),
+                PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+                    rustls::pki_types::pem::Error::NoItemsFound => format!(
+                        "`{}` holds no private key (a PEM `PRIVATE KEY` block: PKCS#8, PKCS#1 or SEC1)",
+                        certificate.key
+                    ),
+                    e => format!("`{}` is not a valid PEM private key: {e}", certificate.key),
+                }),
             )
         });
         for (j, name) in certificate.server_names.iter().enumerate() {
@@ -735,10 +741,17 @@ fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Op
             continue;
         };
         if let Err(error) = rustls::sign::CertifiedKey::from_der(chain.clone(), key, &provider) {
-            errors.push(
-                format!("{path}.key"),
-                format!("does not go with the certificate: {error}"),
-            );
+            let message = match error {
+                rustls::Error::InconsistentKeys(_) => format!(
+                    "`{}` does not match the certificate in `{}` (it is the key of another certificate)",
+                    certificate.key, certificate.cert
+                ),
+                error => format!(
+                    "`{}` is a kind of key that cannot sign TLS handshakes here: {error}",
+                    certificate.key
+                ),
+            };
+            errors.push(format!("{path}.key"), message);
             continue;
         }
         certificates.push(CertificateConfig {
@@ -754,6 +767,53 @@ fn validate_tls(path: &str, raw: &super::raw::RawTls, errors: &mut Errors) -> Op
         });
     }
     (certificates.len() == raw.certificates.len()).then_some(TlsConfig { certificates })
+}
+
+/// The chain in the PEM file `file`, refused in plain words when it is not
+/// PEM, holds no certificate, holds one that is not a valid X.509
+/// certificate, or when the leaf has expired by `now`.
+fn certificate_chain(
+    file: &str,
+    pem: &[u8],
+    now: SystemTime,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{file}` is not a valid PEM file: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "`{file}` holds no certificate (no `-----BEGIN CERTIFICATE-----` block)"
+        ));
+    }
+    for (n, der) in chain.iter().enumerate() {
+        let which = if n == 0 {
+            "the first certificate".to_string()
+        } else {
+            format!("certificate {} of the chain", n + 1)
+        };
+        let parsed = match x509_parser::parse_x509_certificate(der) {
+            Ok((_, parsed)) => parsed,
+            Err(_) => {
+                return Err(format!(
+                    "`{file}`: {which} is not a valid X.509 certificate (its content is corrupt)"
+                ))
+            }
+        };
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // Only the leaf: clients refuse an expired leaf whatever the rest.
+        if n == 0 && parsed.validity().not_after.timestamp() < now {
+            return Err(format!(
+                "`{file}`: the certificate expired on {}",
+                parsed.validity().not_after
+            ));
+        }
+    }
+    Ok(chain)
 }
 
 /// A secret given inline, in a file, or in an environment variable (at

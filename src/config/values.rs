@@ -6,40 +6,86 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `2m`, `1h` (a non-negative integer and a unit),
-/// with an error meant for a human.
+/// Parses a duration: one or more numbers, each with a unit (`ms`, `s`,
+/// `m`, `h`), such as `250ms`, `1.5s`, `0.25s`, `1m30s` or `1h2m3s500ms`,
+/// with an error meant for a human. Fractions finer than a nanosecond are
+/// dropped.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let nanos = parse_nanos(text)?;
+    let secs = u64::try_from(nanos / 1_000_000_000)
+        .map_err(|_| format!("`{}` is far too large for a duration", text.trim()))?;
+    let subsec = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    Ok(Duration::new(secs, subsec))
+}
+
+/// The nanoseconds `text` stands for (see [`parse_duration`]).
+fn parse_nanos(text: &str) -> Result<u128, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits.parse().map_err(|_| {
-        if digits.is_empty() {
-            format!(
-                "`{text}` is not a duration; write a whole number and a unit, e.g. `500ms`, `5s`, `2m`"
-            )
-        } else {
-            format!("`{text}` is far too large for a duration")
-        }
-    })?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(value),
-        "s" => Duration::from_secs(value),
-        "m" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        "" => {
-            return Err(format!(
-                "`{text}` has no unit; write e.g. `{text}s` or `{text}ms`"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`; use ms, s, m or h"
-            ))
-        }
+    if text.starts_with('-') {
+        return Err(format!("`{text}` is negative; a duration cannot be"));
+    }
+    let not_a_duration = || {
+        format!(
+            "`{text}` is not a duration; write a number and a unit, e.g. `500ms`, `1.5s`, `1m30s`"
+        )
     };
-    Ok(duration)
+    if text.is_empty() {
+        return Err(not_a_duration());
+    }
+    let too_large = || format!("`{text}` is far too large for a duration");
+    let mut nanos: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+            return Err(not_a_duration());
+        }
+        let unit_nanos: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => {
+                return Err(format!(
+                    "`{text}` has no unit after `{number}`; write e.g. `{number}s` or `{number}ms`"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{text}`; use ms, s, m or h (combined like `1m30s`)"
+                ))
+            }
+        };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        // Beyond 18 digits a fraction cannot change a nanosecond count.
+        let fraction = &fraction[..fraction.len().min(18)];
+        let fraction_nanos = if fraction.is_empty() {
+            0
+        } else {
+            let digits: u128 = fraction.parse().map_err(|_| not_a_duration())?;
+            let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(18));
+            digits.saturating_mul(unit_nanos) / scale
+        };
+        nanos = whole
+            .checked_mul(unit_nanos)
+            .and_then(|n| n.checked_add(fraction_nanos))
+            .and_then(|n| n.checked_add(nanos))
+            .ok_or_else(too_large)?;
+        rest = after;
+    }
+    Ok(nanos)
 }
 
 /// Parses a duration and checks it lies in `0..=max` (`1ms..=max` unless
@@ -49,6 +95,14 @@ pub(crate) fn parse_bounded_duration(
     allow_zero: bool,
     max: Duration,
 ) -> Result<Duration, String> {
+    let nanos = parse_nanos(text)?;
+    if nanos > max.as_nanos() {
+        return Err(format!(
+            "`{}` is too long; the most allowed is {}",
+            text.trim(),
+            format_duration(max)
+        ));
+    }
     let duration = parse_duration(text)?;
     if duration.is_zero() && !allow_zero {
         return Err("must be more than zero".into());
@@ -166,6 +220,51 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions_and_combined_units() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.25s"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("1h2m3s500ms"),
+            Ok(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_duration("1.5ms"), Ok(Duration::from_micros(1500)));
+        assert_eq!(parse_duration("0.5h"), Ok(Duration::from_secs(1800)));
+        assert!(parse_duration("-1.5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("NaN")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration("1.2.3s")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration(".s").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("1m30")
+            .unwrap_err()
+            .contains("no unit after `30`"));
+        assert!(parse_duration("1.5d")
+            .unwrap_err()
+            .contains("unknown unit `d`"));
+        assert!(parse_duration("99999999999999999999999999999999999999999h")
+            .unwrap_err()
+            .contains("far too large"));
+        assert!(parse_duration("9999999999999999999999h")
+            .unwrap_err()
+            .contains("far too large"));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            parse_bounded_duration("23h59m59.5s", false, day),
+            Ok(day - Duration::from_millis(500))
+        );
+        assert!(parse_bounded_duration("24h0.001s", false, day)
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_bounded_duration("0.0000000001s", false, day)
+            .unwrap_err()
+            .contains("more than zero"));
+    }
 
     #[test]
     fn durations() {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{ConsulConfig, ConsulDiscovery, ServiceName};
+use crate::config::{ConsulConfig, ConsulDiscovery, InstanceId, ServiceName};
 use crate::registry::{DiscoveryStatus, Registry};
 
 /// First retry delay after a Consul error; doubles up to [`MAX_BACKOFF`].
@@ -98,6 +98,7 @@ async fn watch_service(
     let mut backoff = MIN_BACKOFF;
     let mut bucket = TokenBucket::new(QUERY_BURST, QUERY_REFILL);
     let mut status = DiscoveryStatus::default();
+    let mut members: Option<std::collections::BTreeSet<InstanceId>> = None;
     tracing::info!(service = %service, consul_service = %discovery.service, consul = %consul.address, "following Consul");
     loop {
         bucket.take().await;
@@ -128,6 +129,7 @@ async fn watch_service(
                 registry.set_discovery_status(&service, status.clone());
                 if changed {
                     tracing::debug!(service = %service, index = answer.index, instances = answer.instances.len(), "Consul instances");
+                    log_membership(&service, &mut members, &answer.instances);
                     registry.set_discovered(&service, answer.instances);
                 }
                 index = if answer.index < index {
@@ -155,6 +157,32 @@ async fn watch_service(
             }
         }
     }
+}
+
+/// Logs, once per change, which instances Consul added to or removed from
+/// `service` since the last answer (the first answer adds them all).
+fn log_membership(
+    service: &ServiceName,
+    members: &mut Option<std::collections::BTreeSet<InstanceId>>,
+    instances: &[crate::config::InstanceConfig],
+) {
+    let now: std::collections::BTreeSet<InstanceId> =
+        instances.iter().map(|i| i.id.clone()).collect();
+    let before = members.take().unwrap_or_default();
+    let added: Vec<&str> = now.difference(&before).map(InstanceId::as_str).collect();
+    let removed: Vec<&str> = before.difference(&now).map(InstanceId::as_str).collect();
+    if !added.is_empty() || !removed.is_empty() {
+        tracing::info!(
+            service = %service,
+            added = added.len(),
+            removed = removed.len(),
+            instances = now.len(),
+            added_ids = %added.join(", "),
+            removed_ids = %removed.join(", "),
+            "Consul membership changed"
+        );
+    }
+    *members = Some(now);
 }
 
 /// Allows `burst` queries at once, then one per `refill`.

@@ -294,7 +294,7 @@ impl Fleet {
     /// The pipeline could not apply `version`: the node keeps serving what
     /// it has and says so in its status (like an xDS NACK).
     pub fn refused(&self, version: ConfigVersion, reason: String) {
-        tracing::error!(%version, node = %self.config.node, "fleet config version refused on this node; the running config stays: {reason}");
+        tracing::error!(%version, node = %self.config.node, "fleet config version refused on this node; the running config stays: {}", crate::config::one_line(&reason));
         self.registry.metrics().fleet().refused.inc();
         self.lock().status.refused = Some(Refusal {
             version,

@@ -241,16 +241,25 @@ async fn probe_loop(
             (result, _) => result,
         };
         let passed = result.is_ok();
-        let (transition, lifted) = {
+        let (transition, lifted, held) = {
             let mut health = instance.health();
+            let mut held = None;
             let transition = health.active.as_mut().and_then(|active| {
-                active.record(
+                let transition = active.record(
                     result,
                     latency,
                     check.healthy_threshold.get(),
                     check.unhealthy_threshold.get(),
                     SystemTime::now(),
-                )
+                );
+                if transition.is_none() {
+                    held = held_by_threshold(
+                        active,
+                        check.healthy_threshold.get(),
+                        check.unhealthy_threshold.get(),
+                    );
+                }
+                transition
             });
             // A pass ends an outlier ejection (Envoy does the same by
             // default): the instance answers its checks, so try it again.
@@ -258,8 +267,22 @@ async fn probe_loop(
             (
                 transition,
                 lifted.then(|| health.state_word(Instant::now())),
+                held,
             )
         };
+        if let Some((verdict, streak, threshold, reason)) = held {
+            // Once per streak: the threshold held a flap back, visibly.
+            tracing::info!(
+                service = %target.service,
+                instance = %target.instance,
+                address = %target.address,
+                stays = verdict,
+                streak,
+                threshold,
+                reason,
+                "health check result held back by the threshold; verdict unchanged"
+            );
+        }
         if let Some(now_state) = lifted {
             tracing::info!(
                 service = %target.service,
@@ -276,15 +299,28 @@ async fn probe_loop(
             registry.request_rebuild();
         }
         if let Some(transition) = transition {
-            tracing::warn!(
-                service = %target.service,
-                instance = %target.instance,
-                address = %target.address,
-                from = transition.from,
-                to = transition.to,
-                reason = %transition.reason,
-                "instance health changed"
-            );
+            // Coming up is routine; going down needs an operator's eye.
+            if transition.to == "healthy" {
+                tracing::info!(
+                    service = %target.service,
+                    instance = %target.instance,
+                    address = %target.address,
+                    from = transition.from,
+                    to = transition.to,
+                    reason = %transition.reason,
+                    "instance health changed"
+                );
+            } else {
+                tracing::warn!(
+                    service = %target.service,
+                    instance = %target.instance,
+                    address = %target.address,
+                    from = transition.from,
+                    to = transition.to,
+                    reason = %transition.reason,
+                    "instance health changed"
+                );
+            }
             registry
                 .metrics()
                 .health_transition(target.service.as_str(), transition.to);
@@ -293,6 +329,29 @@ async fn probe_loop(
         let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
         tokio::time::sleep(check.interval.saturating_add(Duration::from_millis(jitter))).await;
     }
+}
+
+/// When the result just recorded starts a streak that goes against the
+/// verdict but is not yet long enough to change it: (the verdict that
+/// stays, the streak, the threshold, what happened).
+fn held_by_threshold(
+    active: &crate::registry::health::ActiveHealth,
+    healthy_threshold: u32,
+    unhealthy_threshold: u32,
+) -> Option<(&'static str, u32, u32, String)> {
+    if active.healthy && active.consecutive_failures == 1 && unhealthy_threshold > 1 {
+        let error = active.last_error.clone().unwrap_or_default();
+        return Some((
+            "healthy",
+            1,
+            unhealthy_threshold,
+            format!("failed: {error}"),
+        ));
+    }
+    if !active.healthy && active.consecutive_passes == 1 && healthy_threshold > 1 {
+        return Some(("unhealthy", 1, healthy_threshold, "passed".into()));
+    }
+    None
 }
 
 /// Turns failure streaks seen by the proxy into ejections, within the

@@ -105,6 +105,31 @@ fn no_instance_words(configured: usize) -> String {
 }
 
 impl ProxyError {
+    /// What the client is told by default: what happened, without the
+    /// upstream addresses and OS errors of the detail (those are logged).
+    pub fn public_message(&self) -> String {
+        match self {
+            ProxyError::ConnectFailed {
+                service,
+                attempts,
+                timed_out: true,
+                ..
+            } => format!(
+                "service `{service}` did not accept a connection in time ({attempts} attempt(s))"
+            ),
+            ProxyError::ConnectFailed {
+                service, attempts, ..
+            } => format!("could not connect to service `{service}` ({attempts} attempt(s))"),
+            ProxyError::InstancesBusy {
+                service, attempts, ..
+            } => format!("service `{service}` is at its connection limit ({attempts} attempt(s))"),
+            ProxyError::UpstreamFailed { service, .. } => {
+                format!("service `{service}` closed the connection without a valid response")
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {

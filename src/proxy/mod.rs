@@ -175,10 +175,12 @@ impl Proxy {
                                 .answered_by_proxy(StatusCode::BAD_GATEWAY.as_u16());
                         }
                         completion.finish(false);
-                        error_response(&ProxyError::UpstreamFailed {
+                        let error = ProxyError::UpstreamFailed {
                             service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
                             detail: format!("its response body failed at once: {detail}"),
-                        })
+                        };
+                        log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
+                        request_error_response(&error, snapshot.full_error_detail, &request_id)
                     }
                     (None, _) => Response::from_parts(
                         parts,
@@ -200,15 +202,19 @@ impl Proxy {
                     // a protocol switch the client cannot follow.
                     (Some(_), None) => {
                         completion.finish(false);
-                        error_response(&ProxyError::UpstreamFailed {
+                        let error = ProxyError::UpstreamFailed {
                             service: service.map_or_else(|| "-".into(), |s| s.name.clone()),
                             detail: "it switched protocols without being asked to".into(),
-                        })
+                        };
+                        log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
+                        request_error_response(&error, snapshot.full_error_detail, &request_id)
                     }
                 }
             }
             Err(error) => {
-                let response = error_response(&error);
+                log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
+                let response =
+                    request_error_response(&error, snapshot.full_error_detail, &request_id);
                 let status = response.status().as_u16();
                 match service {
                     Some(service) => {
@@ -778,6 +784,37 @@ fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
 /// The response for a failed request: the status and a plain-words body.
 pub fn error_response(error: &ProxyError) -> Response<ProxyBody> {
     text_response(error.status(), format!("switchyard: {error}\n"))
+}
+
+/// The response for a failed proxied request: what happened (the whole
+/// detail with `full`) and the request id that links it to the log line.
+fn request_error_response(
+    error: &ProxyError,
+    full: bool,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let what = if full {
+        error.to_string()
+    } else {
+        error.public_message()
+    };
+    let id = String::from_utf8_lossy(request_id.as_bytes());
+    text_response(
+        error.status(),
+        format!("switchyard: {what} (request id {id})\n"),
+    )
+}
+
+/// Logs a failed request with its whole detail and request id; failures on
+/// the upstream side at WARN, the client's own at DEBUG.
+fn log_request_error(error: &ProxyError, service: Option<&str>, request_id: &HeaderValue) {
+    let status = error.status().as_u16();
+    let request_id = String::from_utf8_lossy(request_id.as_bytes());
+    if error.status().is_server_error() {
+        tracing::warn!(%request_id, status, service, detail = %error, "request failed");
+    } else {
+        tracing::debug!(%request_id, status, service, detail = %error, "request refused");
+    }
 }
 
 /// The answer of a listener that only sends clients to HTTPS: 308 (method

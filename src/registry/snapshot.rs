@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<Cidr>,
     /// Forward request headers whose names contain `_`.
     pub underscores_in_headers: bool,
+    /// Error answers carry the whole detail (`error_detail: full`).
+    pub full_error_detail: bool,
 }
 
 /// One service as requests see it.
@@ -251,6 +253,7 @@ impl Snapshot {
             services,
             trusted_proxies: config.trusted_proxies.clone(),
             underscores_in_headers: config.underscores_in_headers,
+            full_error_detail: config.error_detail == crate::config::ErrorDetail::Full,
         }
     }
 }

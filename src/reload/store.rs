@@ -60,19 +60,29 @@ impl HistoryStore {
     /// Records an applied config in the local directory. Fleet versions
     /// are recorded when pushed, so there is nothing to do for them.
     /// Returns the version, None when it could not be recorded.
+    /// With `same_text_too`, a text equal to the latest is recorded again
+    /// (files behind it changed).
     pub(super) fn record_local(
         &self,
         text: &str,
         source: ChangeSource,
         cause: &str,
         rollback_of: Option<ConfigVersion>,
+        same_text_too: bool,
     ) -> Option<ConfigVersion> {
         let HistoryStore::Local(history) = self else {
             return None;
         };
         let mut history = lock(history);
         let history = history.as_mut()?;
-        match history.record(text, source, cause, rollback_of) {
+        let recorded = if same_text_too {
+            history
+                .record_even_if_same(text, source, cause, rollback_of)
+                .map(Some)
+        } else {
+            history.record(text, source, cause, rollback_of)
+        };
+        match recorded {
             Ok(Some(info)) => Some(info.version),
             Ok(None) => history.latest().map(|v| v.version),
             Err(error) => {

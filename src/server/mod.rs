@@ -525,7 +525,7 @@ pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
                 match parsed {
                     Ok(shared) => Some((shared, v.config.clone())),
                     Err(errors) => {
-                        tracing::error!(version = %v.info.version, "the fleet version cannot be served here; starting from the local file:\n{errors}");
+                        tracing::error!(version = %v.info.version, "the fleet version cannot be served here; starting from the local file: {}", crate::config::one_line(&errors.to_string()));
                         None
                     }
                 }
