@@ -326,8 +326,12 @@ async fn an_upstream_killed_under_load_loses_no_get_and_replays_no_post() {
         .zip(["a", "b", "c"])
         .map(|(u, id)| format!("{{id: {id}, address: \"{}\"}}", u.address))
         .collect();
+    // When one of three dies, about a third of the requests in flight need
+    // a retry at once: more than the default budget (20% of active
+    // requests) allows, so the budget is raised for this test; the budget
+    // itself is tested in tests/retries.rs.
     let proxy = proxy(&format!(
-        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 5s\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{}]\n",
+        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 5s\n    retry: {{budget_percent: 50}}\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{}]\n",
         instances.join(", ")
     ))
     .await;
