@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod health;
+pub mod http1;
 pub mod local_origin;
 pub mod metrics;
 pub mod proxy;

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use crate::upstream::ClientBody;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -62,7 +62,7 @@ impl AdminState {
 /// Answers one admin request from `peer`.
 pub async fn handle(
     state: &AdminState,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     if let Some(refusal) = authorize(state, &request, peer) {
@@ -92,7 +92,7 @@ pub async fn handle(
 
 /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
 /// does), the classic text format otherwise.
-fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<ProxyBody> {
+fn metrics(state: &AdminState, request: &Request<ClientBody>) -> Response<ProxyBody> {
     let openmetrics = request
         .headers()
         .get(http::header::ACCEPT)
@@ -117,7 +117,7 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<ProxyBod
 /// Checks the bearer token; returns the refusal, if any.
 fn authorize(
     state: &AdminState,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     peer: SocketAddr,
 ) -> Option<Response<ProxyBody>> {
     let config = state.registry.config();
@@ -166,7 +166,7 @@ fn same_secret(given: &str, expected: &str) -> bool {
         == 0
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_body(request: Request<ClientBody>) -> Result<Bytes, Response<ProxyBody>> {
     Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await

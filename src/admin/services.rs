@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::upstream::ClientBody;
 
 use super::status::service_view;
 use super::{
@@ -33,7 +33,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// `segments` starts after `/admin/services`.
 pub(super) async fn handle(
     state: &AdminState,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     segments: &[&str],
 ) -> Response<ProxyBody> {
     let method = request.method().clone();

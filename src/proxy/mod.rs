@@ -18,12 +18,10 @@ use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 use access_log::AccessLog;
 pub use access_log::TARGET as ACCESS_LOG_TARGET;
-use body::Completion;
+use body::{ClientUpgrade, Completion};
 pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -31,7 +29,7 @@ use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::upstream::{
-    framing, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
+    framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
     Sender,
 };
 
@@ -56,7 +54,7 @@ struct Outcome {
     upstream_time: Option<Duration>,
     wants_upstream_time: bool,
     /// The client side of an upgrade the route allowed.
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 }
 
 impl Proxy {
@@ -69,7 +67,7 @@ impl Proxy {
     /// Handles one request from `peer`. Never fails: errors are responses.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -221,7 +219,7 @@ impl Proxy {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         host: Result<Option<HeaderValue>, ProxyError>,
         peer: SocketAddr,
         client_ip: std::net::IpAddr,
@@ -247,7 +245,7 @@ impl Proxy {
             .then(|| headers::requested_upgrade(request.headers(), |p| route.allows_upgrade(p)))
             .flatten();
         if upgrade.is_some() {
-            outcome.client_upgrade = Some(hyper::upgrade::on(&mut request));
+            outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
         let (mut parts, body) = request.into_parts();
