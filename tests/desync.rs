@@ -333,7 +333,11 @@ fn corpus() -> Vec<Case> {
             id,
             forwarded(
                 "POST /first HTTP/1.1",
-                &["host: x", &format!("x-request-id: c{id}"), "transfer-encoding: chunked"],
+                &[
+                    "host: x",
+                    &format!("x-request-id: c{id}"),
+                    "transfer-encoding: chunked",
+                ],
                 "5\r\nhello\r\n0\r\n\r\n",
             ),
         )
@@ -356,14 +360,22 @@ fn corpus() -> Vec<Case> {
     // a Transfer-Encoding reader the smuggled request as the next one.
     cases.push(Box::new(move |id| Case {
         name: "CL.TE",
-        input: post(id, "content-length: 6\r\ntransfer-encoding: chunked\r\n", "0\r\n\r\n"),
+        input: post(
+            id,
+            "content-length: 6\r\ntransfer-encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
         owned: REFUSED,
         // hyper lets chunked win and closes after the answer.
         hyper: Expect {
             statuses: &[200],
             upstream: vec![forwarded(
                 "POST /first HTTP/1.1",
-                &["host: x", &format!("x-request-id: c{id}"), "transfer-encoding: chunked"],
+                &[
+                    "host: x",
+                    &format!("x-request-id: c{id}"),
+                    "transfer-encoding: chunked",
+                ],
                 "0\r\n\r\n",
             )],
         },
@@ -391,16 +403,33 @@ fn corpus() -> Vec<Case> {
     }));
     for (name, fields) in [
         ("TE xchunked", "transfer-encoding: xchunked\r\n"),
-        ("TE chunked, identity", "transfer-encoding: chunked, identity\r\n"),
-        ("TE duplicated", "transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n"),
+        (
+            "TE chunked, identity",
+            "transfer-encoding: chunked, identity\r\n",
+        ),
+        (
+            "TE duplicated",
+            "transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n",
+        ),
         ("TE vertical tab", "transfer-encoding: \x0bchunked\r\n"),
         ("TE quoted", "transfer-encoding: \"chunked\"\r\n"),
         ("TE space before colon", "transfer-encoding : chunked\r\n"),
-        ("TE obs-fold line", "host2: y\r\n transfer-encoding: chunked\r\n"),
-        ("obs-fold TE value", "transfer-encoding: identity\r\n chunked\r\n"),
-        ("TE in HTTP/1.0 style twice", "transfer-encoding: identity\r\ntransfer-encoding: xchunked\r\n"),
+        (
+            "TE obs-fold line",
+            "host2: y\r\n transfer-encoding: chunked\r\n",
+        ),
+        (
+            "obs-fold TE value",
+            "transfer-encoding: identity\r\n chunked\r\n",
+        ),
+        (
+            "TE in HTTP/1.0 style twice",
+            "transfer-encoding: identity\r\ntransfer-encoding: xchunked\r\n",
+        ),
     ] {
-        cases.push(Box::new(move |id| refused(name, post(id, fields, chunked_body))));
+        cases.push(Box::new(move |id| {
+            refused(name, post(id, fields, chunked_body))
+        }));
     }
     // Valid spellings of chunked: whitespace around the value is not part
     // of it (RFC 9110 §5.5) and codings are case-insensitive.
@@ -421,7 +450,10 @@ fn corpus() -> Vec<Case> {
         ("CL +5", "content-length: +5\r\n"),
         ("CL -5", "content-length: -5\r\n"),
         ("CL 5, 6", "content-length: 5, 6\r\n"),
-        ("CL twice, differing", "content-length: 5\r\ncontent-length: 6\r\n"),
+        (
+            "CL twice, differing",
+            "content-length: 5\r\ncontent-length: 6\r\n",
+        ),
         ("CL hex", "content-length: 0x5\r\n"),
         ("CL overflow", "content-length: 18446744073709551621\r\n"),
         ("CL space inside", "content-length: 1 0\r\n"),
@@ -448,25 +480,39 @@ fn corpus() -> Vec<Case> {
         owned: REFUSED,
         hyper: sized(id, "5"),
     }));
-    cases.push(Box::new(move |id| refused("CL 5, 5", post(id, "content-length: 5, 5\r\n", "hello"))));
+    cases.push(Box::new(move |id| {
+        refused("CL 5, 5", post(id, "content-length: 5, 5\r\n", "hello"))
+    }));
     // Broken chunked bodies: the head was fine, so the request may be on
     // its way before the body breaks (the owned server reads a body only
     // as the upstream takes it; hyper's had it all buffered and failed it
     // before its client wrote a byte); the upstream then gets a body that
     // never ends, and no second request.
     for (name, body, hyper_sent) in [
-        ("chunk size overflow", "ffffffffffffffff1\r\nhello\r\n0\r\n\r\n", None),
+        (
+            "chunk size overflow",
+            "ffffffffffffffff1\r\nhello\r\n0\r\n\r\n",
+            None,
+        ),
         ("chunk size with sign", "+5\r\nhello\r\n0\r\n\r\n", None),
         ("chunk bare LF", "5\nhello\n0\n\n", None),
         ("chunk ext bare LF", "5;ext=1\nhello\r\n0\r\n\r\n", None),
         ("chunk ext bare CR", "5;a\rb\r\nhello\r\n0\r\n\r\n", None),
-        ("chunk data overrun", "3\r\nhello\r\n0\r\n\r\n", Some("3\r\nhel\r\n")),
+        (
+            "chunk data overrun",
+            "3\r\nhello\r\n0\r\n\r\n",
+            Some("3\r\nhel\r\n"),
+        ),
     ] {
         cases.push(Box::new(move |id| {
             let head_then = |body: &str| {
                 forwarded(
                     "POST /first HTTP/1.1",
-                    &["host: x", &format!("x-request-id: c{id}"), "transfer-encoding: chunked"],
+                    &[
+                        "host: x",
+                        &format!("x-request-id: c{id}"),
+                        "transfer-encoding: chunked",
+                    ],
                     body,
                 )
             };
@@ -568,11 +614,18 @@ fn corpus() -> Vec<Case> {
         cases.push(Box::new(move |id| {
             refused(
                 name,
-                format!("{line}\r\nhost: x\r\nx-request-id: c{id}\r\n\r\n{}", smuggled(id)),
+                format!(
+                    "{line}\r\nhost: x\r\nx-request-id: c{id}\r\n\r\n{}",
+                    smuggled(id)
+                ),
             )
         }));
     }
-    cases.iter().enumerate().map(|(id, case)| case(id)).collect()
+    cases
+        .iter()
+        .enumerate()
+        .map(|(id, case)| case(id))
+        .collect()
 }
 
 /// Sends `bytes` on a fresh connection and reads the proxy's answers until
@@ -655,7 +708,11 @@ async fn run_corpus(server: &str) -> Vec<String> {
         }
     }
     for (id, case) in cases.iter().enumerate() {
-        let expect = if server == "owned" { &case.owned } else { &case.hyper };
+        let expect = if server == "owned" {
+            &case.owned
+        } else {
+            &case.hyper
+        };
         let got = statuses(&answers[id]);
         if got != expect.statuses {
             problems.push(format!(

@@ -122,8 +122,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
     if len > limits.max_head_bytes {
         return Err(Refusal::too_large("request head too large"));
     }
-    let (Some(method), Some(target), Some(minor)) =
-        (request.method, request.path, request.version)
+    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
     else {
         return Err(Refusal::bad("incomplete request line"));
     };
@@ -271,13 +270,23 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112_strictly() {
         let framing = |fields: &str| {
-            parsed(&format!("POST / HTTP/1.1\r\nhost: x\r\n{fields}\r\n")).map(|h| h.unwrap().framing)
+            parsed(&format!("POST / HTTP/1.1\r\nhost: x\r\n{fields}\r\n"))
+                .map(|h| h.unwrap().framing)
         };
         assert_eq!(framing("content-length: 5\r\n"), Ok(BodyFraming::Length(5)));
-        assert_eq!(framing("content-length: 005\r\n"), Ok(BodyFraming::Length(5)));
+        assert_eq!(
+            framing("content-length: 005\r\n"),
+            Ok(BodyFraming::Length(5))
+        );
         assert_eq!(framing("content-length: 0\r\n"), Ok(BodyFraming::Empty));
-        assert_eq!(framing("transfer-encoding: chunked\r\n"), Ok(BodyFraming::Chunked));
-        assert_eq!(framing("transfer-encoding: gzip, Chunked\r\n"), Ok(BodyFraming::Chunked));
+        assert_eq!(
+            framing("transfer-encoding: chunked\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
+        assert_eq!(
+            framing("transfer-encoding: gzip, Chunked\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
         for bad in [
             "content-length: 5\r\ntransfer-encoding: chunked\r\n",
             "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
@@ -328,7 +337,10 @@ mod tests {
         assert_eq!(status(&"a".repeat(MAX_REQUEST_LINE + 1)), 414);
         let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(8192));
         assert_eq!(status(&big), 431);
-        assert_eq!(status(&format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(8192))), 431);
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(8192))),
+            431
+        );
         let many = format!("GET / HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(101));
         assert_eq!(status(&many), 431);
         let enough = format!("GET / HTTP/1.1\r\n{}\r\n", "x: y\r\n".repeat(100));

@@ -130,11 +130,7 @@ impl ClientUpgrade {
     }
 }
 
-pub(crate) async fn tunnel(
-    client: ClientUpgrade,
-    upstream: OnUpgrade,
-    mut completion: Completion,
-) {
+pub(crate) async fn tunnel(client: ClientUpgrade, upstream: OnUpgrade, mut completion: Completion) {
     let carried = async {
         let (mut client, upstream) = tokio::try_join!(client.connection(), async {
             upstream.await.map_err(|e| e.to_string())

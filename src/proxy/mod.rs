@@ -29,8 +29,8 @@ use crate::balance::hash_ip;
 use crate::config::UpstreamProtocol;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::upstream::{
-    framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
-    Sender,
+    framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
+    ResponseBody, Sender,
 };
 
 /// A reused keep-alive connection can turn out closed just as a request is

@@ -145,7 +145,8 @@ where
         };
         first = false;
         buf.advance(head.len);
-        let keep_alive = exchange(&mut io, &mut buf, &mut out, head, peer, handler, progress).await?;
+        let keep_alive =
+            exchange(&mut io, &mut buf, &mut out, head, peer, handler, progress).await?;
         match keep_alive {
             Next::KeepAlive if !*closing.borrow() => {}
             Next::KeepAlive | Next::Close => {
@@ -300,9 +301,7 @@ impl BodyDecoder {
             BodyDecoder::Length(0) => Ok(Decoded::Done),
             BodyDecoder::Length(_) if buf.is_empty() => Ok(Decoded::NeedMore),
             BodyDecoder::Length(left) => {
-                let take = usize::try_from(*left)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
                 *left -= take as u64;
                 Ok(Decoded::Data(buf.split_to(take).freeze()))
             }
@@ -387,7 +386,10 @@ where
             .ok()
             .flatten()
             .or_else(|| {
-                tracing::debug!(?value, "response Content-Length unreadable; closing after it");
+                tracing::debug!(
+                    ?value,
+                    "response Content-Length unreadable; closing after it"
+                );
                 None
             }),
         None => body.size_hint().exact(),
@@ -412,7 +414,9 @@ where
                 .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
         }
     }
-    if let (false, Some(length), false) = (bodyless, length, parts.headers.contains_key(CONTENT_LENGTH)) {
+    if let (false, Some(length), false) =
+        (bodyless, length, parts.headers.contains_key(CONTENT_LENGTH))
+    {
         parts
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -499,7 +503,11 @@ where
         // The rest of the body is unread: what follows is not a request.
         return Ok(Next::Close);
     }
-    Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
 fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &http::HeaderMap) {

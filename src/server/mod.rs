@@ -993,9 +993,15 @@ async fn serve_connection<I, H, F>(
         let ended = http1::serve(io, peer, &handler, &progress, settings, closing).await?;
         Ok::<_, std::io::Error>(ended)
     };
-    let ended = drive(served, move || {
-        let _ = close.send(true);
-    }, peer, connection).await;
+    let ended = drive(
+        served,
+        move || {
+            let _ = close.send(true);
+        },
+        peer,
+        connection,
+    )
+    .await;
     if let (Some(http1::Ended::Http2(io)), Some(connection)) = ended {
         serve_hyper(builder, io, peer, connection, handler).await;
     }
@@ -1042,9 +1048,15 @@ async fn serve_hyper<I, H, F>(
             }
         }
     };
-    drive(run, move || {
-        let _ = shutdown.send(true);
-    }, peer, connection).await;
+    drive(
+        run,
+        move || {
+            let _ = shutdown.send(true);
+        },
+        peer,
+        connection,
+    )
+    .await;
 }
 
 /// Runs a connection's server future `served` until it ends, or until
