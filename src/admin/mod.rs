@@ -18,11 +18,11 @@ pub use services::INDEX_HEADER;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::upstream::ClientBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use crate::upstream::ClientBody;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 

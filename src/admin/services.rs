@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use crate::upstream::ClientBody;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
-use crate::upstream::ClientBody;
 
 use super::status::service_view;
 use super::{

@@ -9,5 +9,6 @@
 
 pub mod body;
 pub mod chunked;
+pub mod date;
 pub mod framing;
 pub mod request;

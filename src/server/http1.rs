@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -516,6 +516,12 @@ fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &http::HeaderMap) 
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // As hyper's server does: the proxy's own answers get one too.
+    if !headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        crate::http1::date::append_now(out);
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
