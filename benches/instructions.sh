@@ -5,6 +5,7 @@
 #
 #   benches/instructions.sh              # the release build of this checkout
 #   BIN=/path/to/switchyard benches/instructions.sh   # another build
+#   HTTP1=hyper benches/instructions.sh                # listeners[].http1
 #   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
 #     callgrind_annotate out.callgrind | head -40       # where they go
 #
@@ -46,7 +47,7 @@ nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 cat > "$WORK/switchyard.yaml" <<EOF
-listeners: [{address: "127.0.0.1:$PROXY"}]
+listeners: [{address: "127.0.0.1:$PROXY"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$ADMIN"}
 routes: [{service: bench}]
 services:

@@ -8,6 +8,7 @@
 #   ROUNDS=5 DURATION=10 benches/load.sh
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
 #                                   # metrics-and-logs variants
+#   HTTP1=hyper benches/load.sh     # switchyard's listeners[].http1
 #
 # Every switchyard variant (round_robin, least_connections, ip_hash, access
 # log on) runs as its own process and is measured in the same rounds. A last
@@ -135,7 +136,7 @@ PIDS+=($RELAY_PID)
 # variant is measured inside the same interleaved rounds as the references
 sy_config() { # strategy port admin-port
   cat <<EOF
-listeners: [{address: "127.0.0.1:$2"}]
+listeners: [{address: "127.0.0.1:$2"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$3"}
 routes: [{service: bench}]
 services:

@@ -36,7 +36,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// One request the upstream parsed.
 #[derive(Debug, Clone)]
 struct Parsed {
-    method: String,
     path: String,
     /// How many bytes of the stream it took, head and body.
     len: usize,
@@ -102,7 +101,6 @@ fn parse_request(bytes: &[u8]) -> Result<Option<Parsed>, String> {
         length
     };
     Ok(Some(Parsed {
-        method: request.method.unwrap_or_default().to_string(),
         path: request.path.unwrap_or_default().to_string(),
         len: head_len + body_len,
         ambiguous,

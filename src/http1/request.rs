@@ -4,6 +4,7 @@
 //! (a request with both Transfer-Encoding and Content-Length, or with
 //! several Content-Length values, is refused, not repaired).
 
+use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE,
 };
@@ -12,6 +13,10 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 /// Longest request line accepted; a longer one gets 414, as nginx's
 /// default `large_client_header_buffers` has it.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Fields a request usually gains on its way upstream (X-Forwarded-*,
+/// X-Request-Id), reserved so that adding them does not grow the map.
+const FIELDS_ADDED: usize = 6;
 
 /// Field slots kept on the stack while parsing; more (a listener with a
 /// larger `max_headers`) are allocated for that parse.
@@ -127,7 +132,15 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
         return Err(Refusal::bad("incomplete request line"));
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| Refusal::bad("bad method"))?;
-    let uri = Uri::try_from(target).map_err(|_| Refusal::bad("bad request target"))?;
+    // One copy of the head; the target and the field values are slices of
+    // it, not an allocation each.
+    let shared = Bytes::copy_from_slice(&buf[..len]);
+    let slice_of = |part: &[u8]| {
+        let start = (part.as_ptr() as usize).saturating_sub(buf.as_ptr() as usize);
+        shared.slice(start..start + part.len())
+    };
+    let uri = Uri::from_maybe_shared(slice_of(target.as_bytes()))
+        .map_err(|_| Refusal::bad("bad request target"))?;
     let http11 = minor == 1;
     let mut head = RequestHead {
         method,
@@ -137,7 +150,8 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
         } else {
             Version::HTTP_10
         },
-        headers: HeaderMap::with_capacity(request.headers.len()),
+        // Room for the fields the proxy adds (forwarding, request id).
+        headers: HeaderMap::with_capacity(request.headers.len() + FIELDS_ADDED),
         framing: BodyFraming::Empty,
         keep_alive: http11,
         expect_continue: false,
@@ -152,8 +166,8 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
     for field in request.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Refusal::bad("bad field name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| Refusal::bad("bad field value"))?;
+        let value = HeaderValue::from_maybe_shared(slice_of(field.value))
+            .map_err(|_| Refusal::bad("bad field value"))?;
         if name == TRANSFER_ENCODING {
             if !http11 {
                 return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));

@@ -71,14 +71,15 @@ pub(super) enum Ended {
 }
 
 /// Serves HTTP/1.1 on `io` until the client closes, an error, or `closing`
-/// becomes true (after the response in flight, if any).
+/// becomes true (checked after each response; a connection waiting for a
+/// request is closed by dropping this future).
 pub(super) async fn serve<I, H, F>(
     mut io: I,
     peer: SocketAddr,
     handler: &H,
     progress: &Arc<Progress>,
     settings: Settings,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) -> io::Result<Ended>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -116,11 +117,13 @@ where
                 // Idle: nothing held but the task itself.
                 buf = BytesMut::new();
                 out = Vec::new();
+                if *closing.borrow() {
+                    return Ok(Ended::Closed);
+                }
+                // Asked to close while waiting here, the connection is
+                // dropped by the caller (it has no request in flight).
                 let mut chunk = [0u8; FIRST_READ];
-                let read = tokio::select! {
-                    read = io.read(&mut chunk) => read?,
-                    () = async { drop(closing.wait_for(|c| *c).await) } => return Ok(Ended::Closed),
-                };
+                let read = io.read(&mut chunk).await?;
                 if read == 0 {
                     return Ok(Ended::Closed);
                 }
@@ -362,8 +365,9 @@ where
     });
     let in_flight = progress.start();
     let response = {
-        let response = handler(request, peer);
-        let mut response = std::pin::pin!(response);
+        // Boxed: the request future is large, and inline it would be part
+        // of every connection's task, idle or not.
+        let mut response = Box::pin(handler(request, peer));
         loop {
             tokio::select! {
                 response = response.as_mut() => break response,
@@ -427,6 +431,8 @@ where
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     out.clear();
+    // Room for a usual head and a small body: one allocation, not growth.
+    out.reserve(1024);
     write_head(out, status, &parts.headers);
 
     let mut sent: u64 = 0;

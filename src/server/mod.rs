@@ -975,8 +975,10 @@ async fn serve_connection<I, H, F>(
     H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    // hyper's connection state is boxed, so that it is not part of every
+    // owned connection's task.
     if connection.limits.http1 == Http1Server::Hyper || alpn_h2 {
-        return serve_hyper(builder, io, peer, connection, handler).await;
+        return Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
     }
     let limits = connection.limits;
     let settings = http1::Settings {
@@ -998,12 +1000,13 @@ async fn serve_connection<I, H, F>(
         move || {
             let _ = close.send(true);
         },
+        true,
         peer,
         connection,
     )
     .await;
     if let (Some(http1::Ended::Http2(io)), Some(connection)) = ended {
-        serve_hyper(builder, io, peer, connection, handler).await;
+        Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
     }
 }
 
@@ -1053,6 +1056,7 @@ async fn serve_hyper<I, H, F>(
         move || {
             let _ = shutdown.send(true);
         },
+        false,
         peer,
         connection,
     )
@@ -1062,12 +1066,14 @@ async fn serve_hyper<I, H, F>(
 /// Runs a connection's server future `served` until it ends, or until
 /// shutdown, idleness or descriptor pressure ask it (through
 /// `graceful_shutdown`) to close gracefully, with a deadline, or a timeout
-/// closes it at once. Gives back what the server ended with, and the
-/// connection's limits when it ended on its own without being asked to
-/// close (so another server may go on with it).
+/// closes it at once; with `drop_when_idle`, a connection asked to close
+/// with no request in flight is closed at once. Gives back what the server
+/// ended with, and the connection when it ended on its own without being
+/// asked to close (so another server may go on with it).
 async fn drive<S, T, E>(
     served: S,
     graceful_shutdown: impl FnOnce(),
+    drop_when_idle: bool,
     peer: SocketAddr,
     mut connection: Connection,
 ) -> (Option<T>, Option<Connection>)
@@ -1145,6 +1151,9 @@ where
         }
     };
     graceful_shutdown();
+    if drop_when_idle && progress.is_idle() {
+        return (None, None);
+    }
     // Graceful, but not forever: a client that does not read keeps a
     // response (and its upstream connection) open otherwise.
     let deadline = match closing {
