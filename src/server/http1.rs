@@ -148,8 +148,12 @@ where
         };
         first = false;
         buf.advance(head.len);
-        let keep_alive =
-            exchange(&mut io, &mut buf, &mut out, head, peer, handler, progress).await?;
+        // Boxed: the exchange's state (request, response, body) exists
+        // only while a request is served, not in every idle connection.
+        let keep_alive = Box::pin(exchange(
+            &mut io, &mut buf, &mut out, head, peer, handler, progress,
+        ))
+        .await?;
         match keep_alive {
             Next::KeepAlive if !*closing.borrow() => {}
             Next::KeepAlive | Next::Close => {

@@ -975,11 +975,27 @@ async fn serve_connection<I, H, F>(
     H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    // hyper's connection state is boxed, so that it is not part of every
-    // owned connection's task.
+    // Each server's connection state is boxed: the task holds only the one
+    // it uses.
     if connection.limits.http1 == Http1Server::Hyper || alpn_h2 {
         return Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
     }
+    Box::pin(serve_owned(builder, io, peer, connection, handler)).await;
+}
+
+/// Serves one client connection with the owned HTTP/1.1 server, handing it
+/// to hyper if it turns out to speak HTTP/2.
+async fn serve_owned<I, H, F>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    connection: Connection,
+    handler: H,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
     let limits = connection.limits;
     let settings = http1::Settings {
         head: crate::http1::request::HeadLimits {
@@ -1041,7 +1057,7 @@ async fn serve_hyper<I, H, F>(
     let run = async {
         loop {
             tokio::select! {
-                result = served.as_mut() => return result.map(|()| ()),
+                result = served.as_mut() => return result,
                 changed = shutdown_requested.changed() => {
                     if changed.is_err() {
                         return served.as_mut().await;
