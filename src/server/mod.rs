@@ -1007,20 +1007,22 @@ async fn serve_owned<I, H, F>(
     };
     let progress = Arc::clone(&connection.progress);
     let (close, closing) = watch::channel(false);
-    let served = async {
-        let ended = http1::serve(io, peer, &handler, &progress, settings, closing).await?;
-        Ok::<_, std::io::Error>(ended)
+    let ended = {
+        let served = std::pin::pin!(async {
+            let ended = http1::serve(io, peer, &handler, &progress, settings, closing).await?;
+            Ok::<_, std::io::Error>(ended)
+        });
+        drive(
+            served,
+            move || {
+                let _ = close.send(true);
+            },
+            true,
+            peer,
+            connection,
+        )
+        .await
     };
-    let ended = drive(
-        served,
-        move || {
-            let _ = close.send(true);
-        },
-        true,
-        peer,
-        connection,
-    )
-    .await;
     if let (Some(http1::Ended::Http2(io)), Some(connection)) = ended {
         Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
     }
@@ -1054,7 +1056,7 @@ async fn serve_hyper<I, H, F>(
     let (shutdown, mut shutdown_requested) = watch::channel(false);
     // hyper's connection is asked to shut down through its own method,
     // which needs the pinned connection: `drive` only raises a flag.
-    let run = async {
+    let run = std::pin::pin!(async {
         loop {
             tokio::select! {
                 result = served.as_mut() => return result,
@@ -1066,7 +1068,7 @@ async fn serve_hyper<I, H, F>(
                 }
             }
         }
-    };
+    });
     drive(
         run,
         move || {
@@ -1087,7 +1089,9 @@ async fn serve_hyper<I, H, F>(
 /// ended with, and the connection when it ended on its own without being
 /// asked to close (so another server may go on with it).
 async fn drive<S, T, E>(
-    served: S,
+    // Pinned by the caller: moved in by value, it would take room twice in
+    // every connection's task (argument and pinned local).
+    mut served: std::pin::Pin<&mut S>,
     graceful_shutdown: impl FnOnce(),
     drop_when_idle: bool,
     peer: SocketAddr,
@@ -1097,7 +1101,6 @@ where
     S: Future<Output = Result<T, E>>,
     E: std::fmt::Display,
 {
-    let mut served = std::pin::pin!(served);
     let limits = connection.limits;
     // Made once, not per turn of the loop: shedding rounds come often under
     // pressure and must not restart these timers.
