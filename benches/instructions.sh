@@ -6,6 +6,7 @@
 #   benches/instructions.sh              # the release build of this checkout
 #   BIN=/path/to/switchyard benches/instructions.sh   # another build
 #   LOGS="on" benches/instructions.sh    # only as shipped (default: "off on")
+#   HTTP1=hyper benches/instructions.sh                # listeners[].http1
 #   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
 #     callgrind_annotate out.callgrind.on | head -40    # where they go
 #
@@ -69,7 +70,7 @@ for log in ${LOGS:-off on}; do
     filter=warn
   fi
   cat > "$dir/switchyard.yaml" <<EOF
-listeners: [{address: "127.0.0.1:$PROXY"}]
+listeners: [{address: "127.0.0.1:$PROXY"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$ADMIN"}
 $access_log
 routes: [{service: bench}]

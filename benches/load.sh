@@ -7,10 +7,12 @@
 #   benches/load.sh                 # 3 rounds of 5 s per target and load
 #   ROUNDS=5 DURATION=10 benches/load.sh
 #   WRK_THREADS="1 2" benches/load.sh   # wrk -t1 and -t2 (the default)
-#   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash variants
+#   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
+#                                   # metrics-and-logs variants
 #   BIN=/path/to/switchyard benches/load.sh      # another build
 #   MONOLAKE=/path/to/monolake benches/load.sh   # default: where
 #                                   # monolake-build.sh leaves it
+#   HTTP1=hyper benches/load.sh     # switchyard's listeners[].http1
 #
 # switchyard runs twice in every round: as shipped (`switchyard`: access log
 # on, default format json, to a file on disk as a deployment would) and with
@@ -172,7 +174,7 @@ fi
 # variant is measured inside the same interleaved rounds as the references
 sy_config() { # strategy port admin-port access-log
   cat <<EOF
-listeners: [{address: "127.0.0.1:$2"}]
+listeners: [{address: "127.0.0.1:$2"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$3"}
 access_log: $4
 routes: [{service: bench}]

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod discovery;
 pub mod fleet;
 pub mod health;
+pub mod http1;
 pub mod local_origin;
 pub mod metrics;
 pub mod proxy;

@@ -23,11 +23,11 @@ pub use services::INDEX_HEADER;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::upstream::ClientBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -68,7 +68,7 @@ impl AdminState {
 /// (same status and headers, `Content-Length` included) without the body.
 pub async fn handle(
     state: &AdminState,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     if let Some(refusal) = authorize(state, &request, peer) {
@@ -90,7 +90,7 @@ pub async fn handle(
 
 async fn route(
     state: &AdminState,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let path = request.uri().path().trim_end_matches('/').to_string();
@@ -165,7 +165,7 @@ async fn reopen_logs(state: &AdminState, peer: SocketAddr) -> Response<ProxyBody
 
 /// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
 /// does), the classic text format otherwise.
-fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<ProxyBody> {
+fn metrics(state: &AdminState, request: &Request<ClientBody>) -> Response<ProxyBody> {
     let openmetrics = request
         .headers()
         .get(http::header::ACCEPT)
@@ -190,7 +190,7 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> Response<ProxyBod
 /// Checks the bearer token; returns the refusal, if any.
 fn authorize(
     state: &AdminState,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     peer: SocketAddr,
 ) -> Option<Response<ProxyBody>> {
     let config = state.registry.config();
@@ -246,13 +246,13 @@ fn same_secret(given: &str, expected: &str) -> bool {
         == 0
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+async fn read_body(request: Request<ClientBody>) -> Result<Bytes, Response<ProxyBody>> {
     read_body_up_to(request, MAX_BODY).await
 }
 
 /// The body, refused when longer than `limit` bytes.
 async fn read_body_up_to(
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     limit: usize,
 ) -> Result<Bytes, Response<ProxyBody>> {
     Limited::new(request.into_body(), limit)

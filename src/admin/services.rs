@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
+use crate::upstream::ClientBody;
 use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::status::service_view;
 use super::{
@@ -36,7 +36,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// `segments` starts after `/admin/services`.
 pub(super) async fn handle(
     state: &AdminState,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     segments: &[&str],
 ) -> Response<ProxyBody> {
     let method = request.method().clone();

@@ -165,6 +165,19 @@ pub struct ListenerLimits {
     /// beyond it, new connections are accepted and closed at once. `None`:
     /// no limit but the process's descriptor limit.
     pub max_connections: Option<usize>,
+    /// Which server speaks HTTP/1.1 to the listener's clients
+    /// (`listeners[].http1`); new connections get a changed value.
+    pub http1: Http1Server,
+}
+
+/// The server for a listener's HTTP/1.1 clients; HTTP/2 is always hyper's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    /// hyper's server (the default).
+    #[default]
+    Hyper,
+    /// switchyard's own HTTP/1.1 server (`http1`), experimental.
+    Owned,
 }
 
 impl Default for ListenerLimits {
@@ -177,6 +190,7 @@ impl Default for ListenerLimits {
             max_headers: DEFAULT_MAX_HEADERS,
             send_timeout: Duration::from_secs(60),
             max_connections: None,
+            http1: Http1Server::Hyper,
         }
     }
 }

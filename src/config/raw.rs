@@ -76,6 +76,8 @@ pub(crate) struct RawListener {
     pub(crate) limits: Option<RawLimits>,
     #[serde(default)]
     pub(crate) redirect_https: Option<i64>,
+    #[serde(default)]
+    pub(crate) http1: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

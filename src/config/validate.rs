@@ -81,6 +81,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     "a TLS listener cannot redirect to HTTPS",
                 );
             }
+            let mut limits = limits;
+            if let Some(server) = &listener.http1 {
+                let chosen = match server.as_str() {
+                    "hyper" => Ok(Http1Server::Hyper),
+                    "owned" => Ok(Http1Server::Owned),
+                    other => Err(format!("must be `hyper` or `owned` (got {other:?})")),
+                };
+                if let Some(chosen) = errors.check(format!("{path}.http1"), chosen) {
+                    limits.http1 = chosen;
+                }
+            }
             listeners.push(ListenerConfig {
                 name: listener.name.clone().unwrap_or(path),
                 address,
@@ -643,6 +654,7 @@ fn validate_limits(
             false,
         ),
         max_connections,
+        http1: defaults.http1,
     }
 }
 

@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Sleep;
 
 use crate::access_log::Record;
+use crate::http1::body::{Io, PendingUpgrade};
 use crate::registry::InFlightGuard;
 use crate::upstream::{BoxError, Pool, ResponseBody, Sender};
 
@@ -100,10 +101,41 @@ impl Completion {
 /// have switched protocols (101). The request counts as in flight until the
 /// tunnel closes; the access-log event is written then, with the bytes
 /// carried.
-pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut completion: Completion) {
+/// The client side of an upgrade, from whichever server read the request.
+pub(crate) enum ClientUpgrade {
+    Hyper(OnUpgrade),
+    Owned(PendingUpgrade),
+}
+
+impl ClientUpgrade {
+    /// Takes the upgrade a request carries.
+    pub(crate) fn of<B>(request: &mut http::Request<B>) -> ClientUpgrade {
+        match request.extensions_mut().remove::<PendingUpgrade>() {
+            Some(pending) => ClientUpgrade::Owned(pending),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(request)),
+        }
+    }
+
+    async fn connection(self) -> Result<Box<dyn Io>, String> {
+        match self {
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(error) => Err(error.to_string()),
+            },
+            ClientUpgrade::Owned(pending) => match pending.connection().await {
+                Ok(upgraded) => Ok(Box::new(upgraded)),
+                Err(error) => Err(error.to_string()),
+            },
+        }
+    }
+}
+
+pub(crate) async fn tunnel(client: ClientUpgrade, upstream: OnUpgrade, mut completion: Completion) {
     let carried = async {
-        let (client, upstream) = tokio::try_join!(client, upstream).map_err(|e| e.to_string())?;
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let (mut client, upstream) = tokio::try_join!(client.connection(), async {
+            upstream.await.map_err(|e| e.to_string())
+        })?;
+        let mut upstream = TokioIo::new(upstream);
         tokio::io::copy_bidirectional(&mut client, &mut upstream)
             .await
             .map_err(|e| e.to_string())

@@ -17,11 +17,9 @@ use http::header::{HeaderValue, CONTENT_LENGTH, HOST, REFERER, TRANSFER_ENCODING
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 
 pub use crate::access_log::TARGET as ACCESS_LOG_TARGET;
-use body::Completion;
+use body::{ClientUpgrade, Completion};
 pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
@@ -30,8 +28,8 @@ use crate::balance::hash_ip;
 use crate::config::{defaults, UpstreamProtocol};
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::upstream::{
-    framing, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody, ResponseBody,
-    Sender,
+    framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
+    ResponseBody, Sender,
 };
 
 /// A reused keep-alive connection can turn out closed just as a request is
@@ -56,7 +54,7 @@ struct Outcome {
     upstream_time: Option<Duration>,
     wants_upstream_time: bool,
     /// The client side of an upgrade the route allowed.
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
 }
 
 impl Proxy {
@@ -74,7 +72,7 @@ impl Proxy {
     /// Handles one request from `peer`. Never fails: errors are responses.
     pub async fn handle(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -242,7 +240,7 @@ impl Proxy {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         host: Result<Option<HeaderValue>, ProxyError>,
         peer: SocketAddr,
         client_ip: std::net::IpAddr,
@@ -268,7 +266,7 @@ impl Proxy {
             .then(|| headers::requested_upgrade(request.headers(), |p| route.allows_upgrade(p)))
             .flatten();
         if upgrade.is_some() {
-            outcome.client_upgrade = Some(hyper::upgrade::on(&mut request));
+            outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
         let (mut parts, body) = request.into_parts();

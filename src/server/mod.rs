@@ -3,6 +3,7 @@
 //! traffic listener and the admin API on its own, add and remove traffic
 //! listeners live, and drain on shutdown.
 
+mod http1;
 mod watchdog;
 mod workers;
 
@@ -28,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::history::History;
-use crate::config::{Config, ListenerConfig, ListenerLimits, TlsConfig};
+use crate::config::{Config, Http1Server, ListenerConfig, ListenerLimits, TlsConfig};
 use crate::discovery;
 use crate::fleet::{self, Fleet};
 use crate::health::{self, CustomChecks};
@@ -37,6 +38,7 @@ use crate::proxy::{Proxy, ProxyBody};
 use crate::registry::Registry;
 use crate::reload::{self, Reloader};
 use crate::tls;
+use crate::upstream::ClientBody;
 use watchdog::{Pressure, Progress, Tracked};
 
 /// Longest a shutdown waits for the access log's last lines to be written.
@@ -872,7 +874,7 @@ async fn serve<H, F>(
     drain_timeout: impl Fn() -> Duration,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let mut limits = *guard.limits.borrow_and_update();
@@ -939,11 +941,12 @@ async fn serve<H, F>(
         let handshake_timeout = TLS_HANDSHAKE_TIMEOUT.min(limits.header_read_timeout);
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(&builder, stream, peer, connection, handler).await,
+                None => serve_connection(&builder, stream, false, peer, connection, handler).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, stream, peer, connection, handler).await
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve_connection(&builder, stream, h2, peer, connection, handler).await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -1153,33 +1156,147 @@ enum Closing {
     Shed,
 }
 
-/// Serves one client connection (plain or after its TLS handshake) until
-/// it closes, or until shutdown, idleness or descriptor pressure close it
-/// gracefully (with a deadline), or a timeout closes it at once.
+/// Serves one client connection (plain or after its TLS handshake) with
+/// the listener's HTTP/1.1 server: hyper's, or the owned one (which hands
+/// HTTP/2 clients, by ALPN or by their preface, to hyper).
 async fn serve_connection<I, H, F>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
+    alpn_h2: bool,
     peer: SocketAddr,
-    mut connection: Connection,
+    connection: Connection,
     handler: H,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    // Each server's connection state is boxed: the task holds only the one
+    // it uses.
+    if connection.limits.http1 == Http1Server::Hyper || alpn_h2 {
+        return Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
+    }
+    Box::pin(serve_owned(builder, io, peer, connection, handler)).await;
+}
+
+/// Serves one client connection with the owned HTTP/1.1 server, handing it
+/// to hyper if it turns out to speak HTTP/2.
+async fn serve_owned<I, H, F>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    connection: Connection,
+    handler: H,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let limits = connection.limits;
+    let settings = http1::Settings {
+        head: crate::http1::request::HeadLimits {
+            max_head_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        },
+        header_read_timeout: limits.header_read_timeout,
+        detect_h2: true,
+    };
+    let progress = Arc::clone(&connection.progress);
+    let (close, closing) = watch::channel(false);
+    let ended = {
+        let served = std::pin::pin!(async {
+            let ended = http1::serve(io, peer, &handler, &progress, settings, closing).await?;
+            Ok::<_, std::io::Error>(ended)
+        });
+        drive(
+            served,
+            move || {
+                let _ = close.send(true);
+            },
+            true,
+            peer,
+            connection,
+        )
+        .await
+    };
+    if let (Some(http1::Ended::Http2(io)), Some(connection)) = ended {
+        Box::pin(serve_hyper(builder, io, peer, connection, handler)).await;
+    }
+}
+
+/// Serves one client connection with hyper's server.
+async fn serve_hyper<I, H, F>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    peer: SocketAddr,
+    connection: Connection,
+    handler: H,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<ClientBody>, SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let progress = Arc::clone(&connection.progress);
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         let in_flight = progress.start();
         // Boxed: the request future is large, and hyper keeps room for it in
         // every connection's state, idle or not; boxing trades one small
         // allocation per request for much less memory per idle connection.
-        let response = Box::pin(handler(request, peer));
+        let response = Box::pin(handler(request.map(ClientBody::Hyper), peer));
         async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, in_flight))) }
     });
     // With upgrades, so WebSocket and other HTTP/1.1 upgrades can be
     // tunnelled (see `proxy`).
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut served = std::pin::pin!(served);
+    let (shutdown, mut shutdown_requested) = watch::channel(false);
+    // hyper's connection is asked to shut down through its own method,
+    // which needs the pinned connection: `drive` only raises a flag.
+    let run = std::pin::pin!(async {
+        loop {
+            tokio::select! {
+                result = served.as_mut() => return result,
+                changed = shutdown_requested.changed() => {
+                    if changed.is_err() {
+                        return served.as_mut().await;
+                    }
+                    served.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    });
+    drive(
+        run,
+        move || {
+            let _ = shutdown.send(true);
+        },
+        false,
+        peer,
+        connection,
+    )
+    .await;
+}
+
+/// Runs a connection's server future `served` until it ends, or until
+/// shutdown, idleness or descriptor pressure ask it (through
+/// `graceful_shutdown`) to close gracefully, with a deadline, or a timeout
+/// closes it at once; with `drop_when_idle`, a connection asked to close
+/// with no request in flight is closed at once. Gives back what the server
+/// ended with, and the connection when it ended on its own without being
+/// asked to close (so another server may go on with it).
+async fn drive<S, T, E>(
+    // Pinned by the caller: moved in by value, it would take room twice in
+    // every connection's task (argument and pinned local).
+    mut served: std::pin::Pin<&mut S>,
+    graceful_shutdown: impl FnOnce(),
+    drop_when_idle: bool,
+    peer: SocketAddr,
+    mut connection: Connection,
+) -> (Option<T>, Option<Connection>)
+where
+    S: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
     let limits = connection.limits;
     // Made once, not per turn of the loop: shedding rounds come often under
     // pressure and must not restart these timers.
@@ -1191,8 +1308,9 @@ async fn serve_connection<I, H, F>(
     let stalled = progress.stalled_for(limits.send_timeout);
     // From accept to the first request head, on either protocol; hyper's
     // own HTTP/1.1 timer only starts at the first byte.
+    let accepted = connection.accepted;
     let first_head = async {
-        tokio::time::sleep_until(connection.accepted + limits.header_read_timeout).await;
+        tokio::time::sleep_until(accepted + limits.header_read_timeout).await;
         if progress.any_request() {
             std::future::pending::<()>().await;
         }
@@ -1206,10 +1324,13 @@ async fn serve_connection<I, H, F>(
     let closing = loop {
         tokio::select! {
             result = served.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "client connection ended with an error");
-                }
-                return;
+                return match result {
+                    Ok(ended) => (Some(ended), Some(connection)),
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "client connection ended with an error");
+                        (None, None)
+                    }
+                };
             }
             // (The guard wait_for returns is dropped before the await.)
             () = async { drop(connection.stop.wait_for(|stopping| *stopping).await) } => break Closing::Stop,
@@ -1220,12 +1341,12 @@ async fn serve_connection<I, H, F>(
             () = first_head.as_mut() => {
                 tracing::debug!(%peer, header_read_timeout = ?limits.header_read_timeout, "no request head in time; closing");
                 connection.timed_out();
-                return;
+                return (None, None);
             }
             () = stalled.as_mut() => {
                 tracing::debug!(%peer, send_timeout = ?limits.send_timeout, "the client does not take its response; closing");
                 connection.timed_out();
-                return;
+                return (None, None);
             }
             changed = connection.shed.changed(), if shedding => {
                 if changed.is_err() {
@@ -1244,7 +1365,10 @@ async fn serve_connection<I, H, F>(
             }
         }
     };
-    served.as_mut().graceful_shutdown();
+    graceful_shutdown();
+    if drop_when_idle && progress.is_idle() {
+        return (None, None);
+    }
     // Graceful, but not forever: a client that does not read keeps a
     // response (and its upstream connection) open otherwise.
     let deadline = match closing {
@@ -1265,10 +1389,11 @@ async fn serve_connection<I, H, F>(
     };
     match result {
         Some(Err(error)) => tracing::debug!(%peer, %error, "client connection ended with an error"),
-        Some(Ok(())) => {}
+        Some(Ok(_)) => {}
         None => {
             tracing::debug!(%peer, "the connection did not finish in time after being asked to close; closing it");
             connection.timed_out();
         }
     }
+    (None, None)
 }

@@ -16,7 +16,7 @@
 //! client in [`h1`]; everything else uses hyper's client. Both kinds of
 //! idle connection are pooled side by side.
 
-pub mod framing;
+pub use crate::http1::framing;
 pub mod h1;
 mod request_body;
 
@@ -37,7 +37,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{UpstreamProtocol, UpstreamTls};
-pub use request_body::{ClientBodyState, ClientBodyWatch, RequestBody};
+pub use request_body::{ClientBody, ClientBodyState, ClientBodyWatch, RequestBody};
 
 /// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.

@@ -16,6 +16,50 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::http1::body::{BodyError, RequestBody as OwnedBody};
+
+/// A client's request body, from whichever server read the request.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// From hyper's server (HTTP/2, or HTTP/1.1 when it serves the listener).
+    Hyper(Incoming),
+    /// From the owned HTTP/1.1 server.
+    Owned(OwnedBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(Into::into))),
+            ClientBody::Owned(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Owned(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Owned(body) => body.size_hint(),
+        }
+    }
+}
+
 /// How reading the client's body ended, if it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientBodyState {
@@ -63,7 +107,7 @@ impl ClientBodyWatch {
 /// The body sent upstream: the client's, streamed through.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: ClientBody,
     /// Only requests that have a body pay for the record.
     watch: Option<Arc<ClientBodyWatch>>,
 }
@@ -71,7 +115,7 @@ pub struct RequestBody {
 impl RequestBody {
     /// Wraps the client's body; the second value reports how reading it
     /// went (`None` when the body is empty: it cannot fail).
-    pub fn new(inner: Incoming) -> (RequestBody, Option<Arc<ClientBodyWatch>>) {
+    pub fn new(inner: ClientBody) -> (RequestBody, Option<Arc<ClientBodyWatch>>) {
         let watch = (!inner.is_end_stream()).then(Arc::default);
         let body = RequestBody {
             inner,
@@ -83,10 +127,14 @@ impl RequestBody {
 
 /// Whether a failed read of the client's body was the client breaking the
 /// framing (hyper reports decoding errors as `InvalidData`/`InvalidInput`
-/// I/O errors), rather than the client going away.
-fn is_malformed(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// I/O errors, the owned server as [`BodyError::Malformed`]), rather than
+/// the client going away.
+fn is_malformed(error: &super::BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(cause) = source {
+        if let Some(owned) = cause.downcast_ref::<BodyError>() {
+            return matches!(owned, BodyError::Malformed(_));
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
@@ -100,12 +148,12 @@ fn is_malformed(error: &hyper::Error) -> bool {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Some(watch) = &self.watch {
             match &polled {

@@ -1,7 +1,9 @@
-//! The response rules both upstream clients enforce, so that hyper's
-//! client and the lean one (see [`super::h1`]) cannot disagree about what
-//! a valid answer is: the size limits, the status range, the framing
-//! fields (RFC 9112 §6.3) and chunk-size lines (RFC 9112 §7.1).
+//! The framing rules every HTTP/1.1 message path shares: the response
+//! rules both upstream clients enforce, so that hyper's client and the
+//! lean one (`upstream::h1`) cannot disagree about what a valid answer is
+//! (the size limits, the status range, the framing fields, RFC 9112 §6.3),
+//! and the chunk-size line (RFC 9112 §7.1), which the owned server's
+//! request decoder reads the same way.
 
 use http::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode};
