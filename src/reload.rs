@@ -695,50 +695,35 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 
 /// Each limit that differs, as `name old → new`.
 fn limit_changes(old: &config::ListenerLimits, new: &config::ListenerLimits) -> Vec<String> {
-    let mut what = Vec::new();
-    let mut compare = |name: &str, old: String, new: String| {
-        if old != new {
-            what.push(format!("{name} {old} → {new}"));
-        }
-    };
-    let duration = |d: Duration| humantime::format_duration(d).to_string();
-    let count = |n: Option<usize>| n.map_or_else(|| "unlimited".into(), |n| n.to_string());
-    compare(
-        "max_header_bytes",
-        old.max_header_bytes.to_string(),
-        new.max_header_bytes.to_string(),
-    );
-    compare(
-        "max_headers",
-        old.max_headers.to_string(),
-        new.max_headers.to_string(),
-    );
-    compare(
-        "header_read_timeout",
-        duration(old.header_read_timeout),
-        duration(new.header_read_timeout),
-    );
-    compare(
-        "idle_timeout",
-        duration(old.idle_timeout),
-        duration(new.idle_timeout),
-    );
-    compare(
-        "max_concurrent_streams",
-        old.max_concurrent_streams.to_string(),
-        new.max_concurrent_streams.to_string(),
-    );
-    compare(
-        "send_timeout",
-        duration(old.send_timeout),
-        duration(new.send_timeout),
-    );
-    compare(
-        "max_connections",
-        count(old.max_connections),
-        count(new.max_connections),
-    );
-    what
+    type Limits = config::ListenerLimits;
+    fn duration(d: Duration) -> String {
+        humantime::format_duration(d).to_string()
+    }
+    let fields: [(&str, fn(&Limits) -> String); 8] = [
+        ("max_header_bytes", |l| l.max_header_bytes.to_string()),
+        ("max_headers", |l| l.max_headers.to_string()),
+        ("header_read_timeout", |l| duration(l.header_read_timeout)),
+        ("idle_timeout", |l| duration(l.idle_timeout)),
+        ("max_concurrent_streams", |l| {
+            l.max_concurrent_streams.to_string()
+        }),
+        ("send_timeout", |l| duration(l.send_timeout)),
+        ("http1", |l| match l.http1 {
+            config::Http1Server::Hyper => "hyper".into(),
+            config::Http1Server::Owned => "owned".into(),
+        }),
+        ("max_connections", |l| {
+            l.max_connections
+                .map_or_else(|| "unlimited".into(), |n| n.to_string())
+        }),
+    ];
+    fields
+        .iter()
+        .filter_map(|(name, show)| {
+            let (old, new) = (show(old), show(new));
+            (old != new).then(|| format!("{name} {old} → {new}"))
+        })
+        .collect()
 }
 
 fn join(items: &[&String]) -> String {
