@@ -695,11 +695,12 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 
 /// Each limit that differs, as `name old → new`.
 fn limit_changes(old: &config::ListenerLimits, new: &config::ListenerLimits) -> Vec<String> {
-    type Limits = config::ListenerLimits;
+    /// A limit's name and how to show its value.
+    type Field = (&'static str, fn(&config::ListenerLimits) -> String);
     fn duration(d: Duration) -> String {
         humantime::format_duration(d).to_string()
     }
-    let fields: [(&str, fn(&Limits) -> String); 8] = [
+    let fields: [Field; 8] = [
         ("max_header_bytes", |l| l.max_header_bytes.to_string()),
         ("max_headers", |l| l.max_headers.to_string()),
         ("header_read_timeout", |l| duration(l.header_read_timeout)),
