@@ -14,7 +14,7 @@ use hickory_resolver::TokioResolver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{defaults, DnsConfig, InstanceConfig, NamedInstance, ServiceName};
+use crate::config::{defaults, Config, DnsConfig, InstanceConfig, NamedInstance, ServiceName};
 use crate::registry::Registry;
 
 /// Limit on one query to one name server; a silent server is a transient
@@ -103,41 +103,18 @@ pub fn spawn(registry: Arc<Registry>) -> JoinHandle<()> {
 
 type Settings = (Vec<NamedInstance>, DnsConfig);
 
+/// The host-name instances and DNS settings of every service that has some.
+fn named_services(config: &Config) -> HashMap<ServiceName, Settings> {
+    config
+        .services
+        .iter()
+        .filter(|(_, service)| !service.named.is_empty())
+        .map(|(name, service)| (name.clone(), (service.named.clone(), config.dns.clone())))
+        .collect()
+}
+
 async fn follow_config(registry: Arc<Registry>) {
-    let mut changes = registry.subscribe();
-    let mut watchers: HashMap<ServiceName, (Settings, JoinHandle<()>)> = HashMap::new();
-    loop {
-        let config = registry.config();
-        let wanted: HashMap<ServiceName, Settings> = config
-            .services
-            .iter()
-            .filter(|(_, service)| !service.named.is_empty())
-            .map(|(name, service)| (name.clone(), (service.named.clone(), config.dns.clone())))
-            .collect();
-        watchers.retain(|name, (settings, task)| {
-            let keep = wanted.get(name) == Some(settings);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (name, settings) in wanted {
-            if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(name) {
-                let task = tokio::spawn(watch_service(
-                    Arc::clone(&registry),
-                    slot.key().clone(),
-                    settings.clone(),
-                ));
-                slot.insert((settings, task));
-            }
-        }
-        if changes.changed().await.is_err() {
-            break;
-        }
-    }
-    for (_, (_, task)) in watchers {
-        task.abort();
-    }
+    super::follow_services(registry, named_services, watch_service).await;
 }
 
 /// One name's last answer and since when resolving it fails.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{ConsulConfig, ConsulDiscovery, InstanceId, ServiceName};
+use crate::config::{Config, ConsulConfig, ConsulDiscovery, InstanceId, ServiceName};
 use crate::registry::{DiscoveryStatus, Registry};
 
 /// First retry delay after a Consul error; doubles up to [`MAX_BACKOFF`].
@@ -39,25 +39,46 @@ pub fn spawn(registry: Arc<Registry>) -> Vec<JoinHandle<()>> {
     ]
 }
 
+/// The Consul settings of every service with `discovery`.
+fn consul_services(config: &Config) -> HashMap<ServiceName, (ConsulDiscovery, ConsulConfig)> {
+    let Some(consul) = &config.consul else {
+        return HashMap::new();
+    };
+    config
+        .services
+        .iter()
+        .filter_map(|(name, service)| {
+            service
+                .discovery
+                .clone()
+                .map(|discovery| (name.clone(), (discovery, consul.clone())))
+        })
+        .collect()
+}
+
 async fn follow_config(registry: Arc<Registry>) {
+    follow_services(registry, consul_services, |registry, service, settings| {
+        let (discovery, consul) = settings;
+        watch_service(registry, service, discovery, consul)
+    })
+    .await;
+}
+
+/// Keeps one task per service for the settings `wanted` reads from the
+/// config: after every publish it starts tasks for services that gained
+/// settings, and stops (and restarts) those whose settings went (or
+/// changed). Consul and DNS sources both follow the config this way.
+async fn follow_services<S, W, F, Fut>(registry: Arc<Registry>, wanted: W, start: F)
+where
+    S: PartialEq + Clone,
+    W: Fn(&Config) -> HashMap<ServiceName, S>,
+    F: Fn(Arc<Registry>, ServiceName, S) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut changes = registry.subscribe();
-    let mut watchers: HashMap<ServiceName, ((ConsulDiscovery, ConsulConfig), JoinHandle<()>)> =
-        HashMap::new();
+    let mut watchers: HashMap<ServiceName, (S, JoinHandle<()>)> = HashMap::new();
     loop {
-        let config = registry.config();
-        let wanted: HashMap<ServiceName, (ConsulDiscovery, ConsulConfig)> = match &config.consul {
-            Some(consul) => config
-                .services
-                .iter()
-                .filter_map(|(name, service)| {
-                    service
-                        .discovery
-                        .clone()
-                        .map(|discovery| (name.clone(), (discovery, consul.clone())))
-                })
-                .collect(),
-            None => HashMap::new(),
-        };
+        let wanted = wanted(&registry.config());
         watchers.retain(|name, (settings, task)| {
             let keep = wanted.get(name) == Some(settings);
             if !keep {
@@ -67,11 +88,10 @@ async fn follow_config(registry: Arc<Registry>) {
         });
         for (name, settings) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(name) {
-                let task = tokio::spawn(watch_service(
+                let task = tokio::spawn(start(
                     Arc::clone(&registry),
                     slot.key().clone(),
-                    settings.0.clone(),
-                    settings.1.clone(),
+                    settings.clone(),
                 ));
                 slot.insert((settings, task));
             }
