@@ -284,14 +284,11 @@ async fn probe_loop(
             );
         }
         if let Some(now_state) = lifted {
-            tracing::info!(
-                service = %target.service,
-                instance = %target.instance,
-                address = %target.address,
-                from = "ejected",
-                to = now_state,
-                reason = "passed an active health check",
-                "instance health changed"
+            log_change(
+                &instance.key,
+                "ejected",
+                now_state,
+                &"passed an active health check",
             );
             registry
                 .metrics()
@@ -299,28 +296,12 @@ async fn probe_loop(
             registry.request_rebuild();
         }
         if let Some(transition) = transition {
-            // Coming up is routine; going down needs an operator's eye.
-            if transition.to == "healthy" {
-                tracing::info!(
-                    service = %target.service,
-                    instance = %target.instance,
-                    address = %target.address,
-                    from = transition.from,
-                    to = transition.to,
-                    reason = %transition.reason,
-                    "instance health changed"
-                );
-            } else {
-                tracing::warn!(
-                    service = %target.service,
-                    instance = %target.instance,
-                    address = %target.address,
-                    from = transition.from,
-                    to = transition.to,
-                    reason = %transition.reason,
-                    "instance health changed"
-                );
-            }
+            log_change(
+                &instance.key,
+                transition.from,
+                transition.to,
+                &transition.reason,
+            );
             registry
                 .metrics()
                 .health_transition(target.service.as_str(), transition.to);
@@ -328,6 +309,30 @@ async fn probe_loop(
         }
         let jitter = fastrand::u64(..=u64::try_from(check.jitter.as_millis()).unwrap_or(u64::MAX));
         tokio::time::sleep(check.interval.saturating_add(Duration::from_millis(jitter))).await;
+    }
+}
+
+/// Logs a change of verdict, once: coming up (to `healthy`) is routine and
+/// logged at INFO; any other change needs an operator's eye, at WARN.
+fn log_change(key: &InstanceKey, from: &str, to: &str, reason: &dyn std::fmt::Display) {
+    // tracing fixes a call site's level at compile time: one site per level.
+    macro_rules! changed {
+        ($level:ident) => {
+            tracing::$level!(
+                service = %key.service,
+                instance = %key.id,
+                address = %key.address,
+                from,
+                to,
+                reason = %reason,
+                "instance health changed"
+            )
+        };
+    }
+    if to == "healthy" {
+        changed!(info);
+    } else {
+        changed!(warn);
     }
 }
 
@@ -434,13 +439,11 @@ async fn eject_on_streaks(
                 }
                 health.describe(Instant::now())
             };
-            tracing::info!(
-                service = %instance.key.service,
-                instance = %instance.key.id,
-                from = "ejected",
-                to = now_state,
-                reason = "ejection time is over",
-                "instance health changed"
+            log_change(
+                &instance.key,
+                "ejected",
+                now_state,
+                &"ejection time is over",
             );
             registry
                 .metrics()
