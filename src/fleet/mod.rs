@@ -477,17 +477,12 @@ impl Fleet {
         let _ = self.registry.set_drained(service, id, drained);
     }
 
+    /// Sets the shared drain flags on the instances this node knows (a
+    /// flag an instance has already changes nothing).
     fn apply_drains(&self) {
         let drained: Vec<(ServiceName, InstanceId)> = self.lock().drained.iter().cloned().collect();
         for (service, id) in drained {
-            let already = self
-                .registry
-                .instances()
-                .iter()
-                .any(|i| i.key.service == service && i.key.id == id && i.health().drained);
-            if !already {
-                let _ = self.registry.set_drained(&service, &id, true);
-            }
+            let _ = self.registry.set_drained(&service, &id, true);
         }
     }
 

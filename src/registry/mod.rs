@@ -619,7 +619,8 @@ impl Registry {
     }
 
     /// Takes an instance (from any source) out of rotation by hand, or
-    /// puts it back.
+    /// puts it back. Setting the flag it already has changes nothing and
+    /// builds nothing.
     pub fn set_drained(
         &self,
         service: &ServiceName,
@@ -644,7 +645,9 @@ impl Registry {
                 },
             );
         };
-        instance.health().drained = drained;
+        if std::mem::replace(&mut instance.health().drained, drained) == drained {
+            return Ok(());
+        }
         tracing::info!(service = %service, instance = %id, drained, "instance drain changed through the API");
         // A verdict changed: read them all again (as for health events).
         state.dirty_all = true;
@@ -1342,6 +1345,22 @@ mod tests {
             &find(&after, "i2"),
             &find(&registry.snapshot(), "i2")
         ));
+    }
+
+    #[test]
+    fn a_drain_that_changes_nothing_builds_nothing() {
+        let registry = registry();
+        let (a, id) = (ServiceName::from("a"), InstanceId::from("127.0.0.1:9001"));
+        registry.set_drained(&a, &id, true).unwrap();
+        let drained = registry.snapshot();
+        assert!(drained.services[0].instances.is_empty());
+        registry.set_drained(&a, &id, true).unwrap();
+        assert_eq!(registry.snapshot().generation, drained.generation);
+        registry.set_drained(&a, &id, false).unwrap();
+        assert_eq!(registry.snapshot().services[0].instances.len(), 1);
+        assert!(registry
+            .set_drained(&a, &InstanceId::from("x"), true)
+            .is_err());
     }
 
     #[test]
