@@ -493,23 +493,17 @@ impl Fleet {
             tracing::warn!(key = %key, "value in etcd refused: {problem}");
             self.registry.metrics().fleet().refused.inc();
         }
-        {
+        // The read's revision is the one seen now, even if lower than before
+        // (a revision that went backwards was logged by the resync that led
+        // here).
+        let old = {
             let mut live = self.lock();
-            if state.revision < live.status.revision {
-                tracing::warn!(
-                    seen = live.status.revision,
-                    now = state.revision,
-                    "etcd revision went backwards (restored or wiped); re-read everything"
-                );
-                live.status.revision = state.revision;
-            }
-            let old: Vec<_> = live.drained.drain().collect();
-            live.drained = state.drained.iter().cloned().collect();
-            drop(live);
-            for (service, id) in old {
-                if !state.drained.contains(&(service.clone(), id.clone())) {
-                    let _ = self.registry.set_drained(&service, &id, false);
-                }
+            live.status.revision = state.revision;
+            std::mem::replace(&mut live.drained, state.drained.iter().cloned().collect())
+        };
+        for (service, id) in old {
+            if !state.drained.contains(&(service.clone(), id.clone())) {
+                let _ = self.registry.set_drained(&service, &id, false);
             }
         }
         self.registry
@@ -600,7 +594,6 @@ impl Fleet {
                 };
                 let revision = state.revision;
                 self.apply_state(state);
-                self.lock().status.revision = revision;
                 revision
             }
         };
@@ -810,11 +803,9 @@ impl Fleet {
     /// status value too.
     async fn write_status(&self, lease: &mut Option<i64>, rewrite: bool) -> Result<(), FleetError> {
         let store = self.store().await?;
-        let mut client = store.client();
-        let limit = store.request_timeout();
         let (id, fresh) = match *lease {
             Some(id) if store.renew(id).await? => (id, false),
-            _ => (self.grant(&mut client, limit).await?, true),
+            _ => (store.grant(NODE_LEASE_TTL).await?, true),
         };
         *lease = Some(id);
         if !rewrite && !fresh {
@@ -822,29 +813,9 @@ impl Fleet {
         }
         let value =
             serde_json::to_vec(&self.status()).map_err(|e| FleetError::Etcd(e.to_string()))?;
-        let key = store.keys().node(self.node());
-        let put = client.put(
-            key,
-            value,
-            Some(etcd_client::PutOptions::new().with_lease(id)),
-        );
-        match tokio::time::timeout(limit, put).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(FleetError::Etcd(error.to_string())),
-            Err(_) => Err(FleetError::Timeout(limit)),
-        }
-    }
-
-    async fn grant(
-        &self,
-        client: &mut etcd_client::Client,
-        limit: Duration,
-    ) -> Result<i64, FleetError> {
-        match tokio::time::timeout(limit, client.lease_grant(NODE_LEASE_TTL, None)).await {
-            Ok(Ok(granted)) => Ok(granted.id()),
-            Ok(Err(error)) => Err(FleetError::Etcd(error.to_string())),
-            Err(_) => Err(FleetError::Timeout(limit)),
-        }
+        store
+            .put_leased(store.keys().node(self.node()), value, id)
+            .await
     }
 
     /// Writes the snapshot after changes, at most once a second.

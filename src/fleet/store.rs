@@ -647,10 +647,7 @@ impl Store {
             let seconds = i64::try_from(ttl.as_millis().div_ceil(1000))
                 .unwrap_or(i64::MAX)
                 .max(1);
-            let lease = self
-                .call(|mut c| async move { c.lease_grant(seconds, None).await })
-                .await?;
-            options = options.with_lease(lease.id());
+            options = options.with_lease(self.grant(seconds).await?);
         }
         let key = self.keys.registration(service, &instance.id);
         let response = self
@@ -689,6 +686,31 @@ impl Store {
         Ok(response.kvs().first().map(|kv| kv.lease()))
     }
 
+    /// A new lease of `seconds`; returns its id.
+    pub async fn grant(&self, seconds: i64) -> Result<i64, FleetError> {
+        self.call(|mut c| async move { c.lease_grant(seconds, None).await })
+            .await
+            .map(|granted| granted.id())
+    }
+
+    /// Writes `value` at `key` under `lease`.
+    pub async fn put_leased(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<(), FleetError> {
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map(drop)
+    }
+
     /// Renews a lease once; false if it had expired already.
     pub async fn renew(&self, lease: i64) -> Result<bool, FleetError> {
         let renewed = self
@@ -721,21 +743,20 @@ impl Store {
                 }
             })
             .await?;
-        let deleted =
-            response.op_responses().into_iter().next().is_some_and(
-                |r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0),
-            );
-        if let Some(etcd_client::TxnOpResponse::Delete(d)) = response.op_responses().first() {
-            for previous in d.prev_kvs() {
-                let lease = previous.lease();
-                if lease != 0 {
-                    let _ = self
-                        .call(|mut c| async move { c.lease_revoke(lease).await })
-                        .await;
-                }
+        let Some(etcd_client::TxnOpResponse::Delete(deleted)) =
+            response.op_responses().into_iter().next()
+        else {
+            return Ok(false);
+        };
+        for previous in deleted.prev_kvs() {
+            let lease = previous.lease();
+            if lease != 0 {
+                let _ = self
+                    .call(|mut c| async move { c.lease_revoke(lease).await })
+                    .await;
             }
         }
-        Ok(deleted)
+        Ok(deleted.deleted() > 0)
     }
 
     /// Sets or clears an instance's shared drain flag.
