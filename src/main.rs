@@ -61,7 +61,8 @@ struct FleetArgs {
     /// The admin API address (default: `admin.address` of the config file).
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// The admin token (default: `SWITCHYARD_ADMIN_TOKEN`).
+    /// The admin token (default: `SWITCHYARD_ADMIN_TOKEN`, then the config
+    /// file's admin token).
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -453,98 +454,109 @@ async fn wait_for_shutdown(running: &Running) -> anyhow::Result<()> {
     }
 }
 
-async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
-    let admin = match args.admin {
-        Some(admin) => admin,
-        None => config::load(path)
-            .map(|(config, _)| config.admin.address)
-            .with_context(|| "cannot find the admin address in the config; pass --admin ADDRESS")?,
+/// The admin API to call and the token to send: `--admin`, else the config
+/// file's `admin.address`; `--token` (or `SWITCHYARD_ADMIN_TOKEN`), else the
+/// config file's admin token.
+fn admin_target(
+    path: &Path,
+    admin: Option<SocketAddr>,
+    token: Option<&str>,
+) -> anyhow::Result<(SocketAddr, Option<String>)> {
+    let file = config::load(path).map(|(config, _)| config.admin);
+    let file_token = || {
+        file.as_ref()
+            .ok()
+            .and_then(|admin| admin.token.as_ref())
+            .map(|token| token.0.clone())
     };
-    let call = |method: Method, path: String| async move {
-        switchyard::admin_client::call(admin, method, &path)
-            .await
-            .map_err(anyhow::Error::msg)
+    let token = token.map(str::to_string).or_else(file_token);
+    let address = match (admin, file) {
+        (Some(address), _) => address,
+        (None, Ok(admin)) => admin.address,
+        (None, Err(error)) => {
+            return Err(anyhow::Error::new(error)
+                .context("cannot find the admin address in the config; pass --admin ADDRESS"))
+        }
     };
-    if let ConfigAction::Push { file, base } = &args.action {
-        let text =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let path = match base {
-            Some(base) => format!("/admin/config?base={base}"),
-            None => "/admin/config".to_string(),
-        };
-        let (status, body) = switchyard::admin_client::call_raw(
-            admin,
-            Method::POST,
-            &path,
-            args.token.as_deref(),
-            Some(("application/yaml", text.into())),
-        )
+    Ok((address, token))
+}
+
+/// One admin call; the body of a success, the errors of a failure.
+async fn admin_call(
+    admin: SocketAddr,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<(&str, bytes::Bytes)>,
+) -> anyhow::Result<String> {
+    let (status, body) = switchyard::admin_client::call_raw(admin, method, path, token, body)
         .await
         .map_err(anyhow::Error::msg)?;
-        if !status.is_success() {
-            bail!("{}", failure_text(&body));
-        }
-        let json: serde_json::Value =
-            serde_json::from_str(&body).context("unexpected answer from the admin API")?;
-        match json["version"].as_u64() {
-            Some(version) => println!(
-                "pushed {} as version {version}; every node applies it",
-                file.display()
-            ),
-            None => println!(
-                "{} is the current version already; nothing pushed",
-                file.display()
-            ),
-        }
-        return Ok(());
-    }
-    let (status, body) = match &args.action {
-        ConfigAction::Push { .. } => return Ok(()),
-        ConfigAction::Versions => call(Method::GET, "/admin/config/versions".into()).await?,
-        ConfigAction::Show { version } => {
-            call(Method::GET, format!("/admin/config/versions/{version}")).await?
-        }
-        ConfigAction::Diff { from, to } => {
-            let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
-            call(Method::GET, format!("/admin/config/diff?from={from}{to}")).await?
-        }
-        ConfigAction::Rollback { version } => {
-            call(Method::POST, format!("/admin/config/rollback/{version}")).await?
-        }
-    };
     if !status.is_success() {
         bail!("{}", failure_text(&body));
     }
+    Ok(body)
+}
+
+async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<()> {
+    let (admin, token) = admin_target(path, args.admin, args.token.as_deref())?;
+    let get = |path: String| {
+        let token = token.clone();
+        async move { admin_call(admin, token.as_deref(), Method::GET, &path, None).await }
+    };
     match &args.action {
-        ConfigAction::Versions => print_versions(&body)?,
-        ConfigAction::Show { .. } => print!("{body}"),
-        ConfigAction::Diff { .. } => print_diff(&body),
-        ConfigAction::Rollback { version } => print_rollback(*version, &body)?,
-        ConfigAction::Push { .. } => {}
+        ConfigAction::Push { file, base } => {
+            let text =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let path = match base {
+                Some(base) => format!("/admin/config?base={base}"),
+                None => "/admin/config".to_string(),
+            };
+            let body = admin_call(
+                admin,
+                token.as_deref(),
+                Method::POST,
+                &path,
+                Some(("application/yaml", text.into())),
+            )
+            .await?;
+            let json: serde_json::Value =
+                serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+            match json["version"].as_u64() {
+                Some(version) => println!(
+                    "pushed {} as version {version}; every node applies it",
+                    file.display()
+                ),
+                None => println!(
+                    "{} is the current version already; nothing pushed",
+                    file.display()
+                ),
+            }
+        }
+        ConfigAction::Versions => print_versions(&get("/admin/config/versions".into()).await?)?,
+        ConfigAction::Show { version } => {
+            print!(
+                "{}",
+                get(format!("/admin/config/versions/{version}")).await?
+            );
+        }
+        ConfigAction::Diff { from, to } => {
+            let to = to.map(|to| format!("&to={to}")).unwrap_or_default();
+            print_diff(&get(format!("/admin/config/diff?from={from}{to}")).await?);
+        }
+        ConfigAction::Rollback { version } => {
+            let path = format!("/admin/config/rollback/{version}");
+            let body = admin_call(admin, token.as_deref(), Method::POST, &path, None).await?;
+            print_rollback(*version, &body)?;
+        }
     }
     Ok(())
 }
 
 async fn fleet_command(path: &Path, args: &FleetArgs) -> anyhow::Result<()> {
-    let admin = match args.admin {
-        Some(admin) => admin,
-        None => config::load(path)
-            .map(|(config, _)| config.admin.address)
-            .with_context(|| "cannot find the admin address in the config; pass --admin ADDRESS")?,
-    };
+    let (admin, token) = admin_target(path, args.admin, args.token.as_deref())?;
     let FleetAction::Status = args.action;
-    let (status, body) = switchyard::admin_client::call_with(
-        admin,
-        Method::GET,
-        "/admin/fleet",
-        args.token.as_deref(),
-        None,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    if !status.is_success() {
-        bail!("{}", failure_text(&body));
-    }
+    let body = admin_call(admin, token.as_deref(), Method::GET, "/admin/fleet", None).await?;
     let json: serde_json::Value =
         serde_json::from_str(&body).context("unexpected answer from the admin API")?;
     println!(

@@ -403,6 +403,53 @@ fn sighup_reloads_and_the_cli_lists_diffs_and_rolls_back() {
 }
 
 #[test]
+fn the_cli_sends_the_admin_token_from_the_flag_the_environment_or_the_config_file() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let a = runtime.block_on(echo("a"));
+    let text = yaml(&[], "round_robin", &[(a, "a", 1)]).replace(
+        "admin:\n  address: 127.0.0.1:0\n",
+        "admin:\n  address: 127.0.0.1:0\n  token: s3cret\n  read_requires_token: true\n",
+    );
+    let process = Process::start(&text, &["--no-watch"]);
+    let admin = process.admin.to_string();
+    let cli = |env_token: Option<&str>, config: &Path, args: &[&str]| {
+        let mut command = command();
+        command.env_remove("SWITCHYARD_ADMIN_TOKEN");
+        if let Some(token) = env_token {
+            command.env("SWITCHYARD_ADMIN_TOKEN", token);
+        }
+        let output = command
+            .args(["config", "--admin", &admin, "-c"])
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let nowhere = Path::new("/nonexistent.yaml");
+    let (ok, refused) = cli(None, nowhere, &["versions"]);
+    assert!(
+        !ok && refused.contains("needs `Authorization: Bearer"),
+        "{refused}"
+    );
+    let (ok, versions) = cli(Some("s3cret"), nowhere, &["versions"]);
+    assert!(ok && versions.contains("startup"), "{versions}");
+    let (ok, shown) = cli(None, &process.config_path, &["show", "1"]);
+    assert!(ok && shown == text, "token from the config file: {shown}");
+    let (ok, rolled) = cli(None, &process.config_path, &["rollback", "1"]);
+    assert!(ok && rolled.contains("already serving"), "{rolled}");
+    let (ok, wrong) = cli(Some("wrong"), &process.config_path, &["diff", "1"]);
+    assert!(
+        !ok && wrong.contains("the admin token is wrong"),
+        "the flag or environment wins over the file: {wrong}"
+    );
+}
+
+#[test]
 fn history_survives_restarts_and_retention_drops_the_oldest() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let upstream = runtime.block_on(echo("a"));
