@@ -538,6 +538,7 @@ pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
         };
         let live = Live::Fleet {
             options,
+            fleet: Box::new(fleet),
             local: Box::new(config),
             text: serve_text,
             version,
@@ -616,6 +617,8 @@ enum Live {
     File(LiveOptions, String, Option<History>),
     Fleet {
         options: LiveOptions,
+        /// The `fleet:` section of `local`.
+        fleet: Box<crate::config::FleetConfig>,
         local: Box<Config>,
         text: String,
         version: Option<crate::fleet::StoredVersion>,
@@ -669,17 +672,15 @@ async fn launch(
     let reloader = match live {
         Some(Live::Fleet {
             options,
+            fleet: fleet_config,
             local,
             text,
             version,
             stale,
             registrations,
         }) => {
-            let Some(fleet_config) = local.fleet.clone() else {
-                return Err(StartError::Invalid(crate::config::ConfigErrors(vec![])));
-            };
             let fleet = Fleet::new(
-                fleet_config,
+                *fleet_config,
                 Arc::clone(&registry),
                 options.history_dir(),
                 options.keep_versions,
