@@ -1032,7 +1032,6 @@ fn build_service(
     };
     let mut counts = [0usize; 3];
     let mut all_instances = Vec::with_capacity(planned.len());
-    let mut healthy = Vec::with_capacity(planned.len());
     // Instances whose verdict was read now (their metric may have moved).
     let mut fresh = Vec::new();
     let mut fingerprint = 0u64;
@@ -1057,10 +1056,8 @@ fn build_service(
                 }
                 cursor = at + 1;
                 if let Some(verdict) = previous_verdicts.get(at).copied() {
-                    healthy.push(verdict.0);
                     verdicts.push(verdict);
-                    fingerprint = (fingerprint.rotate_left(23) ^ verdict.1)
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    fingerprint = snapshot::mix(fingerprint, verdict.1);
                     counts[source as usize] += 1;
                     all_instances.push(Arc::clone(instance));
                     continue;
@@ -1126,7 +1123,7 @@ fn build_service(
                     }
                     (
                         health.takes_traffic(now),
-                        entry.instance.watch_hash(health.state_word(now), 0),
+                        entry.instance.watch_hash(health.state_word(now)),
                     )
                 };
                 if service.outlier_detection.is_none() {
@@ -1140,9 +1137,8 @@ fn build_service(
                 verdict
             }
         };
-        healthy.push(verdict.0);
         verdicts.push(verdict);
-        fingerprint = (fingerprint.rotate_left(23) ^ verdict.1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        fingerprint = snapshot::mix(fingerprint, verdict.1);
         // Same order as `totals`: file, api, consul.
         counts[source as usize] += 1;
         all_instances.push(Arc::clone(&entry.instance));
@@ -1176,7 +1172,6 @@ fn build_service(
         name,
         service,
         all_instances,
-        healthy,
         verdicts,
         failures.clone(),
         metrics,

@@ -161,14 +161,19 @@ impl Instance {
             && self.metadata == config.metadata
     }
 
-    /// Folds what a watcher sees of this instance (its fields and its state
-    /// word) into `fingerprint`. A multiply-rotate mix, not SipHash: this
-    /// runs for every instance of a service at every rebuild.
-    pub(super) fn watch_hash(&self, state: &str, fingerprint: u64) -> u64 {
+    /// A hash of what a watcher sees of this instance: its fields and its
+    /// state word.
+    pub(super) fn watch_hash(&self, state: &str) -> u64 {
         // The state words start with distinct letters.
         let code = u64::from(state.as_bytes().first().copied().unwrap_or(0));
-        (fingerprint.rotate_left(23) ^ self.config_hash ^ code).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        mix(0, self.config_hash ^ code)
     }
+}
+
+/// Folds `value` into `fingerprint`. A multiply-rotate mix, not SipHash:
+/// this runs for every instance of a service at every rebuild.
+pub(super) fn mix(fingerprint: u64, value: u64) -> u64 {
+    (fingerprint.rotate_left(23) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 impl Load for Arc<Instance> {
@@ -178,26 +183,25 @@ impl Load for Arc<Instance> {
 }
 
 impl ServiceSnapshot {
-    /// Builds one service over `all_instances`; `healthy[i]` says whether
-    /// instance `i` takes traffic now.
+    /// Builds one service over `all_instances`; `verdicts[i].0` says
+    /// whether instance `i` takes traffic now.
     pub(super) fn build(
         name: &ServiceName,
         service: &ServiceConfig,
         all_instances: Vec<Arc<Instance>>,
-        healthy: Vec<bool>,
         verdicts: Vec<(bool, u64)>,
         failures: mpsc::UnboundedSender<FailureStreak>,
         metrics: &Metrics,
     ) -> ServiceSnapshot {
-        let healthy_count = healthy.iter().filter(|h| **h).count();
+        let healthy_count = verdicts.iter().filter(|(healthy, _)| *healthy).count();
         let panic = service.panic_threshold > 0
             && !all_instances.is_empty()
             && healthy_count.saturating_mul(100)
                 < usize::from(service.panic_threshold).saturating_mul(all_instances.len());
-        let in_rotation = if panic {
+        let in_rotation: Vec<bool> = if panic {
             vec![true; all_instances.len()]
         } else {
-            healthy
+            verdicts.iter().map(|(healthy, _)| *healthy).collect()
         };
         let instances: Vec<Arc<Instance>> = all_instances
             .iter()
