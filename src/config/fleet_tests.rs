@@ -1,19 +1,11 @@
 //! The `fleet:` section: defaults, field-path errors, and the node-local
 //! rules of a pushed version.
 
+use super::validate::tests::messages;
 use super::{parse, parse_shared};
 use std::time::Duration;
 
 const LISTENER: &str = "listeners:\n  - address: 127.0.0.1:8080\n";
-
-fn messages(text: &str) -> Vec<String> {
-    parse(text)
-        .unwrap_err()
-        .0
-        .iter()
-        .map(ToString::to_string)
-        .collect()
-}
 
 #[test]
 fn defaults_and_endpoints() {

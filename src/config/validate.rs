@@ -146,9 +146,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     };
 
     let admin_token = match &raw.admin {
-        Some(admin) => secret(
+        Some(admin) => secret_value(
             &mut errors,
             "admin",
+            "token",
             admin.token.as_deref(),
             admin.token_file.as_deref(),
             admin.token_env.as_deref(),
@@ -830,49 +831,8 @@ fn certificate_chain(
 
 /// A secret given inline, in a file, or in an environment variable (at
 /// most one way).
-fn secret(
-    errors: &mut Errors,
-    path: &str,
-    inline: Option<&str>,
-    file: Option<&str>,
-    env: Option<&str>,
-) -> Option<Secret> {
-    let given = [inline.is_some(), file.is_some(), env.is_some()]
-        .iter()
-        .filter(|g| **g)
-        .count();
-    if given > 1 {
-        errors.push(
-            path,
-            "give the token one way only: token, token_file or token_env",
-        );
-        return None;
-    }
-    let value = if let Some(token) = inline {
-        Some(token.to_string())
-    } else if let Some(file) = file {
-        errors.check(
-            format!("{path}.token_file"),
-            std::fs::read_to_string(file).map_err(|e| format!("cannot read `{file}`: {e}")),
-        )
-    } else if let Some(var) = env {
-        errors.check(
-            format!("{path}.token_env"),
-            std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set")),
-        )
-    } else {
-        None
-    }?;
-    let value = value.trim().to_string();
-    if value.is_empty() {
-        errors.push(path, "the token is empty");
-        return None;
-    }
-    Some(Secret(value))
-}
-
-/// A secret named `name` (`password`) given inline, as `<name>_file` or
-/// as `<name>_env`, at most one way.
+/// A secret named `name` (`token`, `password`) given inline, as
+/// `<name>_file` or as `<name>_env`, at most one way.
 fn secret_value(
     errors: &mut Errors,
     path: &str,
@@ -918,9 +878,10 @@ fn secret_value(
 
 fn validate_consul(raw: &super::raw::RawConsul, errors: &mut Errors) -> Option<ConsulConfig> {
     let address = errors.check("consul.address", parse_socket_addr(&raw.address));
-    let token = secret(
+    let token = secret_value(
         errors,
         "consul",
+        "token",
         None,
         raw.token_file.as_deref(),
         raw.token_env.as_deref(),
@@ -1575,7 +1536,7 @@ fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::config::{parse, HostMatch, Strategy};
     use std::time::Duration;
 
@@ -1600,7 +1561,8 @@ services:
       - address: 127.0.0.1:9002
 "#;
 
-    fn messages(text: &str) -> Vec<String> {
+    /// The messages of every error `text` gets.
+    pub(in crate::config) fn messages(text: &str) -> Vec<String> {
         parse(text)
             .unwrap_err()
             .0
@@ -1806,6 +1768,22 @@ services:
         assert!(errors[0].starts_with("routes[0].upgrades[0]: h2c upgrades are not supported"));
         assert!(errors[1].starts_with("routes[0].upgrades[1]: `web socket` is not a protocol name"));
         assert!(errors[2].starts_with("routes[0].upgrades[2]: `` is not a protocol name"));
+    }
+
+    #[test]
+    fn admin_token_errors_name_the_field() {
+        let admin =
+            |fields: &str| format!("listeners: [{{address: 127.0.0.1:80}}]\nadmin: {{{fields}}}\n");
+        assert_eq!(
+            messages(&admin("token: \"  \"")),
+            ["admin.token: the token is empty"]
+        );
+        assert_eq!(
+            messages(&admin("token: a, token_env: B")),
+            ["admin: give the token one way only: token, token_file or token_env"]
+        );
+        let config = parse(&admin("token: \" s3cret \"")).unwrap();
+        assert_eq!(config.admin.token.map(|t| t.0).as_deref(), Some("s3cret"));
     }
 
     #[test]
