@@ -24,6 +24,7 @@ mod tests {
             libc::EMFILE,
             libc::ENFILE,
             libc::ENOBUFS,
+            libc::ENOMEM,
             libc::EADDRNOTAVAIL,
         ] {
             assert!(is_local_resource_error(&std::io::Error::from_raw_os_error(

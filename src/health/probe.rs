@@ -61,56 +61,53 @@ impl HealthCheck for HttpCheck {
 impl HttpCheck {
     /// The request and the checks of its answer, on a connected `stream`.
     async fn exchange(&self, target: &CheckTarget, stream: TcpStream) -> Result<(), String> {
+        let config = &self.config;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        let host = config
+            .host
+            .clone()
+            .unwrap_or_else(|| target.address.to_string());
+        let request = Request::builder()
+            .method(config.method.clone())
+            .uri(config.path.as_str())
+            .header(HOST, host)
+            .header(
+                USER_AGENT,
+                concat!("switchyard-health-check/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("cannot build the probe request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status().as_u16();
+        if !config
+            .expected_status
+            .iter()
+            .any(|range| range.contains(&status))
         {
-            let config = &self.config;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-            let connection = AbortOnDrop(tokio::spawn(connection));
-            let host = config
-                .host
-                .clone()
-                .unwrap_or_else(|| target.address.to_string());
-            let request = Request::builder()
-                .method(config.method.clone())
-                .uri(config.path.as_str())
-                .header(HOST, host)
-                .header(
-                    USER_AGENT,
-                    concat!("switchyard-health-check/", env!("CARGO_PKG_VERSION")),
-                )
-                .header(CONNECTION, "close")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("cannot build the probe request: {e}"))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("request failed: {e}"))?;
-            let status = response.status().as_u16();
-            if !config
-                .expected_status
-                .iter()
-                .any(|range| range.contains(&status))
-            {
-                return Err(format!(
-                    "status {status}, expected {}",
-                    describe(&config.expected_status)
-                ));
-            }
-            if let Some(needle) = &config.body_contains {
-                let body = Limited::new(response.into_body(), MAX_BODY)
-                    .collect()
-                    .await
-                    .map_err(|e| format!("reading the body failed: {e}"))?
-                    .to_bytes();
-                if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                    return Err(format!("body does not contain `{needle}`"));
-                }
-            }
-            drop(connection);
-            Ok(())
+            return Err(format!(
+                "status {status}, expected {}",
+                describe(&config.expected_status)
+            ));
         }
+        if let Some(needle) = &config.body_contains {
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the body failed: {e}"))?
+                .to_bytes();
+            if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
+                return Err(format!("body does not contain `{needle}`"));
+            }
+        }
+        drop(connection);
+        Ok(())
     }
 }
 
