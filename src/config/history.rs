@@ -212,11 +212,6 @@ impl History {
         self
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Readable versions, oldest first.
     pub fn versions(&self) -> &[VersionInfo] {
         &self.versions

@@ -206,16 +206,6 @@ impl Fleet {
         &self.config.node
     }
 
-    /// The settings.
-    pub fn config(&self) -> &FleetConfig {
-        &self.config
-    }
-
-    /// Where the snapshot is kept.
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
     /// New current versions, for the reload pipeline.
     pub fn versions(&self) -> watch::Receiver<Option<Arc<StoredVersion>>> {
         self.versions.subscribe()
