@@ -76,6 +76,27 @@ async fn eventually<F: std::future::Future<Output = bool>>(
     started.elapsed()
 }
 
+/// Runs `switchyard config --admin ADMIN ARGS…`, with
+/// `SWITCHYARD_ADMIN_TOKEN` set to `env_token` (or unset); whether it
+/// succeeded, and what it printed.
+fn config_cli(admin: SocketAddr, env_token: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut command = command();
+    command.env_remove("SWITCHYARD_ADMIN_TOKEN");
+    if let Some(token) = env_token {
+        command.env("SWITCHYARD_ADMIN_TOKEN", token);
+    }
+    let output = command
+        .args(["config", "--admin", &admin.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -345,18 +366,7 @@ fn sighup_reloads_and_the_cli_lists_diffs_and_rolls_back() {
         std::thread::sleep(Duration::from_millis(25));
     }
 
-    let cli = |args: &[&str]| {
-        let output = command()
-            .args(["config", "--admin", &process.admin.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    };
+    let cli = |args: &[&str]| config_cli(process.admin, None, args);
     // The version is recorded just after the new config starts serving.
     let versions = loop {
         let (ok, versions) = cli(&["versions"]);
@@ -411,24 +421,9 @@ fn the_cli_sends_the_admin_token_from_the_flag_the_environment_or_the_config_fil
         "admin:\n  address: 127.0.0.1:0\n  token: s3cret\n  read_requires_token: true\n",
     );
     let process = Process::start(&text, &["--no-watch"]);
-    let admin = process.admin.to_string();
     let cli = |env_token: Option<&str>, config: &Path, args: &[&str]| {
-        let mut command = command();
-        command.env_remove("SWITCHYARD_ADMIN_TOKEN");
-        if let Some(token) = env_token {
-            command.env("SWITCHYARD_ADMIN_TOKEN", token);
-        }
-        let output = command
-            .args(["config", "--admin", &admin, "-c"])
-            .arg(config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
+        let config = ["-c", config.to_str().unwrap()];
+        config_cli(process.admin, env_token, &[&config[..], args].concat())
     };
     let nowhere = Path::new("/nonexistent.yaml");
     let (ok, refused) = cli(None, nowhere, &["versions"]);
