@@ -1220,6 +1220,12 @@ async fn an_etcd_outage_is_logged_once_and_its_end_once() {
         assert!(Instant::now() < deadline, "the node did not catch up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The log is written off the runtime: the line may come after the metric.
+    let recovered = |log: &[String]| log.iter().any(|l| l.contains("etcd reachable again"));
+    while !recovered(&node.log.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "the recovery was not logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = node.log.lock().unwrap().clone();
     let count = |text: &str| log.iter().filter(|l| l.contains(text)).count();
     assert_eq!(count("etcd unreachable"), 1, "{log:#?}");
