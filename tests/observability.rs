@@ -14,26 +14,6 @@ use common::flippable::{Flippable, Mode};
 use common::*;
 use http::Method;
 
-/// The value of the series `name{labels}` in an exposition.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
-async fn scrape(admin: std::net::SocketAddr) -> String {
-    let (status, text) = switchyard::admin_client::call(admin, Method::GET, "/metrics")
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic() {
     let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
@@ -70,7 +50,11 @@ async fn metrics_count_known_traffic() {
 
     let text = scrape(proxy.admin_address()).await;
     let check = |series: &str, expected: f64| {
-        assert_eq!(value(&text, series), Some(expected), "{series} in:\n{text}");
+        assert_eq!(
+            sample(&text, series),
+            Some(expected),
+            "{series} in:\n{text}"
+        );
     };
     check(
         r#"switchyard_requests_total{service="web",instance="a",class="2xx"}"#,
@@ -104,12 +88,12 @@ async fn metrics_count_known_traffic() {
     );
     check(r#"switchyard_registry_instances{source="file"}"#, 4.0);
     // The keep-alive client holds its connections open.
-    let open = value(
+    let open = sample(
         &text,
         r#"switchyard_connections_open{listener="listeners[0]"}"#,
     )
     .unwrap();
-    let accepted = value(
+    let accepted = sample(
         &text,
         r#"switchyard_connections_accepted_total{listener="listeners[0]"}"#,
     )
@@ -181,7 +165,7 @@ async fn health_and_reload_metrics() {
     let started = std::time::Instant::now();
     let text = loop {
         let text = scrape(proxy.admin_address()).await;
-        if value(
+        if sample(
             &text,
             r#"switchyard_instance_healthy{service="web",instance="a"}"#,
         ) == Some(0.0)
@@ -195,19 +179,19 @@ async fn health_and_reload_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(
-        value(
+        sample(
             &text,
             r#"switchyard_config_reloads_total{result="applied"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        value(&text, r#"switchyard_config_reloads_total{result="failed"}"#),
+        sample(&text, r#"switchyard_config_reloads_total{result="failed"}"#),
         Some(1.0)
     );
-    assert_eq!(value(&text, "switchyard_config_version"), Some(2.0));
+    assert_eq!(sample(&text, "switchyard_config_version"), Some(2.0));
     assert_eq!(
-        value(
+        sample(
             &text,
             r#"switchyard_health_transitions_total{service="web",to="unhealthy"}"#
         ),
