@@ -45,10 +45,25 @@ async fn metrics_count_known_traffic() {
             200
         );
     }
-    // Let the last response bodies finish.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let text = scrape(proxy.admin_address()).await;
+    // A request is counted when its response body ends, a moment after the
+    // client has read it: wait for the last of each service, then check
+    // every figure exactly.
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = scrape(proxy.admin_address()).await;
+        let counted = |series: &str| sample(&text, series).unwrap_or(0.0);
+        if counted(r#"switchyard_request_duration_seconds_count{service="web"}"#) >= 10.0
+            && counted(r#"switchyard_requests_total{service="retry",instance="good",class="2xx"}"#)
+                >= 2.0
+        {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the requests were not all counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let check = |series: &str, expected: f64| {
         assert_eq!(
             sample(&text, series),
@@ -224,8 +239,35 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
         ),
         &[],
     );
-    // Let the first checks run, then send some traffic.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the first checks (alpha passed, beta failed with the reason
+    // the page must show), then send some traffic.
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, text) =
+                switchyard::admin_client::call(process.admin, Method::GET, "/admin/services/shop")
+                    .await
+                    .unwrap();
+            let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let instance = |id: &str| {
+                view["instances"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|i| i["id"] == id).cloned())
+                    .unwrap_or_default()
+            };
+            let beta_failed = instance("beta")["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("status 503"));
+            if instance("alpha")["health"] == "healthy" && beta_failed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the first checks did not run: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     runtime.block_on(async {
         let client = client();
         for _ in 0..5 {
