@@ -410,6 +410,18 @@ async fn a_bad_push_is_refused_by_every_node_and_the_old_config_serves() {
     let good = push_ok(&nodes[0], &shared(upstream, 1)).await;
     all_apply(&nodes, good).await;
 
+    // A node's config comes from etcd: a file reload is refused, and says
+    // how to change it.
+    let (status, answer) = admin(&nodes[2], Method::POST, "/admin/reload", None).await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("in fleet mode") && e.contains("config push")),
+        "{answer}"
+    );
+    assert_eq!(nodes[2].version(), Some(good));
+
     // Invalid text is refused at the push: no version is written.
     let (status, answer) = push(&nodes[1], "listeners: [{address: nowhere}]\n").await;
     assert_eq!(status, 422, "{answer}");
