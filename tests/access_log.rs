@@ -8,41 +8,18 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::binary::{temp_dir, Process};
+use common::raw::exchange;
 use common::*;
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use switchyard::server::Running;
 
 /// Generous: lines must appear within this on a loaded machine.
 const EVENTUALLY: Duration = Duration::from_secs(20);
-
-/// Sends raw `request` bytes on a new connection; returns the status.
-async fn raw_status(address: SocketAddr, request: &[u8]) -> u16 {
-    let exchange = async {
-        let mut stream = TcpStream::connect(address).await.unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed before a response head: {head:?}");
-            head.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&head)
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("a response within 10s")
-}
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -74,33 +51,40 @@ fn yaml_path(path: &Path) -> String {
     serde_json::to_string(&path.display().to_string()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_lines_escape_quotes_control_characters_and_bad_utf8() {
+/// A proxy in front of an echo upstream (instance `one` of service `web`)
+/// that logs to a new file, `access_log: {path: FILE<settings>}`; and the
+/// file.
+async fn logging_proxy(settings: &str) -> (Running, PathBuf) {
     let up = echo("up").await;
-    let dir = temp_dir();
-    let file = dir.join("access.log");
+    let file = temp_dir().join("access.log");
     let proxy = proxy(&format!(
-        "access_log: {{path: {}}}\nroutes: [{{service: web}}]\nservices:\n  web: {{instances: [{{id: one, address: \"{up}\"}}]}}\n",
+        "access_log: {{path: {}{settings}}}\nroutes: [{{service: web}}]\nservices:\n  web: {{instances: [{{id: one, address: \"{up}\"}}]}}\n",
         yaml_path(&file)
     ))
     .await;
+    (proxy, file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_escape_quotes_control_characters_and_bad_utf8() {
+    let (proxy, file) = logging_proxy("").await;
     let address = proxy.listeners()[0].address;
     // A quote in the path, and a host the proxy refuses (logged as sent):
     // quote, backslash, tab and bytes that are not UTF-8.
     assert_eq!(
-        raw_status(
+        exchange(
             address,
             b"GET /a\"b?q=1 HTTP/1.1\r\nHost: ok.test\r\nX-Request-Id: id-1\r\n\r\n"
         )
-        .await,
+        .await
+        .status,
         200
     );
     assert_eq!(
-        raw_status(
+        exchange(
             address,
             b"GET /x HTTP/1.1\r\nHost: we\"ird\\\thost\xff\xfe\r\nX-Request-Id: id-\t\xc3\xa9\xff\r\n\r\n"
-        )
-        .await,
+        ).await.status,
         400
     );
     proxy.access_log().flush(EVENTUALLY);
@@ -150,25 +134,19 @@ async fn json_lines_escape_quotes_control_characters_and_bad_utf8() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn combined_lines_are_nginx_combined_with_request_id_and_upstream_time() {
-    let up = echo("up").await;
-    let dir = temp_dir();
-    let file = dir.join("access.log");
-    let proxy = proxy(&format!(
-        "access_log: {{path: {}, format: combined}}\nroutes: [{{service: web}}]\nservices:\n  web: {{instances: [{{address: \"{up}\"}}]}}\n",
-        yaml_path(&file)
-    ))
-    .await;
+    let (proxy, file) = logging_proxy(", format: combined").await;
     let address = proxy.listeners()[0].address;
     assert_eq!(
-        raw_status(
+        exchange(
             address,
             b"GET /p?q=1&r HTTP/1.1\r\nHost: h.test\r\nUser-Agent: agent \"x\"\xff\r\nReferer: http://r.test/\r\nX-Request-Id: rid\r\n\r\n"
-        )
-        .await,
+        ).await.status,
         200
     );
     assert_eq!(
-        raw_status(address, b"GET /none HTTP/1.0\r\nHost: bad host\r\n\r\n").await,
+        exchange(address, b"GET /none HTTP/1.0\r\nHost: bad host\r\n\r\n")
+            .await
+            .status,
         400
     );
     proxy.access_log().flush(EVENTUALLY);

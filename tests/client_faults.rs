@@ -18,9 +18,8 @@ use bytes::Bytes;
 use common::*;
 use http::{Method, Response};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use switchyard::server::Running;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// An upstream that reads the whole request body and answers with its size.
@@ -53,17 +52,6 @@ async fn instance_health(running: &Running) -> serde_json::Value {
     status["services"][0]["instances"][0].clone()
 }
 
-/// The value of a series in the proxy's exposition (0 when absent).
-async fn series(running: &Running, name: &str) -> f64 {
-    let (_, text) =
-        switchyard::admin_client::call(running.admin_address(), Method::GET, "/metrics")
-            .await
-            .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 const ANSWERED_4XX: &str =
     "switchyard_requests_total{service=\"s\",instance=\"none\",class=\"4xx\"}";
 const ANSWERED_5XX: &str =
@@ -75,7 +63,7 @@ const ANSWERED_5XX: &str =
 async fn wait_for_4xx(running: &Running, n: f64) {
     let started = Instant::now();
     loop {
-        let seen = series(running, ANSWERED_4XX).await;
+        let seen = metric(running.admin_address(), ANSWERED_4XX).await;
         if seen >= n {
             assert_eq!(seen, n);
             return;
@@ -93,7 +81,7 @@ async fn assert_instance_untouched(running: &Running) {
     let instance = instance_health(running).await;
     assert_eq!(instance["health"], "healthy", "{instance}");
     assert_eq!(instance["ejections"], 0, "{instance}");
-    assert_eq!(series(running, ANSWERED_5XX).await, 0.0);
+    assert_eq!(metric(running.admin_address(), ANSWERED_5XX).await, 0.0);
     let got = get(&client(), &format!("{}/", base(running)), &[]).await;
     assert_eq!(got.status, 200, "{}", got.body);
     assert_eq!(got.body, "read 0");
@@ -101,13 +89,8 @@ async fn assert_instance_untouched(running: &Running) {
 
 /// Sends `bytes` and reads the answer until the proxy closes (10 s at most).
 async fn exchange(running: &Running, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(running.listeners()[0].address)
-        .await
-        .unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    let address = running.listeners()[0].address;
+    common::raw::send_until_closed(address, bytes, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,14 +172,7 @@ impl http_body::Body for Aborting {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_resetting_mid_upload_are_499_and_eject_nothing() {
     let proxy = proxy_with_outlier_detection("").await;
-    let stream = TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(proxy.listeners()[0].address).await;
     for _ in 0..15 {
         let request = http::Request::post("http://s.test/")
             .header("content-length", "1000")

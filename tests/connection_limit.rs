@@ -207,16 +207,7 @@ async fn many_http2_streams_from_one_client_share_the_allowed_connections() {
     // HTTP/1.1 connection.
     let upstream = Counting::start(usize::MAX >> 4).await;
     let proxy = proxy(&limited(1, 4, &upstream)).await;
-    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let sender = h2c(proxy.listeners()[0].address).await;
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let mut sender = sender.clone();

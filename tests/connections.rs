@@ -49,31 +49,32 @@ async fn big_upstream() -> SocketAddr {
     .await
 }
 
-/// A sample of the proxy's metrics, 0 when absent.
-async fn metric(running: &Running, line_start: &str) -> f64 {
-    let (_, text) = call(running.admin_address(), Method::GET, "/metrics")
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits (bounded) until the metric sample equals `want`.
-async fn metric_becomes(running: &Running, line_start: &str, want: f64) {
+async fn metric_becomes(running: &Running, series: &str, want: f64) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let got = metric(running, line_start).await;
+        let got = metric(running.admin_address(), series).await;
         if got == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{line_start} stayed {got}, wanted {want}"
+            "{series} stayed {got}, wanted {want}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A new HTTP/1.1 client connection that has asked for the big response.
+async fn big_request(proxy: &Running) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    stream
 }
 
 /// Requests in flight to the upstream, as the admin status shows them:
@@ -88,9 +89,9 @@ async fn upstream_in_flight(running: &Running) -> u64 {
         .unwrap()
 }
 
-const OPEN: &str = "switchyard_connections_open{listener=\"edge\"} ";
-const TIMED_OUT: &str = "switchyard_connections_timed_out_total{listener=\"edge\"} ";
-const REJECTED: &str = "switchyard_connections_rejected_total{listener=\"edge\"} ";
+const OPEN: &str = "switchyard_connections_open{listener=\"edge\"}";
+const TIMED_OUT: &str = "switchyard_connections_timed_out_total{listener=\"edge\"}";
+const REJECTED: &str = "switchyard_connections_rejected_total{listener=\"edge\"}";
 
 /// Whether the peer closed `stream` (EOF or reset) within `limit`, without
 /// consuming more than what a closed connection still delivers.
@@ -110,18 +111,12 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_client_that_never_reads_is_closed_after_the_idle_close_deadline() {
     let proxy = proxy_with("{idle_timeout: 1s}", big_upstream().await).await;
-    let mut stream = TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = big_request(&proxy).await;
     metric_becomes(&proxy, OPEN, 1.0).await;
     // The client reads nothing. Once the idle close and its deadline (both
     // 1 s here) are over, the proxy lets the connection go.
     metric_becomes(&proxy, OPEN, 0.0).await;
-    assert_eq!(metric(&proxy, TIMED_OUT).await, 1.0);
+    assert_eq!(metric(proxy.admin_address(), TIMED_OUT).await, 1.0);
     assert_eq!(upstream_in_flight(&proxy).await, 0);
     let mut received = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received)).await;
@@ -158,20 +153,14 @@ async fn http2_streams_that_the_client_never_lets_through_are_closed_by_the_send
     let ended = tokio::time::timeout(PATIENCE, connection).await;
     assert!(ended.is_ok(), "the connection is still open");
     metric_becomes(&proxy, OPEN, 0.0).await;
-    assert_eq!(metric(&proxy, TIMED_OUT).await, 1.0);
+    assert_eq!(metric(proxy.admin_address(), TIMED_OUT).await, 1.0);
     assert_eq!(upstream_in_flight(&proxy).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
     let proxy = proxy_with("{send_timeout: 5s, idle_timeout: 5s}", big_upstream().await).await;
-    let mut stream = TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = big_request(&proxy).await;
     // 20 MB in pieces with pauses shorter than the timeouts: progress.
     let mut received = 0;
     let mut buf = vec![0u8; 1024 * 1024];
@@ -188,7 +177,7 @@ async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    assert_eq!(metric(&proxy, TIMED_OUT).await, 0.0);
+    assert_eq!(metric(proxy.admin_address(), TIMED_OUT).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +190,7 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     // idle_timeout is 75 s: only the header timeout can close it this soon.
     assert!(closed_within(&mut stream, PATIENCE).await, "never closed");
     assert!(started.elapsed() >= Duration::from_millis(800));
-    assert_eq!(metric(&proxy, TIMED_OUT).await, 1.0);
+    assert_eq!(metric(proxy.admin_address(), TIMED_OUT).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +235,7 @@ async fn max_connections_closes_the_extra_ones_and_counts_them() {
         closed_within(&mut extra, PATIENCE).await,
         "the fourth stayed open"
     );
-    assert_eq!(metric(&proxy, REJECTED).await, 1.0);
+    assert_eq!(metric(proxy.admin_address(), REJECTED).await, 1.0);
     // The ones inside still work.
     held[0]
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

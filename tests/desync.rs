@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -630,11 +630,7 @@ fn corpus() -> Vec<Case> {
 /// it closes the connection, or 3 s pass (an input it takes as the start of
 /// a longer body leaves it waiting).
 async fn exchange(proxy: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    common::raw::send_until_closed(proxy, bytes, Duration::from_secs(3)).await
 }
 
 /// The status codes at the start of each response in `answer`.
@@ -805,23 +801,7 @@ async fn fetch(method: &str, url: &str, body: &'static str) -> Result<(u16, Byte
         .uri(url)
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap();
-    let exchange = async {
-        let response = client()
-            .request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| Err("no end within 10s".into()))
+    try_send(&client(), request).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::binary::{command, temp_dir};
 use common::dns::{Answer, FakeDns};
 use common::*;
-use http::Method;
 use serde_json::Value;
 use switchyard::server::Running;
 
@@ -46,14 +45,6 @@ fn yaml(dns: &FakeDns, port: u16, extra: &str) -> String {
     )
 }
 
-async fn service(running: &Running) -> Value {
-    let (_, body) =
-        switchyard::admin_client::call(running.admin_address(), Method::GET, "/admin/services/web")
-            .await
-            .unwrap();
-    serde_json::from_str(&body).unwrap()
-}
-
 fn instances(view: &Value) -> Vec<Value> {
     let mut list = view["instances"].as_array().cloned().unwrap_or_default();
     list.sort_by_key(|i| i["id"].as_str().unwrap_or_default().to_string());
@@ -65,22 +56,6 @@ fn ids(view: &Value) -> Vec<String> {
         .iter()
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Waits (up to 20 s) until `check` holds for the service view.
-async fn until(running: &Running, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let started = Instant::now();
-    loop {
-        let view = service(running).await;
-        if check(&view) {
-            return view;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "never: {what}\n{view}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits (up to 30 s) until the server saw `more` queries after `from`.
@@ -97,15 +72,9 @@ async fn queries_after(dns: &FakeDns, from: usize, more: usize) {
 
 /// Resolutions of `service` that ended in `result`, from /metrics.
 async fn resolutions(running: &Running, result: &str) -> u64 {
-    let (_, text) =
-        switchyard::admin_client::call(running.admin_address(), Method::GET, "/metrics")
-            .await
-            .unwrap();
+    let text = scrape(running.admin_address()).await;
     let label = format!("result=\"{result}\"");
-    text.lines()
-        .filter(|l| l.starts_with("switchyard_dns_resolutions_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    sum(&text, "switchyard_dns_resolutions_total", &label) as u64
 }
 
 /// Waits (up to 30 s) until `more` resolutions failed after `from`.
@@ -134,7 +103,10 @@ async fn every_record_is_an_instance_and_a_removed_record_takes_only_its_own() {
         Answer::Records(vec![ip("127.0.0.1"), ip("127.0.0.2"), ip("127.0.0.3")], 1),
     );
     let running = proxy(&yaml(&dns, port, "")).await;
-    let view = until(&running, "3 healthy instances", |v| all_healthy(v, 3)).await;
+    let view = view_until(&running, "web", "3 healthy instances", |v| {
+        all_healthy(v, 3)
+    })
+    .await;
     assert_eq!(
         ids(&view),
         [1, 2, 3].map(|n| format!("{NAME}:{port}:127.0.0.{n}")),
@@ -149,9 +121,9 @@ async fn every_record_is_an_instance_and_a_removed_record_takes_only_its_own() {
     }
 
     // Refreshes that return the same addresses change nothing.
-    let before = instances(&service(&running).await);
+    let before = instances(&service_view(&running, "web").await);
     queries_after(&dns, dns.queries(), 6).await;
-    let after = instances(&service(&running).await);
+    let after = instances(&service_view(&running, "web").await);
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(old["registered_at"], new["registered_at"], "{new}");
         assert_eq!(new["health"], "healthy", "{new}");
@@ -163,7 +135,7 @@ async fn every_record_is_an_instance_and_a_removed_record_takes_only_its_own() {
         NAME,
         Answer::Records(vec![ip("127.0.0.1"), ip("127.0.0.2")], 1),
     );
-    let view = until(&running, ".3 leaves", |v| instances(v).len() == 2).await;
+    let view = view_until(&running, "web", ".3 leaves", |v| instances(v).len() == 2).await;
     for (old, new) in before.iter().zip(instances(&view)) {
         assert_eq!(old["id"], new["id"]);
         assert_eq!(old["registered_at"], new["registered_at"], "{new}");
@@ -186,7 +158,10 @@ async fn a_silent_or_failing_resolver_keeps_the_last_answer_and_nxdomain_removes
     );
     let running = proxy(&yaml(&dns, port, ", hold: 1s")).await;
     let url = format!("{}/", base(&running));
-    let view = until(&running, "2 healthy instances", |v| all_healthy(v, 2)).await;
+    let view = view_until(&running, "web", "2 healthy instances", |v| {
+        all_healthy(v, 2)
+    })
+    .await;
     let kept = ids(&view);
 
     for failure in [Answer::Silent, Answer::ServFail] {
@@ -197,7 +172,7 @@ async fn a_silent_or_failing_resolver_keeps_the_last_answer_and_nxdomain_removes
         failures_after(&running, failed, 2).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         failures_after(&running, failed, 3).await;
-        let view = service(&running).await;
+        let view = service_view(&running, "web").await;
         assert_eq!(ids(&view), kept, "after {failure:?}: {view}");
         let client = client();
         for _ in 0..4 {
@@ -206,7 +181,7 @@ async fn a_silent_or_failing_resolver_keeps_the_last_answer_and_nxdomain_removes
     }
 
     dns.set(NAME, Answer::NxDomain);
-    until(&running, "NXDOMAIN removes the instances", |v| {
+    view_until(&running, "web", "NXDOMAIN removes the instances", |v| {
         instances(v).is_empty()
     })
     .await;
@@ -216,9 +191,9 @@ async fn a_silent_or_failing_resolver_keeps_the_last_answer_and_nxdomain_removes
     // An empty answer (the name exists, no address) removes them too; the
     // name coming back brings them back.
     dns.set(NAME, Answer::Records(vec![ip("127.0.0.3")], 1));
-    until(&running, "the name is back", |v| all_healthy(v, 1)).await;
+    view_until(&running, "web", "the name is back", |v| all_healthy(v, 1)).await;
     dns.set(NAME, Answer::Records(vec![], 1));
-    until(&running, "an empty answer removes", |v| {
+    view_until(&running, "web", "an empty answer removes", |v| {
         instances(v).is_empty()
     })
     .await;
@@ -259,7 +234,7 @@ async fn check_and_start_up_succeed_with_a_name_that_does_not_resolve() {
     assert_eq!(get(&client(), &url, &[]).await.status, 503);
     // A and AAAA records both become instances.
     dns.set(NAME, Answer::Records(vec![ip("127.0.0.2"), ip("::1")], 1));
-    let view = until(&running, "the instances appear", |v| {
+    let view = view_until(&running, "web", "the instances appear", |v| {
         instances(v).len() == 2
     })
     .await;
@@ -271,7 +246,10 @@ async fn check_and_start_up_succeed_with_a_name_that_does_not_resolve() {
         ]
     );
     dns.set(NAME, Answer::Records(vec![ip("127.0.0.2")], 1));
-    until(&running, "the AAAA record leaves", |v| all_healthy(v, 1)).await;
+    view_until(&running, "web", "the AAAA record leaves", |v| {
+        all_healthy(v, 1)
+    })
+    .await;
     let got = get(&client(), &url, &[]).await;
     assert_eq!((got.status, got.served_by()), (200, "b".to_string()));
     running.shutdown().await;

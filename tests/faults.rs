@@ -170,10 +170,6 @@ server.serve_forever()
 "#;
 
 impl PythonUpstream {
-    fn start(name: &str) -> PythonUpstream {
-        PythonUpstream::start_with(name, &[])
-    }
-
     fn start_with(name: &str, args: &[&str]) -> PythonUpstream {
         let mut child = Command::new("python3")
             .args(["-c", PYTHON_UPSTREAM, name])
@@ -194,13 +190,23 @@ impl PythonUpstream {
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        common::binary::send_signal(&self.child, signal);
     }
+}
+
+/// Python upstreams `a`, `b` and `c` (started with `args`), and the
+/// `instances:` list that names them.
+fn three_python_upstreams(args: &[&str]) -> (Vec<PythonUpstream>, String) {
+    let upstreams: Vec<PythonUpstream> = ["a", "b", "c"]
+        .iter()
+        .map(|name| PythonUpstream::start_with(name, args))
+        .collect();
+    let instances: Vec<String> = upstreams
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(u, id)| format!("{{id: {id}, address: \"{}\"}}", u.address))
+        .collect();
+    (upstreams, format!("[{}]", instances.join(", ")))
 }
 
 impl Drop for PythonUpstream {
@@ -214,60 +220,97 @@ impl Drop for PythonUpstream {
 struct Outcome {
     started: Instant,
     took: Duration,
-    ok: bool,
+    get: bool,
+    /// The response's status; 0 for none.
+    status: u16,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.status == 200
+    }
+}
+
+/// 32 keep-alive clients sending GETs and 1 KiB POSTs in turn to `url`,
+/// each request with a 10 s limit, until stopped (60 s at most).
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(url: &str) -> Load {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let stop_at = Instant::now() + Duration::from_secs(60);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut clients = Vec::new();
+        for n in 0..32u64 {
+            let (url, outcomes, stopped) =
+                (url.to_string(), Arc::clone(&outcomes), stopped.clone());
+            clients.push(tokio::spawn(async move {
+                let client = client();
+                let mut i = 0u64;
+                while !*stopped.borrow() && Instant::now() < stop_at {
+                    i += 1;
+                    let get = (n + i).is_multiple_of(2);
+                    let request = if get {
+                        Request::get(url.as_str()).body(Full::default())
+                    } else {
+                        Request::post(url.as_str()).body(Full::new(Bytes::from(vec![b'p'; 1024])))
+                    }
+                    .unwrap();
+                    let started = Instant::now();
+                    let answer =
+                        tokio::time::timeout(Duration::from_secs(10), client.request(request))
+                            .await;
+                    let status = match answer {
+                        Ok(Ok(response)) => {
+                            let status = response.status().as_u16();
+                            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                            status
+                        }
+                        _ => 0,
+                    };
+                    outcomes.lock().unwrap().push(Outcome {
+                        started,
+                        took: started.elapsed(),
+                        get,
+                        status,
+                    });
+                }
+            }));
+        }
+        Load {
+            stop,
+            clients,
+            outcomes,
+        }
+    }
+
+    /// Stops the clients and returns what their requests met.
+    async fn stop(self) -> Vec<Outcome> {
+        let _ = self.stop.send(true);
+        for client in self.clients {
+            tokio::time::timeout(PATIENCE, client)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        std::mem::take(&mut *self.outcomes.lock().unwrap())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_it_out() {
-    let upstreams: Vec<PythonUpstream> = ["a", "b", "c"]
-        .iter()
-        .map(|name| PythonUpstream::start(name))
-        .collect();
-    let instances: Vec<String> = upstreams
-        .iter()
-        .zip(["a", "b", "c"])
-        .map(|(u, id)| format!("{{id: {id}, address: \"{}\"}}", u.address))
-        .collect();
+    let (upstreams, instances) = three_python_upstreams(&[]);
     let proxy = proxy(&format!(
-        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 1s\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{}]\n",
-        instances.join(", ")
+        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 1s\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: {instances}\n"
     ))
     .await;
     until_healthy(proxy.admin_address(), 3).await;
 
-    let url = format!("{}/", base(&proxy));
-    let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let stop_at = Instant::now() + Duration::from_secs(60);
-    let (done, finished) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::new();
-    for n in 0..32 {
-        let (url, outcomes, finished) = (url.clone(), Arc::clone(&outcomes), finished.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let mut i = 0u64;
-            while !*finished.borrow() && Instant::now() < stop_at {
-                i += 1;
-                let request = if (n + i).is_multiple_of(2) {
-                    Request::get(url.as_str()).body(Full::default())
-                } else {
-                    Request::post(url.as_str()).body(Full::new(Bytes::from(vec![b'p'; 1024])))
-                }
-                .unwrap();
-                let started = Instant::now();
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
-                let ok = matches!(&answer, Ok(Ok(response)) if response.status() == 200);
-                if let Ok(Ok(response)) = answer {
-                    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
-                }
-                outcomes.lock().unwrap().push(Outcome {
-                    started,
-                    took: started.elapsed(),
-                    ok,
-                });
-            }
-        }));
-    }
+    let load = Load::start(&format!("{}/", base(&proxy)));
     // Load flows through all three, then one freezes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     upstreams[0].signal("STOP");
@@ -282,19 +325,12 @@ async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_i
     // Seen down (a snapshot rebuild is a moment behind the verdict).
     let down = Instant::now() + Duration::from_millis(500);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = done.send(true);
-    for client in clients {
-        tokio::time::timeout(PATIENCE, client)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let outcomes = load.stop().await;
     upstreams[0].signal("CONT");
 
-    let outcomes = outcomes.lock().unwrap();
     let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.started > down).collect();
     assert!(after.len() > 32, "only {} requests after", after.len());
-    let failed_after = after.iter().filter(|o| !o.ok).count();
+    let failed_after = after.iter().filter(|o| !o.ok()).count();
     assert_eq!(failed_after, 0, "{failed_after} of {} failed", after.len());
     // Before that, a request that met the frozen one waited at most
     // connect_timeout per try and request_timeout (0.5 s × 3 + 1 s here),
@@ -308,7 +344,7 @@ async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_i
     assert!(
         outcomes
             .iter()
-            .any(|o| !o.ok || o.took >= Duration::from_millis(900)),
+            .any(|o| !o.ok() || o.took >= Duration::from_millis(900)),
         "no request ever reached the frozen instance"
     );
 }
@@ -317,77 +353,28 @@ async fn a_frozen_upstream_costs_at_most_the_timeouts_until_health_checks_take_i
 async fn an_upstream_killed_under_load_loses_no_get_and_replays_no_post() {
     // Slow answers on fresh connections: when one dies, about a third of
     // the 32 clients have a request written to it and unanswered.
-    let upstreams: Vec<PythonUpstream> = ["a", "b", "c"]
-        .iter()
-        .map(|name| PythonUpstream::start_with(name, &["0.02"]))
-        .collect();
-    let instances: Vec<String> = upstreams
-        .iter()
-        .zip(["a", "b", "c"])
-        .map(|(u, id)| format!("{{id: {id}, address: \"{}\"}}", u.address))
-        .collect();
+    let (upstreams, instances) = three_python_upstreams(&["0.02"]);
     // When one of three dies, about a third of the requests in flight need
     // a retry at once: more than the default budget (20% of active
     // requests) allows, so the budget is raised for this test; the budget
     // itself is tested in tests/retries.rs.
     let proxy = proxy(&format!(
-        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 5s\n    retry: {{budget_percent: 50}}\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: [{}]\n",
-        instances.join(", ")
+        "routes: [{{service: s}}]\nservices:\n  s:\n    connect_timeout: 500ms\n    request_timeout: 5s\n    retry: {{budget_percent: 50}}\n    health_check: {{path: /, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}}\n    instances: {instances}\n"
     ))
     .await;
     until_healthy(proxy.admin_address(), 3).await;
 
-    let url = format!("{}/", base(&proxy));
-    // (method is GET, status or 0 for no response)
-    let outcomes: Arc<Mutex<Vec<(bool, u16)>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_secs(60);
-    let (done, finished) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::new();
-    for n in 0..32u64 {
-        let (url, outcomes, finished) = (url.clone(), Arc::clone(&outcomes), finished.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let mut i = 0u64;
-            while !*finished.borrow() && Instant::now() < stop_at {
-                i += 1;
-                let get = (n + i).is_multiple_of(2);
-                let request = if get {
-                    Request::get(url.as_str()).body(Full::default())
-                } else {
-                    Request::post(url.as_str()).body(Full::new(Bytes::from(vec![b'p'; 1024])))
-                }
-                .unwrap();
-                let answer =
-                    tokio::time::timeout(Duration::from_secs(10), client.request(request)).await;
-                let status = match answer {
-                    Ok(Ok(response)) => {
-                        let status = response.status().as_u16();
-                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
-                        status
-                    }
-                    _ => 0,
-                };
-                outcomes.lock().unwrap().push((get, status));
-            }
-        }));
-    }
+    let load = Load::start(&format!("{}/", base(&proxy)));
     // Load flows through all three, then one dies mid-request.
     tokio::time::sleep(Duration::from_secs(1)).await;
     upstreams[0].signal("KILL");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = done.send(true);
-    for client in clients {
-        tokio::time::timeout(PATIENCE, client)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let outcomes = load.stop().await;
 
-    let outcomes = outcomes.lock().unwrap();
     let count = |get: bool, ok: bool| {
         outcomes
             .iter()
-            .filter(|(g, status)| *g == get && (*status == 200) == ok)
+            .filter(|o| o.get == get && o.ok() == ok)
             .count()
     };
     let (gets_ok, gets_failed) = (count(true, true), count(true, false));
@@ -399,8 +386,8 @@ async fn an_upstream_killed_under_load_loses_no_get_and_replays_no_post() {
     // sent again (it may have been processed).
     let post_statuses: Vec<u16> = outcomes
         .iter()
-        .filter(|(get, status)| !get && *status != 200)
-        .map(|(_, status)| *status)
+        .filter(|o| !o.get && !o.ok())
+        .map(|o| o.status)
         .collect();
     assert!(post_statuses.iter().all(|s| *s == 502), "{post_statuses:?}");
 }

@@ -260,16 +260,7 @@ async fn http2_clients_are_served_over_h2c() {
     .await;
     // Speak HTTP/2 with prior knowledge on a plain TCP connection; the
     // :authority (h2.test) is what routes the request.
-    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(proxy.listeners()[0].address).await;
     let request = Request::get("http://h2.test/two")
         .body(Full::<Bytes>::default())
         .unwrap();

@@ -219,19 +219,7 @@ async fn fetch_whole(
     client: &Client<HttpConnector, Full<Bytes>>,
     url: &str,
 ) -> Result<(u16, Bytes), String> {
-    let request = Request::get(url).body(Full::default()).unwrap();
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, body))
+    try_send(client, Request::get(url).body(Full::default()).unwrap()).await
 }
 
 /// GETs `url` and checks the answer is a 200 with `body`.

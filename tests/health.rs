@@ -158,7 +158,12 @@ async fn a_custom_check_runs_like_a_built_in_and_one_failure_removes_nothing() {
     // the threshold of three.
     scripted.failures_left.store(2, Ordering::SeqCst);
     let before = scripted.probes.load(Ordering::SeqCst);
+    let started = Instant::now();
     while scripted.probes.load(Ordering::SeqCst) < before + 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the custom check stopped running"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for id in ["a", "b"] {

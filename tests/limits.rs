@@ -24,9 +24,7 @@ async fn limited(limits: &str) -> switchyard::server::Running {
 
 /// Reads until the server closes the connection (or 10 s pass).
 async fn read_until_closed(stream: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
+    common::raw::until_closed(stream, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

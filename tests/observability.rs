@@ -14,26 +14,6 @@ use common::flippable::{Flippable, Mode};
 use common::*;
 use http::Method;
 
-/// The value of the series `name{labels}` in an exposition.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
-async fn scrape(admin: std::net::SocketAddr) -> String {
-    let (status, text) = switchyard::admin_client::call(admin, Method::GET, "/metrics")
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_known_traffic() {
     let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
@@ -65,12 +45,31 @@ async fn metrics_count_known_traffic() {
             200
         );
     }
-    // Let the last response bodies finish.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-
-    let text = scrape(proxy.admin_address()).await;
+    // A request is counted when its response body ends, a moment after the
+    // client has read it: wait for the last of each service, then check
+    // every figure exactly.
+    let started = std::time::Instant::now();
+    let text = loop {
+        let text = scrape(proxy.admin_address()).await;
+        let counted = |series: &str| sample(&text, series).unwrap_or(0.0);
+        if counted(r#"switchyard_request_duration_seconds_count{service="web"}"#) >= 10.0
+            && counted(r#"switchyard_requests_total{service="retry",instance="good",class="2xx"}"#)
+                >= 2.0
+        {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the requests were not all counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let check = |series: &str, expected: f64| {
-        assert_eq!(value(&text, series), Some(expected), "{series} in:\n{text}");
+        assert_eq!(
+            sample(&text, series),
+            Some(expected),
+            "{series} in:\n{text}"
+        );
     };
     check(
         r#"switchyard_requests_total{service="web",instance="a",class="2xx"}"#,
@@ -104,12 +103,12 @@ async fn metrics_count_known_traffic() {
     );
     check(r#"switchyard_registry_instances{source="file"}"#, 4.0);
     // The keep-alive client holds its connections open.
-    let open = value(
+    let open = sample(
         &text,
         r#"switchyard_connections_open{listener="listeners[0]"}"#,
     )
     .unwrap();
-    let accepted = value(
+    let accepted = sample(
         &text,
         r#"switchyard_connections_accepted_total{listener="listeners[0]"}"#,
     )
@@ -181,7 +180,7 @@ async fn health_and_reload_metrics() {
     let started = std::time::Instant::now();
     let text = loop {
         let text = scrape(proxy.admin_address()).await;
-        if value(
+        if sample(
             &text,
             r#"switchyard_instance_healthy{service="web",instance="a"}"#,
         ) == Some(0.0)
@@ -195,19 +194,19 @@ async fn health_and_reload_metrics() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(
-        value(
+        sample(
             &text,
             r#"switchyard_config_reloads_total{result="applied"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        value(&text, r#"switchyard_config_reloads_total{result="failed"}"#),
+        sample(&text, r#"switchyard_config_reloads_total{result="failed"}"#),
         Some(1.0)
     );
-    assert_eq!(value(&text, "switchyard_config_version"), Some(2.0));
+    assert_eq!(sample(&text, "switchyard_config_version"), Some(2.0));
     assert_eq!(
-        value(
+        sample(
             &text,
             r#"switchyard_health_transitions_total{service="web",to="unhealthy"}"#
         ),
@@ -240,8 +239,35 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
         ),
         &[],
     );
-    // Let the first checks run, then send some traffic.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait for the first checks (alpha passed, beta failed with the reason
+    // the page must show), then send some traffic.
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, text) =
+                switchyard::admin_client::call(process.admin, Method::GET, "/admin/services/shop")
+                    .await
+                    .unwrap();
+            let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let instance = |id: &str| {
+                view["instances"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|i| i["id"] == id).cloned())
+                    .unwrap_or_default()
+            };
+            let beta_failed = instance("beta")["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("status 503"));
+            if instance("alpha")["health"] == "healthy" && beta_failed {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the first checks did not run: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     runtime.block_on(async {
         let client = client();
         for _ in 0..5 {

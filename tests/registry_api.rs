@@ -171,6 +171,33 @@ async fn leases_expire_without_heartbeats_and_heartbeats_keep_them() {
             .status,
         503
     );
+
+    // Without a ttl there is no lease: a heartbeat is a conflict, and the
+    // instance stays.
+    let (status, _) = api(
+        &proxy,
+        Method::POST,
+        "/admin/services/svc/instances",
+        Some(json!({"id": "forever", "address": a.to_string()})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, answer) = api(
+        &proxy,
+        Method::PUT,
+        "/admin/services/svc/instances/forever/heartbeat",
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("registered without a ttl")),
+        "{answer}"
+    );
+    let (_, service) = api(&proxy, Method::GET, "/admin/services/svc", None).await;
+    assert_eq!(ids(&service), ["forever"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,15 @@ async fn bad_edits_are_refused_and_the_old_config_keeps_serving() {
             format!("{good}{}", "# padding\n".repeat(5_000_000)),
             "the config is larger than 4 MiB (4194304 bytes), the most accepted",
         ),
+        // Valid, but the admin API cannot move while running (with b, so
+        // that an apply would show).
+        (
+            yaml(&[], "round_robin", &[(b, "b", 1)]).replace(
+                "admin:\n  address: 127.0.0.1:0",
+                "admin:\n  address: 127.0.0.2:0",
+            ),
+            "admin.address cannot change while running",
+        ),
     ];
     for (number, (text, expected)) in broken.iter().enumerate() {
         std::fs::write(&path, text).unwrap();
@@ -197,6 +206,21 @@ async fn bad_edits_are_refused_and_the_old_config_keeps_serving() {
     // Reloading the same text is a no-op, not a new version.
     let (_, answer) = admin(&running, Method::POST, "/admin/reload").await;
     assert_eq!(answer["result"], "unchanged");
+
+    // A push is for fleet nodes; this proxy's config is its file.
+    let body = bytes::Bytes::from(yaml(&[], "round_robin", &[(a, "a", 1)]));
+    let (status, answer) = switchyard::admin_client::call_raw(
+        running.admin_address(),
+        Method::POST,
+        "/admin/config",
+        None,
+        Some(("application/yaml", body)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("not in fleet mode"), "{answer}");
+    assert_eq!(served_by(&running).await, "b", "the push changed nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

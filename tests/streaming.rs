@@ -17,6 +17,9 @@ use http_body_util::BodyExt;
 
 const CHUNK: usize = 64 * 1024;
 const TOTAL: u64 = 512 * 1024 * 1024;
+/// Generous for `TOTAL` through a debug build on a loaded machine; a
+/// transfer that stalls fails the test instead of hanging it.
+const WHOLE_TRANSFER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// `remaining` bytes of a repeated chunk, produced as they are read.
 struct Repeat {
@@ -89,20 +92,31 @@ async fn half_a_gigabyte_each_way_with_flat_memory() {
     let upload = Request::post(format!("http://{}/up", process.listener))
         .body(Repeat::new(TOTAL))
         .unwrap();
-    let response = client.request(upload).await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let uploaded = async {
+        let response = client.request(upload).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    let text = tokio::time::timeout(WHOLE_TRANSFER, uploaded)
+        .await
+        .expect("the upload within its time");
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains(&format!("body_bytes: {TOTAL}")), "{text}");
 
     let download = Request::get(format!("http://{}/down", process.listener))
         .body(Repeat::new(0))
         .unwrap();
-    let mut body = client.request(download).await.unwrap().into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
-    }
+    let downloaded = async {
+        let mut body = client.request(download).await.unwrap().into_body();
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+        }
+        received
+    };
+    let received = tokio::time::timeout(WHOLE_TRANSFER, downloaded)
+        .await
+        .expect("the download within its time");
     assert_eq!(received, TOTAL);
 
     let peak = process.peak_rss_kib();

@@ -50,6 +50,20 @@ async fn in_flight(admin: SocketAddr) -> u64 {
     service["instances"][0]["in_flight"].as_u64().unwrap()
 }
 
+/// The next text message on `socket` (10 s at most, so a tunnel that
+/// stopped carrying fails the test instead of hanging it).
+async fn next_text<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("a message within 10s")
+        .expect("the tunnel is open")
+        .expect("a WebSocket message");
+    message.into_text().expect("a text message").to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_talks_through_the_proxy_and_survives_a_reload() {
     let upstream = websocket_echo().await;
@@ -68,8 +82,10 @@ async fn a_websocket_talks_through_the_proxy_and_survives_a_reload() {
     let listener = proxy.listeners()[0].address;
 
     let stream = TcpStream::connect(listener).await.unwrap();
-    let (mut socket, response) = tokio_tungstenite::client_async("ws://ws.test/chat", stream)
+    let handshake = tokio_tungstenite::client_async("ws://ws.test/chat", stream);
+    let (mut socket, response) = tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
+        .expect("a handshake answer within 10s")
         .expect("the WebSocket handshake goes through the proxy");
     assert_eq!(response.status(), 101);
     assert!(response.headers().contains_key("x-request-id"));
@@ -78,11 +94,7 @@ async fn a_websocket_talks_through_the_proxy_and_survives_a_reload() {
             .send(Message::text(format!("hello {i}")))
             .await
             .unwrap();
-        let answer = socket.next().await.unwrap().unwrap();
-        assert_eq!(
-            answer.into_text().unwrap().as_str(),
-            format!("echo: hello {i}")
-        );
+        assert_eq!(next_text(&mut socket).await, format!("echo: hello {i}"));
     }
     assert_eq!(
         in_flight(proxy.admin_address()).await,
@@ -102,11 +114,7 @@ async fn a_websocket_talks_through_the_proxy_and_survives_a_reload() {
         .send(Message::text("after the reload"))
         .await
         .unwrap();
-    let answer = socket.next().await.unwrap().unwrap();
-    assert_eq!(
-        answer.into_text().unwrap().as_str(),
-        "echo: after the reload"
-    );
+    assert_eq!(next_text(&mut socket).await, "echo: after the reload");
 
     // Plain requests still work beside it.
     let got = get(&client(), &format!("http://{listener}/"), &[]).await;

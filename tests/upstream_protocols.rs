@@ -71,14 +71,7 @@ async fn a_grpc_style_call_passes_through_with_trailers() {
     ))
     .await;
     // An HTTP/2 client (h2c) with a request body and a request trailer.
-    let stream = tokio::net::TcpStream::connect(proxy.listeners()[0].address)
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(proxy.listeners()[0].address).await;
     for _ in 0..3 {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-request-trailer", HeaderValue::from_static("sent"));

@@ -25,6 +25,16 @@ pub fn command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// Sends a signal (`TERM`, `STOP`, `KILL`, ...) to `child`.
+pub fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
 /// A running proxy process, killed when dropped.
 pub struct Process {
     pub child: Child,
@@ -99,12 +109,7 @@ impl Process {
 
     /// Sends a signal (`TERM`, `HUP`, ...) to the process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(&self.child, signal);
     }
 
     /// Peak resident memory of the process, in KiB.

@@ -141,6 +141,32 @@ pub async fn send(
         .expect("a whole response within 10s")
 }
 
+/// Sends `request` and reads the whole response like `send`, but a request
+/// or body that fails is an `Err` saying which (for answers the proxy may
+/// rightly cut off), not a test failure; 10 s at most for the exchange.
+pub async fn try_send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), String> {
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| Err("no end within 10s".into()))
+}
+
 /// GET `url` with extra headers.
 pub async fn get(
     client: &Client<HttpConnector, Full<Bytes>>,
@@ -166,6 +192,94 @@ pub async fn distribution(url: &str, n: usize) -> (HashMap<String, usize>, Vec<S
         order.push(got.served_by());
     }
     (counts, order)
+}
+
+/// An HTTP/2 (prior knowledge) client connection to `address`, driven by
+/// its own task.
+pub async fn h2c<B>(address: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// The admin API's view of service `name` (`GET /admin/services/NAME`).
+pub async fn service_view(running: &Running, name: &str) -> serde_json::Value {
+    let path = format!("/admin/services/{name}");
+    let (_, body) =
+        switchyard::admin_client::call(running.admin_address(), http::Method::GET, &path)
+            .await
+            .expect("admin call");
+    serde_json::from_str(&body).expect("a JSON view")
+}
+
+/// Polls the view of service `name` until `check` holds (20 s at most) and
+/// returns that view.
+pub async fn view_until(
+    running: &Running,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let view = service_view(running, name).await;
+        if check(&view) {
+            return view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never: {what}\n{view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Prometheus exposition of the proxy whose admin API is at `admin`.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let (status, text) = switchyard::admin_client::call(admin, http::Method::GET, "/metrics")
+        .await
+        .expect("admin call");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The value of the series `name{labels}` (exactly as exposed) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// The sum over the series of `family` whose labels contain `label` (every
+/// series of the family with `""`).
+pub fn sum(text: &str, family: &str, label: &str) -> f64 {
+    let start = format!("{family}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&start) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of one series of the proxy whose admin API is at `admin`, 0
+/// when it is not exposed (yet).
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    sample(&scrape(admin).await, series).unwrap_or(0.0)
 }
 
 /// Shared handle to stop slow upstreams.

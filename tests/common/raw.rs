@@ -72,11 +72,28 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
 }
 
 /// Sends `request` as is on a new connection and reads one response.
-pub async fn exchange(address: SocketAddr, request: &str) -> RawResponse {
+pub async fn exchange(address: SocketAddr, request: impl AsRef<[u8]>) -> RawResponse {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream
-        .write_all(request.as_bytes())
+        .write_all(request.as_ref())
         .await
         .expect("write a request");
     read_response(&mut stream).await
+}
+
+/// Everything `stream` delivers until the peer closes it, or what came
+/// within `limit` (so a peer that keeps the connection open fails the
+/// caller's check of the answer instead of hanging the test).
+pub async fn until_closed(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends `bytes` on a new connection and reads until the peer closes it
+/// (`limit` at most).
+pub async fn send_until_closed(address: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    until_closed(&mut stream, limit).await
 }
