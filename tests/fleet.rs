@@ -25,7 +25,7 @@ const EVENTUALLY: Duration = Duration::from_secs(20);
 macro_rules! need_etcd {
     () => {
         if !etcd::available() {
-            eprintln!("SKIPPED: {} is not installed", etcd::ETCD);
+            common::skip_without(etcd::ETCD, "apt-get install etcd-server");
             return;
         }
     };

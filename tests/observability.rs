@@ -131,7 +131,7 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!("SKIPPED promtool check: promtool is not installed (apt-get install prometheus)");
+        common::skip_without("promtool", "apt-get install prometheus");
         return;
     };
     child
@@ -223,9 +223,7 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(chromium) = chromium else {
-        eprintln!(
-            "SKIPPED dashboard browser test: chromium is not installed (apt-get install chromium)"
-        );
+        common::skip_without("chromium", "apt-get install chromium");
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

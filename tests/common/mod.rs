@@ -21,6 +21,19 @@ use hyper_util::server::conn::auto;
 use switchyard::server::Running;
 use tokio::net::TcpListener;
 
+/// Set by `.ci/run`: a test that needs an installed tool fails instead of
+/// skipping when the tool is missing, so a failed install cannot pass CI.
+pub const REQUIRE_TOOLS: &str = "SWITCHYARD_TEST_REQUIRE_TOOLS";
+
+/// Says loudly that a check is skipped because `tool` is not installed, or
+/// fails the test when [`REQUIRE_TOOLS`] is set.
+pub fn skip_without(tool: &str, install: &str) {
+    if std::env::var_os(REQUIRE_TOOLS).is_some() {
+        panic!("{tool} is required ({REQUIRE_TOOLS} is set) but not installed: {install}");
+    }
+    eprintln!("SKIPPED: {tool} is not installed ({install})");
+}
+
 /// An echo upstream (the demo's) named `name` on an OS-picked port.
 pub async fn echo(name: &str) -> SocketAddr {
     switchyard::demo::start_echo(name, "127.0.0.1:0".parse().unwrap())
