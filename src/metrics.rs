@@ -146,6 +146,8 @@ pub struct FleetMetrics {
     pub etcd_errors: Counter,
     /// Versions or values from etcd this node refused.
     pub refused: Counter,
+    /// Other running processes seen publishing under this node's name.
+    pub name_conflicts: Counter,
     /// Seconds since the last event or answer from etcd.
     pub seconds_since_last_event: Gauge,
 }
@@ -332,6 +334,11 @@ impl Metrics {
             "fleet_refused",
             "Fleet versions or etcd values this node refused",
             fleet.refused.clone(),
+        );
+        registry.register(
+            "fleet_name_conflicts",
+            "Other running processes seen publishing their status under this node's name",
+            fleet.name_conflicts.clone(),
         );
         registry.register(
             "fleet_seconds_since_last_event",
