@@ -268,8 +268,10 @@ async fn every_endpoint_answers_as_documented() {
     api.expect(200, M::GET, "/", None, None).await;
     api.expect(200, M::HEAD, "/", None, None).await;
     api.expect(200, M::GET, "/metrics", None, None).await;
-    api.expect(200, M::GET, "/admin/openapi.json", None, None)
+    let served = api
+        .expect(200, M::GET, "/admin/openapi.json", None, None)
         .await;
+    assert_eq!(serde_json::from_str::<Value>(&served).unwrap(), *doc);
     api.expect(200, M::HEAD, "/admin/openapi.json", None, None)
         .await;
     api.expect(200, M::GET, "/admin/health", None, None).await;
