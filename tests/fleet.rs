@@ -128,7 +128,7 @@ async fn admin(
     body: Option<(&str, String)>,
 ) -> (u16, Value) {
     let body = body.map(|(kind, text)| (kind, bytes::Bytes::from(text)));
-    let (status, text) = switchyard::admin_client::call_raw(node.admin(), method, path, None, body)
+    let (status, text) = common::admin::call_raw(node.admin(), method, path, None, body)
         .await
         .expect("admin call");
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -1030,7 +1030,7 @@ async fn ten_thousand_registrations_memory_and_load_time() {
     let state_a = common::binary::temp_dir().join("state");
     let a = common::binary::Process::start(&boot, &["--state-dir", state_a.to_str().unwrap()]);
     let admin_a = a.admin;
-    let (status, body) = switchyard::admin_client::call_raw(
+    let (status, body) = common::admin::call_raw(
         admin_a,
         Method::POST,
         "/admin/config",

@@ -169,11 +169,11 @@ async fn health_and_reload_metrics() {
     options.watch = false;
     let proxy = switchyard::server::start_live(options).await.unwrap();
     std::fs::write(&path, text(2)).unwrap();
-    switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+    common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
         .await
         .unwrap();
     std::fs::write(&path, "listeners: [").unwrap();
-    switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+    common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
         .await
         .unwrap();
     a.set(Mode::Status(500));
@@ -242,10 +242,9 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
     runtime.block_on(async {
         let started = std::time::Instant::now();
         loop {
-            let (_, text) =
-                switchyard::admin_client::call(process.admin, Method::GET, "/admin/services/shop")
-                    .await
-                    .unwrap();
+            let (_, text) = common::admin::call(process.admin, Method::GET, "/admin/services/shop")
+                .await
+                .unwrap();
             let view: serde_json::Value = serde_json::from_str(&text).unwrap();
             let instance = |id: &str| {
                 view["instances"]
@@ -332,11 +331,7 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
     );
     // Self-contained: no external scripts, styles or fonts.
     let page = runtime
-        .block_on(switchyard::admin_client::call(
-            process.admin,
-            Method::GET,
-            "/",
-        ))
+        .block_on(common::admin::call(process.admin, Method::GET, "/"))
         .unwrap()
         .1;
     assert!(

@@ -229,10 +229,9 @@ where
 /// The admin API's view of service `name` (`GET /admin/services/NAME`).
 pub async fn service_view(running: &Running, name: &str) -> serde_json::Value {
     let path = format!("/admin/services/{name}");
-    let (_, body) =
-        switchyard::admin_client::call(running.admin_address(), http::Method::GET, &path)
-            .await
-            .expect("admin call");
+    let (_, body) = admin::call(running.admin_address(), http::Method::GET, &path)
+        .await
+        .expect("admin call");
     serde_json::from_str(&body).expect("a JSON view")
 }
 
@@ -260,7 +259,7 @@ pub async fn view_until(
 
 /// The Prometheus exposition of the proxy whose admin API is at `admin`.
 pub async fn scrape(admin: SocketAddr) -> String {
-    let (status, text) = switchyard::admin_client::call(admin, http::Method::GET, "/metrics")
+    let (status, text) = admin::call(admin, http::Method::GET, "/metrics")
         .await
         .expect("admin call");
     assert_eq!(status, 200, "{text}");
@@ -297,9 +296,11 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
 
 /// Shared handle to stop slow upstreams.
 pub type Flag = Arc<tokio::sync::Notify>;
+pub mod admin;
 pub mod binary;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
 pub mod flippable;
+pub mod openapi;
 pub mod raw;
