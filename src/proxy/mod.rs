@@ -7,6 +7,7 @@
 mod body;
 mod error;
 pub mod headers;
+mod limits;
 mod target;
 
 use std::net::SocketAddr;
@@ -211,8 +212,9 @@ impl Proxy {
             }
             Err(error) => {
                 log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
-                let response =
+                let mut response =
                     request_error_response(&error, snapshot.full_error_detail, &request_id);
+                error.add_headers(response.headers_mut());
                 let status = response.status().as_u16();
                 match service {
                     Some(service) => {
@@ -250,6 +252,9 @@ impl Proxy {
         // (as Host or :authority, and in X-Forwarded-Host).
         let host_value = host?;
         target::check_path(request.uri().path())?;
+        if let Some(limit) = &snapshot.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         let host = host_value.as_ref().map_or("", target::route_name);
         let Some(route) = snapshot.router.find(host, request.uri().path()) else {
             return Err(ProxyError::NoRoute {
@@ -259,6 +264,9 @@ impl Proxy {
         };
         let service = &snapshot.services[route.service];
         outcome.service = Some(route.service);
+        if let Some(limit) = &route.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
         // fields and the request goes on as an ordinary one.
@@ -406,8 +414,18 @@ async fn send_with_retries(
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
+    let mut slot = Some(
+        service
+            .breaker
+            .admit()
+            .await
+            .map_err(|which| ProxyError::Overflow {
+                service: service.name.clone(),
+                which,
+            })?,
+    );
     let _active = GaugeGuard::new(&service.metrics.active_requests);
-    let mut retrying: Option<GaugeGuard<'_>> = None;
+    let mut retrying: Option<RetryHeld<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     for attempt in 1..=attempts {
@@ -474,6 +492,7 @@ async fn send_with_retries(
                 );
                 let completion = Completion {
                     _in_flight: in_flight,
+                    _slot: slot.take(),
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),
                     log: None,
                     duration: None,
@@ -603,7 +622,7 @@ fn backoff(retry: u32) -> Duration {
 /// request takes a slot it holds until it is done; a refusal is counted.
 /// (Re-sending after a connect failure, which cost the instances nothing,
 /// is bounded by `max_attempts` only.)
-fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<'a>>) -> bool {
+fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<RetryHeld<'a>>) -> bool {
     if slot.is_some() {
         return true;
     }
@@ -616,9 +635,17 @@ fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<
         metrics.retry_budget_exhausted.inc();
         return false;
     }
-    *slot = Some(GaugeGuard::new(&metrics.active_retries));
+    // `circuit_breaker.max_retries`, when set, on top of the budget.
+    let Some(breaker_slot) = service.breaker.retry() else {
+        return false;
+    };
+    *slot = Some((GaugeGuard::new(&metrics.active_retries), breaker_slot));
     true
 }
+
+/// What a retrying request holds until it is done: its place in the retry
+/// budget's gauge and under the breaker's `max_retries`.
+type RetryHeld<'a> = (GaugeGuard<'a>, Option<crate::limits::breaker::RetrySlot>);
 
 /// Counts one in a gauge while alive.
 struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
