@@ -577,6 +577,10 @@ pub struct RetryPolicy {
     /// active requests (but [`defaults::RETRY_BUDGET_MIN_CONCURRENCY`] are
     /// always allowed).
     pub budget_percent: u8,
+    /// Request bodies of known length up to this many bytes are read whole
+    /// before the first try, so that an idempotent request with a body can
+    /// be sent again after it was written; 0 turns that off.
+    pub max_body_bytes: u64,
 }
 
 impl Default for RetryPolicy {
@@ -587,6 +591,7 @@ impl Default for RetryPolicy {
             gateway_error: false,
             server_error: false,
             budget_percent: defaults::RETRY_BUDGET_PERCENT,
+            max_body_bytes: defaults::RETRY_MAX_BODY_BYTES,
         }
     }
 }
@@ -717,6 +722,8 @@ pub mod defaults {
     pub const MAX_EJECTION_PERCENT: u8 = 50;
     /// Default share of active requests that may be retries (Envoy's).
     pub const RETRY_BUDGET_PERCENT: u8 = 20;
+    /// Default `retry.max_body_bytes`: 64 KiB.
+    pub const RETRY_MAX_BODY_BYTES: u64 = 64 * 1024;
     /// Envoy's default `max_requests` of a cluster's circuit breaker.
     pub const BREAKER_MAX_REQUESTS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(1024) {
         Some(n) => n,

@@ -397,6 +397,8 @@ pub(crate) struct RawRetry {
     pub(crate) on: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) budget_percent: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -300,6 +300,10 @@ fn validate_access_log(
     config
 }
 
+/// A body buffered for retries is held in memory for the whole request:
+/// 16 MiB per request is already more than a proxy should hold.
+const MAX_RETRY_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Beyond this a per-instance connection cap bounds nothing a host can open
 /// (file descriptors run out first).
 const MAX_CONNECTIONS_PER_INSTANCE: u32 = 1_000_000;
@@ -463,6 +467,19 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         if let Some(p) = raw_retry.budget_percent {
             if let Some(p) = errors.check(format!("{path}.retry.budget_percent"), percent(p)) {
                 retry.budget_percent = p;
+            }
+        }
+        if let Some(n) = raw_retry.max_body_bytes {
+            if let Some(n) = errors.check(
+                format!("{path}.retry.max_body_bytes"),
+                u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= MAX_RETRY_BODY_BYTES)
+                    .ok_or_else(|| {
+                        format!("must be between 0 and {MAX_RETRY_BODY_BYTES} (got {n}); 0 buffers no body")
+                    }),
+            ) {
+                retry.max_body_bytes = n;
             }
         }
     }

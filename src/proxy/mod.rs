@@ -8,6 +8,7 @@ mod body;
 mod error;
 pub mod headers;
 mod limits;
+mod replay;
 mod target;
 
 use std::net::SocketAddr;
@@ -299,7 +300,8 @@ impl Proxy {
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
         // Requests without a body (most of them) can take the lean client.
-        let lean = upgrade.is_none() && body.is_end_stream();
+        let upgrading = upgrade.is_some();
+        let lean = !upgrading && body.is_end_stream();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -335,8 +337,15 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
-        let (body, client_body) = RequestBody::new(body);
-        let request = Request::from_parts(parts, body);
+        let idempotent = idempotent_head(&parts.method, &parts.headers);
+        let (request, client_body, replay) =
+            if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
+                let replay = replay::read(service, &parts, body).await?;
+                (replay.request(), None, Some(replay))
+            } else {
+                let (body, client_body) = RequestBody::new(body);
+                (Request::from_parts(parts, body), client_body, None)
+            };
 
         send_with_retries(
             service,
@@ -344,6 +353,7 @@ impl Proxy {
             hash_ip(client_ip),
             lean,
             client_body.as_deref(),
+            replay.as_ref(),
             outcome,
         )
         .await
@@ -409,6 +419,7 @@ async fn send_with_retries(
     client_hash: u64,
     lean: bool,
     client_body: Option<&ClientBodyWatch>,
+    replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
@@ -468,7 +479,11 @@ async fn send_with_retries(
                 let retry_status = status.is_server_error()
                     && (policy.server_error
                         || (policy.gateway_error && matches!(status.as_u16(), 502..=504)));
-                if let Some(again) = again.filter(|_| retry_status && idempotent) {
+                let again = match retry_status && idempotent {
+                    true => again.or_else(|| replay.map(replay::Replay::request)),
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::debug!(service = %service.name, instance = %instance.id, attempt, %status, "retrying on another instance");
                         instance.state.metrics.response(status.as_u16());
@@ -548,9 +563,17 @@ async fn send_with_retries(
                     timeout: service.request_timeout,
                 });
             }
-            Sent::Failed(error, again) => {
+            Sent::Failed(error, again, before_response) => {
                 service.record_outcome(instance, Some(&error));
-                if let Some(again) = again.filter(|_| policy.reset && idempotent) {
+                // A body read whole can go again whichever client sent it.
+                let again = match policy.reset && idempotent {
+                    true if before_response => {
+                        again.or_else(|| replay.map(replay::Replay::request))
+                    }
+                    true => again,
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::warn!(service = %service.name, instance = %instance.id, attempt, %error, "connection closed before the response; retrying on another instance");
                         tried.push(index);
@@ -599,10 +622,15 @@ async fn send_with_retries(
 /// Whether sending `request` twice has the effect of sending it once
 /// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
 fn is_idempotent<B>(request: &Request<B>) -> bool {
+    idempotent_head(request.method(), request.headers())
+}
+
+/// [`is_idempotent`] of a request's method and header fields.
+fn idempotent_head(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || request.headers().contains_key("idempotency-key")
+    ) || headers.contains_key("idempotency-key")
 }
 
 /// The wait before retry number `retry` (1, 2, ...): full jitter up to
@@ -706,8 +734,9 @@ enum Sent {
     TimedOut,
     /// The request went out and the exchange failed; the request is given
     /// back when the connection closed or reset before any response head
-    /// (it may be sent again if it is idempotent).
-    Failed(String, Option<Request<RequestBody>>),
+    /// (it may be sent again if it is idempotent). The flag says whether
+    /// the failure was such a close or reset (not an invalid answer).
+    Failed(String, Option<Request<RequestBody>>, bool),
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns
@@ -734,7 +763,7 @@ async fn send_hyper(
                 // The lean client checks the same in its own parser.
                 let status = response.status();
                 if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
-                    return Sent::Failed(format!("invalid response: {invalid}"), None);
+                    return Sent::Failed(format!("invalid response: {invalid}"), None, false);
                 }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
@@ -750,7 +779,11 @@ async fn send_hyper(
                     request = unsent;
                 }
                 Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
-                None => return Sent::Failed(error.into_error().to_string(), None),
+                None => {
+                    let error = error.into_error();
+                    let closed = closed_before_response(&error);
+                    return Sent::Failed(error.to_string(), None, closed);
+                }
             },
         }
     }
@@ -789,10 +822,32 @@ async fn send_lean(
             }
             Ok(Err(failed)) => {
                 let again = failed.before_response.then_some(request);
-                return Sent::Failed(failed.error.to_string(), again);
+                return Sent::Failed(failed.error.to_string(), again, failed.before_response);
             }
         }
     }
+}
+
+/// Whether hyper's client failed because the connection closed or reset
+/// before the response head arrived (not for an answer it could not parse).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
