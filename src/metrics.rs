@@ -24,6 +24,18 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    limit: String,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverflowLabels {
+    service: String,
+    which: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DnsLabels {
     service: String,
     result: &'static str,
@@ -126,6 +138,9 @@ pub struct Metrics {
     connections_rejected: Family<ListenerLabels, Counter>,
     connections_shed: Family<ListenerLabels, Counter>,
     connections_timed_out: Family<ListenerLabels, Counter>,
+    connections_rejected_per_ip: Family<ListenerLabels, Counter>,
+    rate_limited: Family<RateLimitLabels, Counter>,
+    breaker_overflow: Family<OverflowLabels, Counter>,
     access_log_dropped: Counter,
     /// Fleet mode (etcd); zero when it is off.
     fleet: FleetMetrics,
@@ -187,6 +202,9 @@ impl Metrics {
             connections_rejected: Family::default(),
             connections_shed: Family::default(),
             connections_timed_out: Family::default(),
+            connections_rejected_per_ip: Family::default(),
+            rate_limited: Family::default(),
+            breaker_overflow: Family::default(),
             fleet: FleetMetrics::default(),
             access_log_dropped: Counter::default(),
             registry: Registry::default(),
@@ -218,6 +236,21 @@ impl Metrics {
             "upstream_retries",
             "Requests tried again on another instance",
             m.retries.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests over a rate limit, by limit (`global` or the route) and mode (`enforced`: answered 429; `dry_run`: let through)",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "circuit_breaker_overflow",
+            "Requests refused by a service's circuit breaker (503), by service and which limit (max_requests, queue_timeout, max_retries; a refused retry returns the failure instead)",
+            m.breaker_overflow.clone(),
+        );
+        registry.register(
+            "connections_rejected_per_ip",
+            "Connections closed at accept because their client IP had max_connections_per_ip open, by listener",
+            m.connections_rejected_per_ip.clone(),
         );
         registry.register(
             "upstream_retry_budget_exhausted",
@@ -425,6 +458,27 @@ impl Metrics {
         }
     }
 
+    /// Counters of the rate limit named `limit`: requests refused, and
+    /// requests a dry-run limit would have refused.
+    pub fn rate_limit(&self, limit: &str) -> (Counter, Counter) {
+        let labels = |mode| RateLimitLabels {
+            limit: limit.to_string(),
+            mode,
+        };
+        (
+            self.rate_limited.get_or_create_owned(&labels("enforced")),
+            self.rate_limited.get_or_create_owned(&labels("dry_run")),
+        )
+    }
+
+    /// The overflow counter of `service`'s circuit breaker for `which`.
+    pub fn breaker_overflow(&self, service: &str, which: &'static str) -> Counter {
+        self.breaker_overflow.get_or_create_owned(&OverflowLabels {
+            service: service.to_string(),
+            which,
+        })
+    }
+
     /// The counter of dropped access-log lines, for the log writer.
     pub fn access_log_dropped(&self) -> Counter {
         self.access_log_dropped.clone()
@@ -526,6 +580,9 @@ impl Metrics {
             rejected: self.connections_rejected.get_or_create_owned(&labels),
             shed: self.connections_shed.get_or_create_owned(&labels),
             timed_out: self.connections_timed_out.get_or_create_owned(&labels),
+            rejected_per_ip: self
+                .connections_rejected_per_ip
+                .get_or_create_owned(&labels),
         }
     }
 }
@@ -631,6 +688,8 @@ pub struct ListenerMetrics {
     pub shed: Counter,
     /// Connections closed by a timeout (header, send, close deadline).
     pub timed_out: Counter,
+    /// Connections closed at accept for `max_connections_per_ip`.
+    pub rejected_per_ip: Counter,
 }
 
 #[cfg(test)]

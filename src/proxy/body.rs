@@ -74,6 +74,8 @@ impl Peeked {
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) _in_flight: InFlightGuard,
+    /// The request's place under the service's `max_requests`.
+    pub(crate) _slot: Option<crate::limits::breaker::RequestSlot>,
     pub(crate) connection: Option<(Sender, Arc<Pool>)>,
     pub(crate) log: Option<Box<Record>>,
     /// The service's duration histogram and when the request started.
