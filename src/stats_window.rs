@@ -426,7 +426,9 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_close() {
         let mut last = 0;
-        for micros in [1u64, 31, 32, 40, 63, 64, 100, 1000, 12_345, 300_000, 60_000_000] {
+        for micros in [
+            1u64, 31, 32, 40, 63, 64, 100, 1000, 12_345, 300_000, 60_000_000,
+        ] {
             let index = bucket(Duration::from_micros(micros));
             assert!(index >= last, "{micros}");
             last = index;

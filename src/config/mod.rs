@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod fleet_tests;
+pub mod guard;
 pub mod history;
 mod raw;
 mod validate;
@@ -74,6 +75,9 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// What the bodies of the proxy's own error answers (502, 504, …) say.
     pub error_detail: ErrorDetail,
+    /// The guard of changes made by editing the file (file watch, SIGHUP),
+    /// if any.
+    pub guard: Option<guard::GuardSpec>,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
