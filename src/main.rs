@@ -702,7 +702,8 @@ async fn apply_verdict(
             );
         }
         match report["state"].as_str() {
-            Some("running") | None => continue,
+            // Tripped: the previous version is being restored.
+            Some("running" | "rolling_back") | None => continue,
             Some(verdict) => {
                 println!("verdict: {}", report["verdict"].as_str().unwrap_or(verdict));
                 return Ok(match verdict {
@@ -840,7 +841,7 @@ fn print_versions(body: &str) -> anyhow::Result<()> {
             cause = format!("{cause} (restores version {from})");
         }
         let guard = match version["guard"]["state"].as_str() {
-            Some("running") => "guarded",
+            Some("running" | "rolling_back") => "guarded",
             Some("kept" | "ended_by_force") => "kept",
             Some("not_enough_traffic") => "kept (few)",
             Some("rolled_back") => "rolled back",

@@ -607,7 +607,7 @@ impl Reloader {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
         let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
         if !same_text {
-            if let Some(running) = self.guards.running() {
+            if let Some(running) = self.guards.watching() {
                 if !force {
                     return Err(ReloadError::GuardRunning {
                         version: running.version,

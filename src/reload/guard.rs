@@ -31,6 +31,8 @@ pub enum GuardState {
     Kept,
     /// Too little traffic in the window for a verdict; the change stays.
     NotEnoughTraffic,
+    /// A guard tripped; the previous version is being restored.
+    RollingBack,
     /// A guard tripped and the previous version was restored.
     RolledBack,
     /// A guard tripped, but restoring the previous version failed.
@@ -46,6 +48,7 @@ impl GuardState {
             GuardState::Running => "running",
             GuardState::Kept => "kept",
             GuardState::NotEnoughTraffic => "not_enough_traffic",
+            GuardState::RollingBack => "rolling_back",
             GuardState::RolledBack => "rolled_back",
             GuardState::RollbackFailed => "rollback_failed",
             GuardState::EndedByForce => "ended_by_force",
@@ -149,22 +152,45 @@ impl Guards {
         }
     }
 
+    /// The guard whose window is still open, which a new change would
+    /// disturb (a tripped guard restoring the previous version is not).
+    pub(crate) fn watching(&self) -> Option<GuardReport> {
+        self.running().filter(|r| r.state == GuardState::Running)
+    }
+
     /// Ends the running guard of `version` (if it still runs) with
-    /// `state`; returns its report.
-    fn finish(
-        &self,
-        version: ConfigVersion,
-        state: GuardState,
-        verdict: String,
-    ) -> Option<GuardReport> {
+    /// `state`, and records it; whether it was still running.
+    fn finish(&self, version: ConfigVersion, state: GuardState, verdict: String) -> bool {
         let mut running = lock(&self.running);
-        if running.as_ref().map(|r| r.report.version) != Some(version) {
-            return None;
+        if running
+            .as_ref()
+            .is_none_or(|r| r.report.version != version || r.report.state != GuardState::Running)
+        {
+            return false;
         }
-        let mut report = running.take()?.report;
+        let Some(taken) = running.take() else {
+            return false;
+        };
+        let mut report = taken.report;
         report.state = state;
         report.verdict = Some(verdict);
-        Some(report)
+        // Recorded before the running slot is released, so a reader always
+        // finds the report in one place or the other.
+        self.record(report);
+        true
+    }
+
+    /// Marks the running guard of `version` as tripped: it stays in place
+    /// (new changes are no longer refused) while the rollback runs.
+    fn trip(&self, version: ConfigVersion, verdict: String) -> Option<ConfigVersion> {
+        let mut running = lock(&self.running);
+        let report = &mut running.as_mut()?.report;
+        if report.version != version || report.state != GuardState::Running {
+            return None;
+        }
+        report.state = GuardState::RollingBack;
+        report.verdict = Some(verdict);
+        Some(report.previous)
     }
 
     fn record(&self, report: GuardReport) {
@@ -178,7 +204,14 @@ impl Guards {
     /// Ends the running guard, if any, as kept because a forced change
     /// came; returns its version.
     pub(crate) fn end_by_force(&self, by: &str) -> Option<ConfigVersion> {
-        let taken = lock(&self.running).take()?;
+        let mut running = lock(&self.running);
+        if running
+            .as_ref()
+            .is_none_or(|r| r.report.state != GuardState::Running)
+        {
+            return None;
+        }
+        let taken = running.take()?;
         taken.stop.notify_one();
         let mut report = taken.report;
         report.state = GuardState::EndedByForce;
@@ -191,10 +224,20 @@ impl Guards {
         Some(version)
     }
 
-    /// The guard's rollback got a version.
-    fn rolled_back(&self, report: &mut GuardReport, result: Result<Option<ConfigVersion>, String>) {
+    /// The tripped guard of `version` restored the previous version (or
+    /// failed to): it ends.
+    fn rolled_back(&self, version: ConfigVersion, result: Result<Option<ConfigVersion>, String>) {
+        let mut running = lock(&self.running);
+        if running.as_ref().map(|r| r.report.version) != Some(version) {
+            return;
+        }
+        let Some(taken) = running.take() else {
+            return;
+        };
+        let mut report = taken.report;
         match result {
             Ok(version) => {
+                report.state = GuardState::RolledBack;
                 report.rollback_version = version;
             }
             Err(error) => {
@@ -204,6 +247,7 @@ impl Guards {
                 }
             }
         }
+        self.record(report);
     }
 }
 
@@ -268,7 +312,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -436,24 +480,20 @@ pub(crate) async fn watch(
             ),
         )
     };
-    if let Some(report) = reloader.guards.finish(version, state, verdict.clone()) {
+    if reloader.guards.finish(version, state, verdict.clone()) {
         tracing::info!(%version, verdict = %verdict, "config guard ended; the change is kept");
         reloader.registry.metrics().guard_verdict(state.as_str());
-        reloader.guards.record(report);
     }
 }
 
 async fn trip(reloader: &Arc<Reloader>, version: ConfigVersion, cause: String) {
-    let Some(mut report) = reloader
-        .guards
-        .finish(version, GuardState::RolledBack, cause.clone())
-    else {
+    let Some(previous) = reloader.guards.trip(version, cause.clone()) else {
         return;
     };
-    tracing::warn!(%version, restores = %report.previous, "{cause}; restoring the previous config version");
+    tracing::warn!(%version, restores = %previous, "{cause}; restoring the previous config version");
     reloader.registry.metrics().guard_verdict("rolled_back");
     let result = reloader
-        .rollback_for_guard(report.previous, &cause)
+        .rollback_for_guard(previous, &cause)
         .await
         .map(|outcome| match outcome {
             super::ReloadOutcome::Applied { version, .. } => version,
@@ -463,8 +503,7 @@ async fn trip(reloader: &Arc<Reloader>, version: ConfigVersion, cause: String) {
     if let Err(error) = &result {
         tracing::error!(%version, %error, "the guard could not restore the previous config version");
     }
-    reloader.guards.rolled_back(&mut report, result);
-    reloader.guards.record(report);
+    reloader.guards.rolled_back(version, result);
 }
 
 #[cfg(test)]
