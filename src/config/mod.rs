@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod fleet_tests;
+pub mod guard;
 pub mod history;
 mod raw;
 mod validate;
@@ -76,6 +77,9 @@ pub struct Config {
     pub error_detail: ErrorDetail,
     /// The limit every request passes before routing (`rate_limit`).
     pub rate_limit: Option<RateLimitConfig>,
+    /// The guard of changes made by editing the file (file watch, SIGHUP),
+    /// if any.
+    pub guard: Option<guard::GuardSpec>,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.

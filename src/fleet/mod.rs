@@ -94,6 +94,41 @@ pub struct NodeStatus {
     /// (node names must be unique in a fleet): what is known about it.
     #[serde(default)]
     pub name_conflict: Option<String>,
+    /// Its traffic over the last [`TRAFFIC_SECONDS`], all services first,
+    /// then each service (from the stats window).
+    #[serde(default)]
+    pub traffic: Vec<TrafficFigures>,
+}
+
+/// The window of traffic a node publishes with its status.
+pub const TRAFFIC_SECONDS: u64 = 60;
+
+/// One scope's traffic over the published window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficFigures {
+    /// `all`, or a service name.
+    pub scope: String,
+    /// Requests finished.
+    pub requests: u64,
+    /// Of those, 5xx answers.
+    pub errors: u64,
+    /// Median latency in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+impl TrafficFigures {
+    fn of(scope: &str, stats: crate::stats_window::WindowStats) -> TrafficFigures {
+        let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        TrafficFigures {
+            scope: scope.to_string(),
+            requests: stats.requests,
+            errors: stats.errors,
+            p50_ms: ms(stats.p50),
+            p99_ms: ms(stats.p99),
+        }
+    }
 }
 
 /// What the node writes to disk after each applied version, to boot from
@@ -225,6 +260,17 @@ impl Fleet {
     pub fn status(&self) -> NodeStatus {
         let mut status = self.lock().status.clone();
         status.updated_at = now();
+        let window = self.registry.metrics().window();
+        let to = crate::stats_window::unix_now() + 1;
+        let from = to.saturating_sub(TRAFFIC_SECONDS);
+        status.traffic = std::iter::once(TrafficFigures::of("all", window.window(None, from, to)))
+            .chain(
+                window
+                    .services()
+                    .iter()
+                    .map(|s| TrafficFigures::of(s, window.window(Some(s), from, to))),
+            )
+            .collect();
         status
     }
 

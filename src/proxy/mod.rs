@@ -150,7 +150,12 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
-                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
+                completion.duration = service.map(|s| body::Timing {
+                    histogram: s.metrics.duration.clone(),
+                    window: Arc::clone(&s.metrics.window),
+                    started,
+                    status: parts.status.as_u16(),
+                });
                 if switching {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
@@ -168,6 +173,9 @@ impl Proxy {
                         tracing::warn!(%detail, "response body failed before its first byte");
                         if let Some(log) = completion.log.as_mut() {
                             log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(timing) = completion.duration.as_mut() {
+                            timing.status = StatusCode::BAD_GATEWAY.as_u16();
                         }
                         if let Some(service) = service {
                             service
@@ -220,10 +228,7 @@ impl Proxy {
                 match service {
                     Some(service) => {
                         service.metrics.answered_by_proxy(status);
-                        service
-                            .metrics
-                            .duration
-                            .observe(started.elapsed().as_secs_f64());
+                        service.metrics.finished(started, status);
                     }
                     None => self.registry.metrics().unrouted(),
                 }
@@ -392,10 +397,7 @@ impl Drop for Pending<'_> {
             .map(|index| &self.snapshot.services[index]);
         if let Some(service) = service {
             service.metrics.answered_by_proxy(status);
-            service
-                .metrics
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+            service.metrics.finished(self.started, status);
         }
         if let Some(mut log) = self.log.take() {
             log.status = status;
