@@ -432,14 +432,49 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     api.expect(404, M::POST, "/admin/config/rollback/99", t, None)
         .await;
-    // Pushing needs fleet mode.
-    let shared = yaml(upstream, &log, 4);
-    let yaml_body = Some(("application/yaml", shared.as_str()));
-    api.expect(401, M::POST, "/admin/config", None, yaml_body)
+    // A config body applied on a single node, and the config guard.
+    let applied = yaml(upstream, &log, 4);
+    let body = Some(("application/yaml", applied.as_str()));
+    let invalid = Some(("application/yaml", "services: ["));
+    api.expect(401, M::POST, "/admin/config", None, body).await;
+    api.expect(400, M::POST, "/admin/config?base=x", t, body)
         .await;
-    api.expect(422, M::POST, "/admin/config", t, yaml_body)
+    api.expect(400, M::POST, "/admin/config?base=1", t, body)
         .await;
-    api.expect(400, M::POST, "/admin/config?base=x", t, yaml_body)
+    api.expect(400, M::POST, "/admin/config?for=10s", t, body)
+        .await;
+    api.expect(422, M::POST, "/admin/config", t, invalid).await;
+    let guarded = "/admin/config?guard=error_rate+%3C+50%25&for=5m&min_requests=1";
+    let outcome = api.expect(200, M::POST, guarded, t, body).await;
+    assert!(outcome.contains("\"guard\""), "{outcome}");
+    let guard = api
+        .expect(200, M::GET, "/admin/config/guard", None, None)
+        .await;
+    assert!(guard.contains("\"running\""), "{guard}");
+    api.expect(200, M::GET, "/admin/status", None, None).await;
+    api.expect(200, M::GET, "/admin/config/versions", None, None)
+        .await;
+    let next = yaml(upstream, &log, 5);
+    let next_body = Some(("application/yaml", next.as_str()));
+    api.expect(409, M::POST, "/admin/config", t, next_body)
+        .await;
+    api.expect(400, M::POST, "/admin/reload?for=soon", t, None)
+        .await;
+    api.expect(400, M::POST, "/admin/config/rollback/1?guard=x", t, None)
+        .await;
+    api.expect(
+        400,
+        M::POST,
+        "/admin/config/rollback/1?force=maybe",
+        t,
+        None,
+    )
+    .await;
+    api.expect(200, M::POST, "/admin/config?force=true", t, next_body)
+        .await;
+    api.expect(200, M::GET, "/admin/config/guard", None, None)
+        .await;
+    api.expect(200, M::GET, "/admin/config/versions", None, None)
         .await;
 
     // Log rotation: reopened; then refused when the directory is gone.
@@ -508,6 +543,10 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     api.expect(404, M::POST, "/admin/config/rollback/1", None, None)
         .await;
+    api.expect(404, M::GET, "/admin/config/guard", None, None)
+        .await;
+    let body = Some(("application/yaml", "listeners: []"));
+    api.expect(422, M::POST, "/admin/config", None, body).await;
     bare.shutdown().await;
 
     fleet_mode(&mut api).await;

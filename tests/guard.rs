@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::{call, call_raw};
 use common::binary::{command, temp_dir};
 use common::*;
 use http::{Method, Request, Response};
 use http_body_util::Full;
-use switchyard::admin_client::{call, call_raw};
 use switchyard::server::{start_live, LiveOptions, Running};
 
 /// A config routing `/` to service `web` with `instances` (address, id,
