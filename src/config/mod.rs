@@ -182,10 +182,10 @@ pub struct ListenerLimits {
 /// The server for a listener's HTTP/1.1 clients; HTTP/2 is always hyper's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Http1Server {
-    /// hyper's server (the default).
-    #[default]
+    /// hyper's server.
     Hyper,
-    /// switchyard's own HTTP/1.1 server (`http1`), experimental.
+    /// switchyard's own HTTP/1.1 server (`http1`), the default.
+    #[default]
     Owned,
 }
 
@@ -200,7 +200,7 @@ impl Default for ListenerLimits {
             send_timeout: Duration::from_secs(60),
             max_connections: None,
             max_connections_per_ip: None,
-            http1: Http1Server::Hyper,
+            http1: Http1Server::Owned,
         }
     }
 }
