@@ -24,6 +24,7 @@ pub mod registry;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod stats_window;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;

@@ -142,8 +142,11 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     breaker_overflow: Family<OverflowLabels, Counter>,
     access_log_dropped: Counter,
+    guard_verdicts: Family<ResultLabels, Counter>,
     /// Fleet mode (etcd); zero when it is off.
     fleet: FleetMetrics,
+    /// The last 15 minutes, second by second (see [`crate::stats_window`]).
+    window: std::sync::Arc<crate::stats_window::StatsWindow>,
 }
 
 /// Handles of the `switchyard_fleet_*` metrics.
@@ -161,6 +164,8 @@ pub struct FleetMetrics {
     pub etcd_errors: Counter,
     /// Versions or values from etcd this node refused.
     pub refused: Counter,
+    /// Other running processes seen publishing under this node's name.
+    pub name_conflicts: Counter,
     /// Seconds since the last event or answer from etcd.
     pub seconds_since_last_event: Gauge,
 }
@@ -205,9 +210,16 @@ impl Metrics {
             breaker_overflow: Family::default(),
             fleet: FleetMetrics::default(),
             access_log_dropped: Counter::default(),
+            guard_verdicts: Family::default(),
+            window: std::sync::Arc::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
+        registry.register(
+            "config_guard_verdicts",
+            "Guarded config changes by verdict: kept, not_enough_traffic, rolled_back, ended_by_force",
+            m.guard_verdicts.clone(),
+        );
         registry.register("requests", "Requests answered, by service, instance (`none` when the proxy answered itself) and status class", m.requests.clone());
         registry.register(
             "unrouted_requests",
@@ -367,6 +379,11 @@ impl Metrics {
             fleet.refused.clone(),
         );
         registry.register(
+            "fleet_name_conflicts",
+            "Other running processes seen publishing their status under this node's name",
+            fleet.name_conflicts.clone(),
+        );
+        registry.register(
             "fleet_seconds_since_last_event",
             "Seconds since the last event or answer from etcd",
             fleet.seconds_since_last_event.clone(),
@@ -448,6 +465,7 @@ impl Metrics {
                 self.requests
                     .get_or_create_owned(&request_labels(&none, class))
             }),
+            window: self.window.counters(service),
         }
     }
 
@@ -504,6 +522,20 @@ impl Metrics {
     /// The fleet metrics' handles.
     pub fn fleet(&self) -> &FleetMetrics {
         &self.fleet
+    }
+
+    /// A guarded config change ended with `verdict`.
+    pub fn guard_verdict(&self, verdict: &str) {
+        self.guard_verdicts
+            .get_or_create(&ResultLabels {
+                result: verdict.into(),
+            })
+            .inc();
+    }
+
+    /// The per-second window of recent traffic.
+    pub fn window(&self) -> &std::sync::Arc<crate::stats_window::StatsWindow> {
+        &self.window
     }
 
     /// A reload finished with `result`.
@@ -659,9 +691,19 @@ pub struct ServiceMetrics {
     /// Requests that have started retrying and not finished.
     pub active_retries: Gauge,
     answered_by_proxy: [Counter; 5],
+    /// The service's series in the per-second window.
+    pub window: std::sync::Arc<crate::stats_window::WindowCounters>,
 }
 
 impl ServiceMetrics {
+    /// Counts a finished request that started at `started` and answered
+    /// `status`: the duration histogram and the per-second window.
+    pub fn finished(&self, started: std::time::Instant, status: u16) {
+        let elapsed = started.elapsed();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.window.record(elapsed, status);
+    }
+
     /// Counts a response the proxy wrote itself (no instance answered).
     pub fn answered_by_proxy(&self, status: u16) {
         self.answered_by_proxy[class_index(status)].inc();

@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod fleet_tests;
+pub mod guard;
 pub mod history;
 mod raw;
 mod validate;
@@ -76,6 +77,9 @@ pub struct Config {
     pub error_detail: ErrorDetail,
     /// The limit every request passes before routing (`rate_limit`).
     pub rate_limit: Option<RateLimitConfig>,
+    /// The guard of changes made by editing the file (file watch, SIGHUP),
+    /// if any.
+    pub guard: Option<guard::GuardSpec>,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -178,10 +182,10 @@ pub struct ListenerLimits {
 /// The server for a listener's HTTP/1.1 clients; HTTP/2 is always hyper's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Http1Server {
-    /// hyper's server (the default).
-    #[default]
+    /// hyper's server.
     Hyper,
-    /// switchyard's own HTTP/1.1 server (`http1`), experimental.
+    /// switchyard's own HTTP/1.1 server (`http1`), the default.
+    #[default]
     Owned,
 }
 
@@ -196,7 +200,7 @@ impl Default for ListenerLimits {
             send_timeout: Duration::from_secs(60),
             max_connections: None,
             max_connections_per_ip: None,
-            http1: Http1Server::Hyper,
+            http1: Http1Server::Owned,
         }
     }
 }

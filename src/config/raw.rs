@@ -37,9 +37,22 @@ pub(crate) struct RawConfig {
     pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) error_detail: Option<String>,
     #[serde(default)]
+    pub(crate) guard: Option<RawGuard>,
+    #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGuard {
+    #[serde(default)]
+    pub(crate) checks: Vec<String>,
+    #[serde(default, rename = "for")]
+    pub(crate) window: Option<String>,
+    #[serde(default)]
+    pub(crate) min_requests: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

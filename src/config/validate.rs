@@ -145,6 +145,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let guard = raw
+        .guard
+        .as_ref()
+        .and_then(|g| validate_guard(g, &raw.services, &mut errors));
+
     let admin_token = match &raw.admin {
         Some(admin) => secret_value(
             &mut errors,
@@ -261,8 +266,67 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         access_log,
         error_detail,
         rate_limit,
+        guard,
         routes,
         services,
+    })
+}
+
+/// `guard:`, the default guard of file-watch reloads.
+fn validate_guard(
+    raw: &super::raw::RawGuard,
+    services: &BTreeMap<String, RawService>,
+    errors: &mut Errors,
+) -> Option<guard::GuardSpec> {
+    let before = errors.0.len();
+    if raw.checks.is_empty() {
+        errors.push(
+            "guard.checks",
+            "at least one guard is needed, e.g. `error_rate < 1%`",
+        );
+    }
+    let mut checks = Vec::new();
+    for (i, text) in raw.checks.iter().enumerate() {
+        let path = format!("guard.checks[{i}]");
+        let Some(check) = errors.check(path.clone(), guard::parse_check(text)) else {
+            continue;
+        };
+        if let Some(service) = &check.service {
+            if !services.contains_key(service.as_str()) {
+                errors.push(
+                    path,
+                    format!("guard `{text}`: no service named `{service}`"),
+                );
+                continue;
+            }
+        }
+        checks.push(check);
+    }
+    let window = match &raw.window {
+        None => guard::DEFAULT_GUARD_WINDOW,
+        Some(text) => errors
+            .check(
+                "guard.for",
+                super::values::parse_duration(text)
+                    .and_then(|d| guard::check_window(d).map(|()| d)),
+            )
+            .unwrap_or(guard::DEFAULT_GUARD_WINDOW),
+    };
+    let min_requests = match raw.min_requests {
+        None => guard::DEFAULT_MIN_REQUESTS,
+        Some(n) if n >= 1 => n.unsigned_abs(),
+        Some(n) => {
+            errors.push(
+                "guard.min_requests",
+                format!("must be at least 1 (got {n})"),
+            );
+            guard::DEFAULT_MIN_REQUESTS
+        }
+    };
+    (errors.0.len() == before).then_some(guard::GuardSpec {
+        checks,
+        window,
+        min_requests,
     })
 }
 

@@ -143,14 +143,22 @@ impl Proxy {
             Ok((mut response, mut completion)) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
-                let (mut parts, body) = response.into_parts();
+                let (mut parts, mut body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(raw) = body.raw_head_mut() {
+                    headers::remove_hop_by_hop_raw(raw);
+                }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
-                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
+                completion.duration = service.map(|s| body::Timing {
+                    histogram: s.metrics.duration.clone(),
+                    window: Arc::clone(&s.metrics.window),
+                    started,
+                    status: parts.status.as_u16(),
+                });
                 if switching {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
@@ -168,6 +176,9 @@ impl Proxy {
                         tracing::warn!(%detail, "response body failed before its first byte");
                         if let Some(log) = completion.log.as_mut() {
                             log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(timing) = completion.duration.as_mut() {
+                            timing.status = StatusCode::BAD_GATEWAY.as_u16();
                         }
                         if let Some(service) = service {
                             service
@@ -220,10 +231,7 @@ impl Proxy {
                 match service {
                     Some(service) => {
                         service.metrics.answered_by_proxy(status);
-                        service
-                            .metrics
-                            .duration
-                            .observe(started.elapsed().as_secs_f64());
+                        service.metrics.finished(started, status);
                     }
                     None => self.registry.metrics().unrouted(),
                 }
@@ -234,9 +242,14 @@ impl Proxy {
                 response
             }
         };
-        response
-            .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        match response.body_mut().raw_head_mut() {
+            Some(raw) => headers::set_request_id_raw(raw, &request_id),
+            None => {
+                response
+                    .headers_mut()
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+        }
         response
     }
 
@@ -278,6 +291,8 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The owned server writes a response head on as received.
+        let raw = matches!(request.body(), ClientBody::Owned(_));
         let (mut parts, body) = request.into_parts();
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -351,7 +366,7 @@ impl Proxy {
             service,
             request,
             hash_ip(client_ip),
-            lean,
+            lean.then_some(Lean { raw }),
             client_body.as_deref(),
             replay.as_ref(),
             outcome,
@@ -392,10 +407,7 @@ impl Drop for Pending<'_> {
             .map(|index| &self.snapshot.services[index]);
         if let Some(service) = service {
             service.metrics.answered_by_proxy(status);
-            service
-                .metrics
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+            service.metrics.finished(self.started, status);
         }
         if let Some(mut log) = self.log.take() {
             log.status = status;
@@ -404,6 +416,13 @@ impl Drop for Pending<'_> {
             log.emit(0, false);
         }
     }
+}
+
+/// A request the lean HTTP/1.1 client may send.
+#[derive(Debug, Clone, Copy)]
+struct Lean {
+    /// Its response head may stay as received (see `upstream::h1`).
+    raw: bool,
 }
 
 /// Tries instances until one answers, at most `max_attempts` times, each
@@ -417,7 +436,7 @@ async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
-    lean: bool,
+    lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
     replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
@@ -457,8 +476,8 @@ async fn send_with_retries(
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
         let started = outcome.wants_upstream_time.then(Instant::now);
-        let sent = if lean && pool.takes_lean() {
-            send_lean(service, pool, request).await
+        let sent = if let Some(lean) = lean.filter(|_| pool.takes_lean()) {
+            send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
         };
@@ -795,6 +814,7 @@ async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
     request: Request<RequestBody>,
+    lean: Lean,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -804,7 +824,7 @@ async fn send_lean(
         };
         let response = tokio::time::timeout(
             service.request_timeout,
-            conn.send(&request, reused, Arc::clone(pool)),
+            conn.send(&request, reused, Arc::clone(pool), lean.raw),
         )
         .await;
         match response {

@@ -659,6 +659,9 @@ async fn launch(
         }
     }));
     background.extend(discovery::spawn(Arc::clone(&registry)));
+    background.push(tokio::spawn(
+        Arc::clone(registry.metrics().window()).run_sampler(),
+    ));
     let consul_self = Arc::new(tokio::sync::Mutex::new(None));
     if let (Some(consul), Some(listener)) = (&config.consul, listeners.bound().first()) {
         if let Some(registration) = &consul.register {
