@@ -166,6 +166,7 @@ mod tests {
             strip_prefix: true,
             upgrades: vec!["websocket".into()],
             service: ServiceName::from(service),
+            mirror: None,
         }
     }
 

@@ -9,9 +9,14 @@
 #[cfg(test)]
 mod fleet_tests;
 pub mod history;
+mod mirror;
 mod raw;
+mod sticky;
 mod validate;
 mod values;
+
+pub use mirror::{MirrorConfig, DEFAULT_MIRROR_BODY_BYTES, MAX_MIRROR_BODY_BYTES};
+pub use sticky::{SameSite, StickyConfig};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -387,6 +392,8 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// The service that serves matching requests.
     pub service: ServiceName,
+    /// Copies of matching requests go to this service too, if set.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// An upstream service.
@@ -419,6 +426,8 @@ pub struct ServiceConfig {
     pub protocol: UpstreamProtocol,
     /// TLS to the instances, if on.
     pub tls: Option<UpstreamTls>,
+    /// Sticky sessions by cookie, if on.
+    pub sticky: Option<StickyConfig>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
     /// Instances listed in the file by host name: each resolved address
@@ -856,6 +865,7 @@ impl ServiceConfig {
             max_connections_per_instance: None,
             protocol: UpstreamProtocol::Http1,
             tls: None,
+            sticky: None,
             instances: Vec::new(),
             named: Vec::new(),
         }

@@ -332,6 +332,18 @@ fn validate_route(
             })
             .collect(),
     };
+    let mirror = match &route.mirror {
+        None => Some(None),
+        Some(mirror) => {
+            match super::mirror::validate(&format!("{path}.mirror"), mirror, &route.service, raw) {
+                Ok(mirror) => Some(Some(mirror)),
+                Err(problems) => {
+                    problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+                    None
+                }
+            }
+        }
+    };
     if !raw.services.contains_key(&route.service) {
         let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
         errors.push(
@@ -354,6 +366,7 @@ fn validate_route(
         strip_prefix: route.strip_prefix,
         upgrades,
         service: ServiceName::from(route.service.as_str()),
+        mirror: mirror?,
     })
 }
 
@@ -512,6 +525,21 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
             .map(Some),
     };
 
+    let sticky = raw.sticky.as_ref().map(|sticky| {
+        let path = format!("{path}.sticky");
+        let secret = secret_value(
+            errors,
+            &path,
+            "secret",
+            sticky.secret.as_deref(),
+            sticky.secret_file.as_deref(),
+            sticky.secret_env.as_deref(),
+        );
+        super::sticky::validate(&path, sticky, secret).map_err(|problems| {
+            problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+        })
+    });
+
     let mut instances = Vec::new();
     let mut ids = HashSet::new();
     let mut addresses = HashSet::new();
@@ -570,6 +598,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         max_connections_per_instance: max_connections_per_instance?,
         protocol: protocol?,
         tls: tls.flatten(),
+        sticky: sticky.and_then(Result::ok),
         instances,
         named,
     })

@@ -55,6 +55,10 @@ struct Outcome {
     wants_upstream_time: bool,
     /// The client side of an upgrade the route allowed.
     client_upgrade: Option<ClientUpgrade>,
+    /// Index (in rotation) of the instance that answered.
+    answered_by: Option<usize>,
+    /// A sticky cookie to set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -144,6 +148,9 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = outcome.set_cookie.take() {
+                    parts.headers.append(http::header::SET_COOKIE, cookie);
+                }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
@@ -269,6 +276,11 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The instance a sticky cookie names, while it is in rotation.
+        let sticky = service
+            .sticky
+            .as_ref()
+            .map(|table| (table, table.find(request.headers())));
         let (mut parts, body) = request.into_parts();
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -330,15 +342,24 @@ impl Proxy {
         let (body, client_body) = RequestBody::new(body);
         let request = Request::from_parts(parts, body);
 
-        send_with_retries(
+        let sent = send_with_retries(
             service,
             request,
             hash_ip(client_ip),
+            sticky.and_then(|(_, named)| named),
             lean,
             client_body.as_deref(),
             outcome,
         )
-        .await
+        .await;
+        if let (Some((table, named)), Some(answered_by)) = (sticky, outcome.answered_by) {
+            // No cookie, or one naming an instance that did not answer
+            // (gone, out of rotation, or failed over): name this one.
+            if named != Some(answered_by) {
+                outcome.set_cookie = table.set_cookie(answered_by).cloned();
+            }
+        }
+        sent
     }
 }
 
@@ -394,11 +415,13 @@ impl Drop for Pending<'_> {
 /// closed before any response head (or the answer is a status `retry.on`
 /// names), and the retry budget allows; otherwise only when that
 /// connection had been closed by the upstream before it went out (see
-/// [`Sent`]).
+/// [`Sent`]). The first try goes to `sticky` (an index in rotation named
+/// by the client's sticky cookie) when given.
 async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
+    sticky: Option<usize>,
     lean: bool,
     client_body: Option<&ClientBodyWatch>,
     outcome: &mut Outcome,
@@ -414,10 +437,13 @@ async fn send_with_retries(
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let Some(index) = service
-            .balancer
-            .pick_excluding(client_hash, &service.instances, &tried)
-        else {
+        let picked = match sticky.filter(|_| tried.is_empty()) {
+            Some(index) => Some(index),
+            None => service
+                .balancer
+                .pick_excluding(client_hash, &service.instances, &tried),
+        };
+        let Some(index) = picked else {
             break;
         };
         let instance = &service.instances[index];
@@ -472,6 +498,7 @@ async fn send_with_retries(
                     instance,
                     server_error.then_some(&status as &dyn std::fmt::Display),
                 );
+                outcome.answered_by = Some(index);
                 let completion = Completion {
                     _in_flight: in_flight,
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),

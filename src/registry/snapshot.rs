@@ -16,6 +16,7 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::router::Router;
+use crate::traffic::sticky::StickyTable;
 
 use super::{FailureStreak, InstanceState};
 
@@ -73,6 +74,8 @@ pub struct ServiceSnapshot {
     pub tls: bool,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Sticky-cookie lookup over `instances`, if the service has one.
+    pub sticky: Option<StickyTable>,
     failures: mpsc::UnboundedSender<FailureStreak>,
     /// For each of `all_instances`: whether it took traffic and its watch
     /// hash when last read, reused by the next build of the service.
@@ -218,6 +221,10 @@ impl ServiceSnapshot {
             .collect();
         let balancer = Balancer::build(service.strategy, &members);
         drop(members);
+        let sticky = service
+            .sticky
+            .as_ref()
+            .map(|sticky| StickyTable::build(sticky, name, instances.iter().map(|i| &i.id)));
         ServiceSnapshot {
             name: name.clone(),
             strategy: service.strategy,
@@ -235,6 +242,7 @@ impl ServiceSnapshot {
             protocol: service.protocol,
             tls: service.tls.is_some(),
             metrics: metrics.service(name.as_str()),
+            sticky,
             failures,
             verdicts,
         }
