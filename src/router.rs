@@ -17,6 +17,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The `Upgrade` protocols this route lets through (lower case).
     pub upgrades: Box<[Box<str>]>,
+    /// Where copies of its requests go, if anywhere.
+    pub mirror: Option<crate::traffic::mirror::MirrorRoute>,
 }
 
 impl Route {
@@ -72,6 +74,10 @@ impl Router {
                 path_prefix: config.path_prefix.as_str().into(),
                 strip_prefix: config.strip_prefix,
                 upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
+                mirror: config.mirror.as_ref().and_then(|mirror| {
+                    let service = service_index(&mirror.service)?;
+                    Some(crate::traffic::mirror::MirrorRoute::new(mirror, service))
+                }),
             };
             let list = match &config.host {
                 HostMatch::Any => &mut router.any,
@@ -220,6 +226,7 @@ mod tests {
                 path_prefix: prefix.into(),
                 strip_prefix: true,
                 upgrades: Box::default(),
+                mirror: None,
             }
             .upstream_path(path)
         };

@@ -116,3 +116,80 @@ pub(super) fn validate(
         max_in_flight,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn with(mirror: &str, shadow: &str) -> String {
+        format!("listeners: [{{address: 127.0.0.1:80}}]\nroutes: [{{service: web, mirror: {mirror}}}]\nservices:\n  web: {{}}\n  shadow: {shadow}\n")
+    }
+
+    fn problems(mirror: &str, shadow: &str) -> Vec<String> {
+        parse(&with(mirror, shadow))
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn mirror_settings_are_read_with_defaults() {
+        let config = parse(&with("{service: shadow}", "{}")).unwrap();
+        let mirror = config.routes[0].mirror.clone().unwrap();
+        assert_eq!(mirror.service.as_str(), "shadow");
+        assert_eq!(
+            (mirror.percent, mirror.max_body_bytes, mirror.max_in_flight),
+            (100, 64 * 1024, 100)
+        );
+        let config = parse(&with(
+            "{service: shadow, percent: 5, max_body_bytes: 0, max_in_flight: 3}",
+            "{}",
+        ))
+        .unwrap();
+        let mirror = config.routes[0].mirror.clone().unwrap();
+        assert_eq!(
+            (mirror.percent, mirror.max_body_bytes, mirror.max_in_flight),
+            (5, 0, 3)
+        );
+    }
+
+    #[test]
+    fn every_bad_mirror_field_is_named() {
+        let errors = problems(
+            "{service: shadow, percent: 0, max_body_bytes: -1, max_in_flight: 0}",
+            "{}",
+        );
+        let joined = errors.join("\n");
+        assert!(
+            joined.contains("routes[0].mirror.percent: must be from 1 to 100 (got 0)"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("routes[0].mirror.max_body_bytes: must be from 0 to"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("routes[0].mirror.max_in_flight: must be from 1 to"),
+            "{joined}"
+        );
+        let errors = problems("{service: nope}", "{}");
+        assert!(
+            errors[0].starts_with("routes[0].mirror.service: no service named `nope`"),
+            "{errors:?}"
+        );
+        let errors = problems("{service: web}", "{}");
+        assert!(
+            errors[0].starts_with("routes[0].mirror.service: `web` already serves this route"),
+            "{errors:?}"
+        );
+        let errors = problems("{service: shadow}", "{protocol: http2}");
+        assert!(
+            errors[0].contains("is reached over HTTP/2; mirror targets speak plain HTTP/1.1"),
+            "{errors:?}"
+        );
+        let errors = problems("{service: shadow, copies: 2}", "{}");
+        assert!(errors[0].contains("unknown field `copies`"), "{errors:?}");
+    }
+}

@@ -7,6 +7,7 @@
 mod body;
 mod error;
 pub mod headers;
+mod mirror;
 mod target;
 
 use std::net::SocketAddr;
@@ -304,6 +305,7 @@ impl Proxy {
         }
         // Requests without a body (most of them) can take the lean client.
         let lean = upgrade.is_none() && body.is_end_stream();
+        let upgrading = upgrade.is_some();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -339,13 +341,18 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
+        let client_hash = hash_ip(client_ip);
+        let body = match route.mirror.as_ref().filter(|_| !upgrading) {
+            Some(route_mirror) => mirror::start(snapshot, route_mirror, &parts, body, client_hash),
+            None => body,
+        };
         let (body, client_body) = RequestBody::new(body);
         let request = Request::from_parts(parts, body);
 
         let sent = send_with_retries(
             service,
             request,
-            hash_ip(client_ip),
+            client_hash,
             sticky.and_then(|(_, named)| named),
             lean,
             client_body.as_deref(),

@@ -25,6 +25,8 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// From the owned HTTP/1.1 server.
     Owned(OwnedBody),
+    /// Either, with a copy being taken for a mirror.
+    Copied(Box<super::body_copy::BodyCopy>),
 }
 
 impl Body for ClientBody {
@@ -42,6 +44,7 @@ impl Body for ClientBody {
             ClientBody::Owned(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(Into::into))),
+            ClientBody::Copied(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 
@@ -49,6 +52,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Owned(body) => body.is_end_stream(),
+            ClientBody::Copied(body) => body.is_end_stream(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Owned(body) => body.size_hint(),
+            ClientBody::Copied(body) => body.size_hint(),
         }
     }
 }
