@@ -1,6 +1,6 @@
 //! Sticky sessions: the cookie keeps a client on one instance over many
 //! requests and across a reload, moves it (with a new cookie) when its
-//! instance is drained, never shows the instance's address, carries the
+//! instance is drained or removed, never shows the instance's address, carries the
 //! configured attributes, and a forged or garbled cookie is only
 //! re-balanced.
 
@@ -111,7 +111,7 @@ async fn admin(running: &Running, method: Method, path: &str) -> (u16, String) {
 }
 
 #[tokio::test]
-async fn the_cookie_survives_a_reload_and_moves_when_its_instance_is_drained() {
+async fn the_cookie_survives_a_reload_and_moves_when_its_instance_is_drained_or_removed() {
     let upstreams = three().await;
     let head = "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n";
     let text = format!(
@@ -194,6 +194,24 @@ async fn the_cookie_survives_a_reload_and_moves_when_its_instance_is_drained() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Removed from the config by a reload: the client moves, with a new
+    // cookie.
+    let removed: String = text
+        .lines()
+        .filter(|line| !line.contains(&format!("{{id: {home},")))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_ne!(removed, text);
+    std::fs::write(&path, removed).unwrap();
+    let (status, answer) = admin(&running, Method::POST, "/admin/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    let moved = get_with_cookie(&url, &pair).await;
+    assert_ne!(moved.served_by(), home);
+    let pair = sticky_pair(&moved);
+    let got = get_with_cookie(&url, &pair).await;
+    assert_eq!(got.served_by(), moved.served_by());
+    assert!(set_cookies(&got).is_empty());
     running.shutdown().await;
 }
 
@@ -306,4 +324,42 @@ async fn every_strategy_honours_the_cookie_and_a_shared_secret_works_on_every_no
         }
         node.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn an_unhealthy_instance_loses_its_clients_with_a_new_cookie() {
+    use common::flippable::{Flippable, Mode};
+    let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
+    let running = proxy(&format!(
+        "routes:\n  - service: svc\nservices:\n  svc:\n    sticky: {{cookie: sy}}\n    health_check: {{path: /healthz, interval: 50ms, timeout: 40ms, jitter: 0ms, unhealthy_threshold: 2, healthy_threshold: 1, initial: healthy}}\n    instances:\n      - {{id: a, address: \"{}\"}}\n      - {{id: b, address: \"{}\"}}\n",
+        a.address, b.address
+    ))
+    .await;
+    let url = format!("{}/", base(&running));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pair = loop {
+        let got = get_with_cookie(&url, "").await;
+        if got.served_by() == "a" {
+            break sticky_pair(&got);
+        }
+        assert!(Instant::now() < deadline, "a never served");
+    };
+    a.set(Mode::Status(500));
+    view_until(&running, "svc", "a out of rotation", |view| {
+        view["instances"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|i| i["id"] == "a" && i["health"] == "unhealthy")
+        })
+    })
+    .await;
+    let moved = get_with_cookie(&url, &pair).await;
+    assert_eq!(moved.served_by(), "b");
+    let new_pair = sticky_pair(&moved);
+    assert_ne!(new_pair, pair);
+    for i in 0..10 {
+        let got = get_with_cookie(&url, &new_pair).await;
+        assert_eq!(got.served_by(), "b", "request {i}");
+        assert!(set_cookies(&got).is_empty(), "request {i}");
+    }
+    running.shutdown().await;
 }
