@@ -197,10 +197,10 @@ async fn a_black_holed_mirror_adds_no_latency_and_dropped_copies_are_counted() {
         }
     }
     let (plain, mirrored) = (p99(plain), p99(mirrored));
-    // Generous: a copy that held up its primary would cost the mirror's
-    // whole 60 s request timeout.
+    // Generous (the machine may be busy): a copy that held up its primary
+    // would cost the mirror's whole 60 s request timeout.
     assert!(
-        mirrored <= plain * 4 + Duration::from_millis(50),
+        mirrored <= plain * 5 + Duration::from_millis(200),
         "p99 with a black-holed mirror {mirrored:?}, without {plain:?}"
     );
     // Four copies wait on the hole; every other one was dropped.
