@@ -3,8 +3,10 @@
 //! snapshot; a lookup allocates nothing unless the host has upper case.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::{HostMatch, RouteConfig};
+use crate::limits::RateLimiter;
 
 /// A matched route.
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub struct Route {
     pub upgrades: Box<[Box<str>]>,
     /// Where copies of its requests go, if anywhere.
     pub mirror: Option<crate::traffic::mirror::MirrorRoute>,
+    /// The route's rate limit, if it has one.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Route {
@@ -64,8 +68,18 @@ impl Router {
         routes: &[RouteConfig],
         service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
     ) -> Router {
+        Router::with_rate_limits(routes, service_index, |_| None)
+    }
+
+    /// Builds the table with the rate limiter of each route (by its index
+    /// in `routes`).
+    pub fn with_rate_limits(
+        routes: &[RouteConfig],
+        service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
+        rate_limit: impl Fn(usize) -> Option<Arc<RateLimiter>>,
+    ) -> Router {
         let mut router = Router::default();
-        for config in routes {
+        for (index, config) in routes.iter().enumerate() {
             let Some(service) = service_index(&config.service) else {
                 continue;
             };
@@ -78,6 +92,7 @@ impl Router {
                     let service = service_index(&mirror.service)?;
                     Some(crate::traffic::mirror::MirrorRoute::new(mirror, service))
                 }),
+                rate_limit: rate_limit(index),
             };
             let list = match &config.host {
                 HostMatch::Any => &mut router.any,
@@ -171,6 +186,7 @@ mod tests {
             path_prefix: prefix.into(),
             strip_prefix: true,
             upgrades: vec!["websocket".into()],
+            rate_limit: None,
             service: ServiceName::from(service),
             mirror: None,
         }
@@ -227,6 +243,7 @@ mod tests {
                 strip_prefix: true,
                 upgrades: Box::default(),
                 mirror: None,
+                rate_limit: None,
             }
             .upstream_path(path)
         };

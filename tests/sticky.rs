@@ -363,3 +363,37 @@ async fn an_unhealthy_instance_loses_its_clients_with_a_new_cookie() {
     }
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_owned_http1_server_sets_and_honours_the_cookie_too() {
+    let upstreams = three().await;
+    let text = format!(
+        "listeners:\n  - {{address: 127.0.0.1:0, http1: owned}}\nadmin:\n  address: 127.0.0.1:0\n{}",
+        services(&upstreams, "round_robin", "{cookie: sy, same_site: strict}")
+    );
+    let running = switchyard::server::start(switchyard::config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let url = format!("{}/", base(&running));
+    let first = get_with_cookie(&url, "").await;
+    let cookies = set_cookies(&first);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(
+        cookies[0].ends_with("; Path=/; HttpOnly; SameSite=Strict"),
+        "{cookies:?}"
+    );
+    let pair = sticky_pair(&first);
+    for i in 0..20 {
+        let got = get_with_cookie(&url, &pair).await;
+        assert_eq!(got.served_by(), first.served_by(), "request {i}");
+        assert!(set_cookies(&got).is_empty(), "request {i}");
+    }
+    // A body goes through the other client; the cookie works the same.
+    let post = http::Request::post(&url)
+        .header("cookie", &pair)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    let got = send(&client(), post).await;
+    assert_eq!((got.status, got.served_by()), (200, first.served_by()));
+    running.shutdown().await;
+}

@@ -27,6 +27,9 @@ pub enum ClientBody {
     Owned(OwnedBody),
     /// Either, with a copy being taken for a mirror.
     Copied(Box<super::body_copy::BodyCopy>),
+    /// Read whole already (to be sent again on a retry): the data, then
+    /// the trailers, each given once.
+    Buffered(Option<Bytes>, Option<Box<http::HeaderMap>>),
 }
 
 impl Body for ClientBody {
@@ -45,6 +48,12 @@ impl Body for ClientBody {
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(Into::into))),
             ClientBody::Copied(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            ClientBody::Buffered(data, trailers) => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
+                    .map(Ok),
+            ),
         }
     }
 
@@ -53,6 +62,7 @@ impl Body for ClientBody {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Owned(body) => body.is_end_stream(),
             ClientBody::Copied(body) => body.is_end_stream(),
+            ClientBody::Buffered(data, trailers) => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -61,6 +71,9 @@ impl Body for ClientBody {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Owned(body) => body.size_hint(),
             ClientBody::Copied(body) => body.size_hint(),
+            ClientBody::Buffered(data, _) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -127,6 +140,15 @@ impl RequestBody {
             watch: watch.clone(),
         };
         (body, watch)
+    }
+
+    /// A body read whole before, sent as it was read; nothing of it can
+    /// fail on the client's side any more.
+    pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> RequestBody {
+        RequestBody {
+            inner: ClientBody::Buffered((!data.is_empty()).then_some(data), trailers.map(Box::new)),
+            watch: None,
+        }
     }
 }
 
