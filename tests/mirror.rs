@@ -107,6 +107,14 @@ async fn the_mirror_gets_a_copy_and_the_primary_answer_is_untouched() {
     let got = get(&client, &format!("{url}/cart"), &[]).await;
     assert_eq!((got.status, got.served_by()), (200, "primary".into()));
 
+    // An idempotent request with a body is read whole first (so that it
+    // can be retried); the copy is taken all the same.
+    let put = Request::put(format!("{url}/items/1"))
+        .body(Full::new(Bytes::from_static(b"blue")))
+        .unwrap();
+    let got = send(&client, put).await;
+    assert_eq!((got.status, got.served_by()), (200, "primary".into()));
+
     // A chunked body is copied as it streams through.
     let raw = exchange(
         running.listeners()[0].address,
@@ -116,7 +124,7 @@ async fn the_mirror_gets_a_copy_and_the_primary_answer_is_untouched() {
     assert_eq!(raw.status, 200, "{}", raw.head);
     assert!(raw.body.contains("body_bytes: 11"), "{}", raw.body);
 
-    wait_for("three copies", || seen.lock().unwrap().len() == 3).await;
+    wait_for("four copies", || seen.lock().unwrap().len() == 4).await;
     let mut copies = seen.lock().unwrap().clone();
     copies.sort();
     assert_eq!(
@@ -125,9 +133,10 @@ async fn the_mirror_gets_a_copy_and_the_primary_answer_is_untouched() {
             ("GET".into(), "/cart".into(), String::new()),
             ("POST".into(), "/orders?id=7".into(), "two apples".into()),
             ("POST".into(), "/upload".into(), "hello world".into()),
+            ("PUT".into(), "/items/1".into(), "blue".into()),
         ]
     );
-    wait_for_metric(admin, &series("sent"), 3.0).await;
+    wait_for_metric(admin, &series("sent"), 4.0).await;
 
     // Over max_body_bytes, known up front or found while streaming: no
     // copy, counted; the primary is served all the same.
@@ -150,7 +159,7 @@ async fn the_mirror_gets_a_copy_and_the_primary_answer_is_untouched() {
     assert_eq!(raw.status, 200, "{}", raw.head);
     assert!(raw.body.contains("body_bytes: 128"), "{}", raw.body);
     wait_for_metric(admin, &series("skipped_body"), 2.0).await;
-    assert_eq!(seen.lock().unwrap().len(), 3, "no copy of a long body");
+    assert_eq!(seen.lock().unwrap().len(), 4, "no copy of a long body");
     running.shutdown().await;
 }
 
