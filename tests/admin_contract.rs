@@ -432,14 +432,46 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     api.expect(404, M::POST, "/admin/config/rollback/99", t, None)
         .await;
-    // Pushing needs fleet mode.
+    // On a single node a posted config is written and applied, under a
+    // guard when one is given; `base` is for fleet pushes.
     let shared = yaml(upstream, &log, 4);
     let yaml_body = Some(("application/yaml", shared.as_str()));
     api.expect(401, M::POST, "/admin/config", None, yaml_body)
         .await;
-    api.expect(422, M::POST, "/admin/config", t, yaml_body)
+    api.expect(200, M::POST, "/admin/config", t, yaml_body)
         .await;
     api.expect(400, M::POST, "/admin/config?base=x", t, yaml_body)
+        .await;
+    api.expect(
+        422,
+        M::POST,
+        "/admin/config",
+        t,
+        Some(("application/yaml", "services: [")),
+    )
+    .await;
+    let guarded = yaml(upstream, &log, 5);
+    api.expect(
+        200,
+        M::POST,
+        "/admin/config?guard=error_rate%20%3C%201%25&for=30s&min_requests=1",
+        t,
+        Some(("application/yaml", guarded.as_str())),
+    )
+    .await;
+    api.expect(200, M::GET, "/admin/config/guard", None, None)
+        .await;
+    api.expect(200, M::GET, "/admin/status", None, None).await;
+    api.expect(200, M::GET, "/admin/config/versions", None, None)
+        .await;
+    // A second change while the guard runs is refused, then forced.
+    std::fs::write(&config, yaml(upstream, &log, 6)).unwrap();
+    api.expect(409, M::POST, "/admin/reload", t, None).await;
+    api.expect(400, M::POST, "/admin/config?guard=latency%3F", t, yaml_body)
+        .await;
+    api.expect(400, M::POST, "/admin/reload?for=soon", t, None)
+        .await;
+    api.expect(200, M::POST, "/admin/reload?force=true", t, None)
         .await;
 
     // Log rotation: reopened; then refused when the directory is gone.

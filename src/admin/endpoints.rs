@@ -82,6 +82,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: &["POST"],
     },
     Endpoint {
+        path: "/admin/config/guard",
+        methods: &["GET"],
+    },
+    Endpoint {
         path: "/admin/config/versions",
         methods: &["GET"],
     },
