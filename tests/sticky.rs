@@ -397,3 +397,33 @@ async fn the_owned_http1_server_sets_and_honours_the_cookie_too() {
     assert_eq!((got.status, got.served_by()), (200, first.served_by()));
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_that_fails_over_gets_the_cookie_of_the_instance_that_answered() {
+    let sticky = "{cookie: sy, secret: shared}";
+    let alive = vec![(echo("a").await, "a"), (echo("b").await, "b")];
+    // A cookie naming `a`, from a node where `a` answers.
+    let first = proxy(&services(&alive, "round_robin", sticky)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pair = loop {
+        let got = get_with_cookie(&format!("{}/", base(&first)), "").await;
+        if got.served_by() == "a" {
+            break sticky_pair(&got);
+        }
+        assert!(Instant::now() < deadline, "a never served");
+    };
+    first.shutdown().await;
+    // On a node where `a` refuses connections (no health checks, so it
+    // stays in rotation), the retry's instance answers and is named.
+    let refusing = vec![(dead_address().await, "a"), (alive[1].0, "b")];
+    let node = proxy(&services(&refusing, "round_robin", sticky)).await;
+    let url = format!("{}/", base(&node));
+    let got = get_with_cookie(&url, &pair).await;
+    assert_eq!(got.served_by(), "b");
+    let moved = sticky_pair(&got);
+    assert_ne!(moved, pair);
+    let again = get_with_cookie(&url, &moved).await;
+    assert_eq!(again.served_by(), "b");
+    assert!(set_cookies(&again).is_empty());
+    node.shutdown().await;
+}
