@@ -1,7 +1,8 @@
 //! Mirrors: a route's copies reach the mirror service (method, target,
 //! body, also chunked), the primary's answers are untouched, long bodies
 //! are skipped and counted, a black-holed mirror adds no latency and its
-//! dropped copies are counted, and `percent` copies about that share.
+//! dropped copies are counted, `percent` copies about that share, and the
+//! owned HTTP/1.1 server mirrors like hyper's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
@@ -254,5 +255,42 @@ async fn percent_copies_about_that_share() {
         "{copies} copies of 400 at 25%"
     );
     assert_eq!(metric(admin, &series("sent")).await, copies as f64);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_owned_http1_server_mirrors_too() {
+    let primary = echo("primary").await;
+    let (shadow, seen) = recorder().await;
+    let text = format!(
+        "listeners:\n  - {{address: 127.0.0.1:0, http1: owned}}\nadmin:\n  address: 127.0.0.1:0\nroutes:\n  - service: web\n    mirror: {{service: shadow}}\nservices:\n  web:\n    instances: [{{address: \"{primary}\"}}]\n  shadow:\n    instances: [{{address: \"{shadow}\"}}]\n"
+    );
+    let running = switchyard::server::start(switchyard::config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let address = running.listeners()[0].address;
+    let raw = exchange(
+        address,
+        "POST /chunked HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 200, "{}", raw.head);
+    assert!(raw.body.contains("body_bytes: 6"), "{}", raw.body);
+    let raw = exchange(
+        address,
+        "GET /plain?q=1 HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 200, "{}", raw.head);
+    wait_for("two copies", || seen.lock().unwrap().len() == 2).await;
+    let mut copies = seen.lock().unwrap().clone();
+    copies.sort();
+    assert_eq!(
+        copies,
+        [
+            ("GET".into(), "/plain?q=1".into(), String::new()),
+            ("POST".into(), "/chunked".into(), "abcdef".into()),
+        ]
+    );
     running.shutdown().await;
 }
