@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod health;
 pub mod http1;
+pub mod limits;
 pub mod local_origin;
 pub mod metrics;
 pub mod proxy;

@@ -806,6 +806,9 @@ async fn fleet_command(path: &Path, args: &FleetArgs) -> anyhow::Result<()> {
             node["last_contact"].as_str().unwrap_or("never"),
             refused
         );
+        if let Some(conflict) = node["name_conflict"].as_str() {
+            println!("{:<20} error: {conflict}", "");
+        }
     }
     Ok(())
 }

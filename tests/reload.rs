@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::admin::call;
 use common::binary::{command, temp_dir, Process};
 use common::*;
 use http::Method;
-use switchyard::admin_client::call;
 use switchyard::server::{start_live, LiveOptions, Running};
 
 /// A config: listeners on `listeners` (port 0 when empty), the admin API on
@@ -209,7 +209,7 @@ async fn bad_edits_are_refused_and_the_old_config_keeps_serving() {
 
     // A push is for fleet nodes; this proxy's config is its file.
     let body = bytes::Bytes::from(yaml(&[], "round_robin", &[(a, "a", 1)]));
-    let (status, answer) = switchyard::admin_client::call_raw(
+    let (status, answer) = common::admin::call_raw(
         running.admin_address(),
         Method::POST,
         "/admin/config",

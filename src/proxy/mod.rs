@@ -7,6 +7,8 @@
 mod body;
 mod error;
 pub mod headers;
+mod limits;
+mod replay;
 mod target;
 
 use std::net::SocketAddr;
@@ -141,9 +143,12 @@ impl Proxy {
             Ok((mut response, mut completion)) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
-                let (mut parts, body) = response.into_parts();
+                let (mut parts, mut body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(raw) = body.raw_head_mut() {
+                    headers::remove_hop_by_hop_raw(raw);
+                }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
@@ -219,8 +224,9 @@ impl Proxy {
             }
             Err(error) => {
                 log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
-                let response =
+                let mut response =
                     request_error_response(&error, snapshot.full_error_detail, &request_id);
+                error.add_headers(response.headers_mut());
                 let status = response.status().as_u16();
                 match service {
                     Some(service) => {
@@ -236,9 +242,14 @@ impl Proxy {
                 response
             }
         };
-        response
-            .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        match response.body_mut().raw_head_mut() {
+            Some(raw) => headers::set_request_id_raw(raw, &request_id),
+            None => {
+                response
+                    .headers_mut()
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+        }
         response
     }
 
@@ -255,6 +266,9 @@ impl Proxy {
         // (as Host or :authority, and in X-Forwarded-Host).
         let host_value = host?;
         target::check_path(request.uri().path())?;
+        if let Some(limit) = &snapshot.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         let host = host_value.as_ref().map_or("", target::route_name);
         let Some(route) = snapshot.router.find(host, request.uri().path()) else {
             return Err(ProxyError::NoRoute {
@@ -264,6 +278,9 @@ impl Proxy {
         };
         let service = &snapshot.services[route.service];
         outcome.service = Some(route.service);
+        if let Some(limit) = &route.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
         // fields and the request goes on as an ordinary one.
@@ -274,6 +291,8 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The owned server writes a response head on as received.
+        let raw = matches!(request.body(), ClientBody::Owned(_));
         let (mut parts, body) = request.into_parts();
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -296,7 +315,8 @@ impl Proxy {
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
         // Requests without a body (most of them) can take the lean client.
-        let lean = upgrade.is_none() && body.is_end_stream();
+        let upgrading = upgrade.is_some();
+        let lean = !upgrading && body.is_end_stream();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -332,15 +352,23 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
-        let (body, client_body) = RequestBody::new(body);
-        let request = Request::from_parts(parts, body);
+        let idempotent = idempotent_head(&parts.method, &parts.headers);
+        let (request, client_body, replay) =
+            if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
+                let replay = replay::read(service, &parts, body).await?;
+                (replay.request(), None, Some(replay))
+            } else {
+                let (body, client_body) = RequestBody::new(body);
+                (Request::from_parts(parts, body), client_body, None)
+            };
 
         send_with_retries(
             service,
             request,
             hash_ip(client_ip),
-            lean,
+            lean.then_some(Lean { raw }),
             client_body.as_deref(),
+            replay.as_ref(),
             outcome,
         )
         .await
@@ -390,6 +418,13 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// A request the lean HTTP/1.1 client may send.
+#[derive(Debug, Clone, Copy)]
+struct Lean {
+    /// Its response head may stay as received (see `upstream::h1`).
+    raw: bool,
+}
+
 /// Tries instances until one answers, at most `max_attempts` times, each
 /// on an instance not tried before, as `retry.on` allows. A request that
 /// was written is sent again only if it is idempotent, its connection
@@ -401,15 +436,26 @@ async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
-    lean: bool,
+    lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
+    replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
+    let mut slot = Some(
+        service
+            .breaker
+            .admit()
+            .await
+            .map_err(|which| ProxyError::Overflow {
+                service: service.name.clone(),
+                which,
+            })?,
+    );
     let _active = GaugeGuard::new(&service.metrics.active_requests);
-    let mut retrying: Option<GaugeGuard<'_>> = None;
+    let mut retrying: Option<RetryHeld<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     for attempt in 1..=attempts {
@@ -430,8 +476,8 @@ async fn send_with_retries(
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
         let started = outcome.wants_upstream_time.then(Instant::now);
-        let sent = if lean && pool.takes_lean() {
-            send_lean(service, pool, request).await
+        let sent = if let Some(lean) = lean.filter(|_| pool.takes_lean()) {
+            send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
         };
@@ -452,7 +498,11 @@ async fn send_with_retries(
                 let retry_status = status.is_server_error()
                     && (policy.server_error
                         || (policy.gateway_error && matches!(status.as_u16(), 502..=504)));
-                if let Some(again) = again.filter(|_| retry_status && idempotent) {
+                let again = match retry_status && idempotent {
+                    true => again.or_else(|| replay.map(replay::Replay::request)),
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::debug!(service = %service.name, instance = %instance.id, attempt, %status, "retrying on another instance");
                         instance.state.metrics.response(status.as_u16());
@@ -476,6 +526,7 @@ async fn send_with_retries(
                 );
                 let completion = Completion {
                     _in_flight: in_flight,
+                    _slot: slot.take(),
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),
                     log: None,
                     duration: None,
@@ -531,9 +582,17 @@ async fn send_with_retries(
                     timeout: service.request_timeout,
                 });
             }
-            Sent::Failed(error, again) => {
+            Sent::Failed(error, again, before_response) => {
                 service.record_outcome(instance, Some(&error));
-                if let Some(again) = again.filter(|_| policy.reset && idempotent) {
+                // A body read whole can go again whichever client sent it.
+                let again = match policy.reset && idempotent {
+                    true if before_response => {
+                        again.or_else(|| replay.map(replay::Replay::request))
+                    }
+                    true => again,
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::warn!(service = %service.name, instance = %instance.id, attempt, %error, "connection closed before the response; retrying on another instance");
                         tried.push(index);
@@ -582,10 +641,15 @@ async fn send_with_retries(
 /// Whether sending `request` twice has the effect of sending it once
 /// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
 fn is_idempotent<B>(request: &Request<B>) -> bool {
+    idempotent_head(request.method(), request.headers())
+}
+
+/// [`is_idempotent`] of a request's method and header fields.
+fn idempotent_head(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || request.headers().contains_key("idempotency-key")
+    ) || headers.contains_key("idempotency-key")
 }
 
 /// The wait before retry number `retry` (1, 2, ...): full jitter up to
@@ -605,7 +669,7 @@ fn backoff(retry: u32) -> Duration {
 /// request takes a slot it holds until it is done; a refusal is counted.
 /// (Re-sending after a connect failure, which cost the instances nothing,
 /// is bounded by `max_attempts` only.)
-fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<'a>>) -> bool {
+fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<RetryHeld<'a>>) -> bool {
     if slot.is_some() {
         return true;
     }
@@ -618,9 +682,17 @@ fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<
         metrics.retry_budget_exhausted.inc();
         return false;
     }
-    *slot = Some(GaugeGuard::new(&metrics.active_retries));
+    // `circuit_breaker.max_retries`, when set, on top of the budget.
+    let Some(breaker_slot) = service.breaker.retry() else {
+        return false;
+    };
+    *slot = Some((GaugeGuard::new(&metrics.active_retries), breaker_slot));
     true
 }
+
+/// What a retrying request holds until it is done: its place in the retry
+/// budget's gauge and under the breaker's `max_retries`.
+type RetryHeld<'a> = (GaugeGuard<'a>, Option<crate::limits::breaker::RetrySlot>);
 
 /// Counts one in a gauge while alive.
 struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -681,8 +753,9 @@ enum Sent {
     TimedOut,
     /// The request went out and the exchange failed; the request is given
     /// back when the connection closed or reset before any response head
-    /// (it may be sent again if it is idempotent).
-    Failed(String, Option<Request<RequestBody>>),
+    /// (it may be sent again if it is idempotent). The flag says whether
+    /// the failure was such a close or reset (not an invalid answer).
+    Failed(String, Option<Request<RequestBody>>, bool),
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns
@@ -709,7 +782,7 @@ async fn send_hyper(
                 // The lean client checks the same in its own parser.
                 let status = response.status();
                 if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
-                    return Sent::Failed(format!("invalid response: {invalid}"), None);
+                    return Sent::Failed(format!("invalid response: {invalid}"), None, false);
                 }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
@@ -725,7 +798,11 @@ async fn send_hyper(
                     request = unsent;
                 }
                 Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
-                None => return Sent::Failed(error.into_error().to_string(), None),
+                None => {
+                    let error = error.into_error();
+                    let closed = closed_before_response(&error);
+                    return Sent::Failed(error.to_string(), None, closed);
+                }
             },
         }
     }
@@ -737,6 +814,7 @@ async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
     request: Request<RequestBody>,
+    lean: Lean,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -746,7 +824,7 @@ async fn send_lean(
         };
         let response = tokio::time::timeout(
             service.request_timeout,
-            conn.send(&request, reused, Arc::clone(pool)),
+            conn.send(&request, reused, Arc::clone(pool), lean.raw),
         )
         .await;
         match response {
@@ -764,10 +842,32 @@ async fn send_lean(
             }
             Ok(Err(failed)) => {
                 let again = failed.before_response.then_some(request);
-                return Sent::Failed(failed.error.to_string(), again);
+                return Sent::Failed(failed.error.to_string(), again, failed.before_response);
             }
         }
     }
+}
+
+/// Whether hyper's client failed because the connection closed or reset
+/// before the response head arrived (not for an answer it could not parse).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
