@@ -98,6 +98,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: &["POST"],
     },
     Endpoint {
+        path: "/admin/config/guard",
+        methods: &["GET"],
+    },
+    Endpoint {
         path: "/admin/fleet",
         methods: &["GET"],
     },
