@@ -433,56 +433,45 @@ async fn every_endpoint_answers_as_documented() {
     api.expect(404, M::POST, "/admin/config/rollback/99", t, None)
         .await;
     // On a single node a posted config is written and applied, under a
-    // guard when asked; while the guard watches, other changes are refused.
+    // guard when one is given; `base` is for fleet pushes.
     let shared = yaml(upstream, &log, 4);
     let yaml_body = Some(("application/yaml", shared.as_str()));
     api.expect(401, M::POST, "/admin/config", None, yaml_body)
         .await;
-    api.expect(400, M::POST, "/admin/config?base=x", t, yaml_body)
+    api.expect(200, M::POST, "/admin/config", t, yaml_body)
         .await;
-    api.expect(
-        400,
-        M::POST,
-        "/admin/config?guard=p99+%3C+fast",
-        t,
-        yaml_body,
-    )
-    .await;
-    api.expect(400, M::POST, "/admin/reload?guard=nope", t, None)
+    api.expect(400, M::POST, "/admin/config?base=x", t, yaml_body)
         .await;
     api.expect(
         422,
         M::POST,
         "/admin/config",
         t,
-        Some(("application/yaml", "routes: 5")),
+        Some(("application/yaml", "services: [")),
     )
     .await;
-    api.expect(200, M::GET, "/admin/config/guard", None, None)
-        .await;
-    let guarded = api
-        .expect(
-            200,
-            M::POST,
-            "/admin/config?guard=error_rate+%3C+1%25&for=60s",
-            t,
-            yaml_body,
-        )
-        .await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&guarded).unwrap()["guard"]["state"],
-        "running"
-    );
+    let guarded = yaml(upstream, &log, 5);
+    api.expect(
+        200,
+        M::POST,
+        "/admin/config?guard=error_rate%20%3C%201%25&for=30s&min_requests=1",
+        t,
+        Some(("application/yaml", guarded.as_str())),
+    )
+    .await;
     api.expect(200, M::GET, "/admin/config/guard", None, None)
         .await;
     api.expect(200, M::GET, "/admin/status", None, None).await;
     api.expect(200, M::GET, "/admin/config/versions", None, None)
         .await;
-    let other = yaml(upstream, &log, 5);
-    let other_body = Some(("application/yaml", other.as_str()));
-    api.expect(409, M::POST, "/admin/config", t, other_body)
+    // A second change while the guard runs is refused, then forced.
+    std::fs::write(&config, yaml(upstream, &log, 6)).unwrap();
+    api.expect(409, M::POST, "/admin/reload", t, None).await;
+    api.expect(400, M::POST, "/admin/config?guard=latency%3F", t, yaml_body)
         .await;
-    api.expect(200, M::POST, "/admin/config?force=true", t, other_body)
+    api.expect(400, M::POST, "/admin/reload?for=soon", t, None)
+        .await;
+    api.expect(200, M::POST, "/admin/reload?force=true", t, None)
         .await;
 
     // Log rotation: reopened; then refused when the directory is gone.
@@ -550,8 +539,6 @@ async fn every_endpoint_answers_as_documented() {
     api.expect(404, M::GET, "/admin/config/diff?from=1", None, None)
         .await;
     api.expect(404, M::POST, "/admin/config/rollback/1", None, None)
-        .await;
-    api.expect(404, M::GET, "/admin/config/guard", None, None)
         .await;
     bare.shutdown().await;
 

@@ -82,6 +82,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: &["POST"],
     },
     Endpoint {
+        path: "/admin/config/guard",
+        methods: &["GET"],
+    },
+    Endpoint {
         path: "/admin/config/versions",
         methods: &["GET"],
     },
@@ -96,10 +100,6 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         path: "/admin/config/rollback/{version}",
         methods: &["POST"],
-    },
-    Endpoint {
-        path: "/admin/config/guard",
-        methods: &["GET"],
     },
     Endpoint {
         path: "/admin/fleet",
