@@ -141,6 +141,8 @@ pub(super) struct InstanceView {
     weight: u32,
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
     source: &'static str,
     health: &'static str,
     reason: String,
@@ -246,6 +248,7 @@ fn instance_view(
         weight: instance.weight.get(),
         tags: instance.tags.clone(),
         metadata: instance.metadata.clone(),
+        version: instance.version.clone(),
         source: instance.state.source.as_str(),
         health: state,
         reason,

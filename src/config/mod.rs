@@ -24,6 +24,12 @@ use std::time::Duration;
 pub use crate::balance::Strategy;
 pub use values::{parse_duration, Cidr};
 
+/// Whether `version` can be an instance version (letters, digits, `-_.:`,
+/// 1-128 characters); the reason when not.
+pub fn check_version(version: &str) -> Result<(), String> {
+    values::check_name(version)
+}
+
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -443,6 +449,8 @@ pub struct NamedInstance {
     pub tags: Vec<String>,
     /// Free-form key/value metadata, inherited by each resolved instance.
     pub metadata: BTreeMap<String, String>,
+    /// The build, inherited by each resolved instance.
+    pub version: Option<String>,
 }
 
 impl NamedInstance {
@@ -458,6 +466,7 @@ impl NamedInstance {
             weight: self.weight,
             tags: self.tags.clone(),
             metadata,
+            version: self.version.clone(),
         }
     }
 }
@@ -683,6 +692,8 @@ pub struct InstanceConfig {
     pub tags: Vec<String>,
     /// Free-form key/value metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The build the instance runs, if known (routes' `subset.version`).
+    pub version: Option<String>,
 }
 
 macro_rules! name_type {
@@ -827,6 +838,9 @@ pub struct Registration {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The build this instance runs (`2.1`), for routes' subsets.
+    #[serde(default)]
+    pub version: Option<String>,
     /// Lease: the instance must send a heartbeat within this time or it is
     /// removed (e.g. `30s`).
     #[serde(default)]

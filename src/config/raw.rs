@@ -363,4 +363,6 @@ pub(crate) struct RawInstance {
     pub(crate) tags: Vec<String>,
     #[serde(default)]
     pub(crate) metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) version: Option<String>,
 }

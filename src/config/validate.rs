@@ -1411,6 +1411,7 @@ fn validate_named(
         )?,
         None => InstanceId::from(format!("{host}:{port}").as_str()),
     };
+    let version = instance_version(path, raw, errors);
     Some(NamedInstance {
         id,
         host,
@@ -1418,6 +1419,7 @@ fn validate_named(
         weight: weight?,
         tags: raw.tags.clone(),
         metadata: raw.metadata.clone(),
+        version: version?,
     })
 }
 
@@ -1489,13 +1491,29 @@ fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Opti
         ),
         None => address.map(|a| InstanceId::from(a.to_string().as_str())),
     };
+    let version = instance_version(path, raw, errors);
     Some(InstanceConfig {
         id: id?,
         address: address?,
         weight: weight?,
         tags: raw.tags.clone(),
         metadata: raw.metadata.clone(),
+        version: version?,
     })
+}
+
+/// An instance's `version`: a name (letters, digits, `-_.:`), like ids.
+/// `Some(None)` when not given, `None` when invalid (recorded).
+fn instance_version(path: &str, raw: &RawInstance, errors: &mut Errors) -> Option<Option<String>> {
+    match &raw.version {
+        None => Some(None),
+        Some(version) => errors
+            .check(
+                format!("{path}.version"),
+                check_name(version).map_err(|e| format!("version {e}")),
+            )
+            .map(|()| Some(version.clone())),
+    }
 }
 
 /// Validates an instance registration from the admin API. Field paths are
@@ -1510,6 +1528,7 @@ pub(super) fn validate_registration(
         weight: registration.weight,
         tags: registration.tags.clone(),
         metadata: registration.metadata.clone(),
+        version: registration.version.clone(),
     };
     let instance = validate_instance("", &raw, &mut errors);
     let ttl = registration

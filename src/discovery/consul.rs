@@ -253,14 +253,25 @@ fn entry_instance(
         .min(MAX_WEIGHT);
     let mut metadata = service.meta.unwrap_or_default();
     metadata.insert("consul_node".into(), node.name.clone());
+    let tags = service.tags.unwrap_or_default();
+    // `Meta.version` first, then a `version=…` tag (a common convention
+    // where services cannot set metadata). A value that is not a name is
+    // ignored rather than refusing the instance.
+    let version = metadata
+        .get("version")
+        .map(String::as_str)
+        .or_else(|| tags.iter().find_map(|t| t.strip_prefix("version=")))
+        .filter(|v| crate::config::check_version(v).is_ok())
+        .map(str::to_string);
     Ok(Some(InstanceConfig {
         id: InstanceId::from(
             format!("{}:{}", sanitize(&node.name), sanitize(&service.id)).as_str(),
         ),
         address: SocketAddr::new(ip, port),
         weight: NonZeroU32::new(weight).unwrap_or(NonZeroU32::MIN),
-        tags: service.tags.unwrap_or_default(),
+        tags,
         metadata,
+        version,
     }))
 }
 

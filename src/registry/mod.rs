@@ -1234,6 +1234,7 @@ mod tests {
             weight: std::num::NonZeroU32::MIN,
             tags: vec![],
             metadata: BTreeMap::new(),
+            version: None,
         }
     }
 

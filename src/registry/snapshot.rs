@@ -118,6 +118,8 @@ pub struct Instance {
     pub tags: Vec<String>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The build it runs, if known.
+    pub version: Option<String>,
     /// State shared with other snapshots.
     pub state: Arc<InstanceState>,
     /// `service/id`, where `ip_hash` places the instance on its ring.
@@ -139,12 +141,14 @@ impl Instance {
         config.weight.hash(&mut hasher);
         config.tags.hash(&mut hasher);
         config.metadata.hash(&mut hasher);
+        config.version.hash(&mut hasher);
         Instance {
             id: config.id.clone(),
             address: config.address,
             weight: config.weight,
             tags: config.tags.clone(),
             metadata: config.metadata.clone(),
+            version: config.version.clone(),
             state,
             balance_key: format!("{service}/{}", config.id),
             config_hash: hasher.finish(),
@@ -159,6 +163,7 @@ impl Instance {
             && self.weight == config.weight
             && self.tags == config.tags
             && self.metadata == config.metadata
+            && self.version == config.version
     }
 
     /// A hash of what a watcher sees of this instance: its fields and its
