@@ -25,4 +25,5 @@ pub mod router;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;

@@ -10,6 +10,7 @@
 mod fleet_tests;
 pub mod history;
 mod raw;
+mod traffic;
 mod validate;
 mod values;
 
@@ -22,6 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::balance::Strategy;
+pub use traffic::{
+    BackendConfig, HeaderCondition, HeaderRewrite, HeaderTest, MatchConditions, Pattern,
+    QueryCondition, QueryTest, RoutePolicy, SplitKey, Subset, SubsetFallback, MAX_BACKENDS,
+    MAX_BACKEND_WEIGHT,
+};
 pub use values::{parse_duration, Cidr};
 
 /// Whether `version` can be an instance version (letters, digits, `-_.:`,
@@ -378,7 +384,8 @@ impl fmt::Display for HostMatch {
     }
 }
 
-/// One route: requests matching host and path prefix go to `service`.
+/// One route: requests matching host, path and conditions go to its
+/// backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Host to match.
@@ -391,8 +398,12 @@ pub struct RouteConfig {
     /// `Upgrade` protocols let through (lower-case tokens; never `h2c`).
     /// A request asking for others is forwarded without the upgrade.
     pub upgrades: Vec<String>,
-    /// The service that serves matching requests.
-    pub service: ServiceName,
+    /// Instead of the prefix: a pattern the whole path must match.
+    pub path_regex: Option<Pattern>,
+    /// Method, header and query conditions.
+    pub conditions: MatchConditions,
+    /// Where matching requests go and what is edited on the way.
+    pub policy: RoutePolicy,
 }
 
 /// An upstream service.

@@ -11,6 +11,8 @@ use super::raw::{
 use super::values::{check_name, parse_bounded_duration};
 use super::*;
 
+mod route_rules;
+
 /// Collects errors with their field paths while validation goes on.
 #[derive(Default)]
 struct Errors(Vec<ConfigError>);
@@ -211,17 +213,31 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let mut routes = Vec::new();
-    let mut seen_routes = HashSet::new();
+    let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, route) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Some(route) = validate_route(&path, route, &raw, &mut errors) {
-            if !seen_routes.insert((route.host.clone(), route.path_prefix.clone())) {
+            let same = routes.iter().any(|r| {
+                r.host == route.host
+                    && r.path_prefix == route.path_prefix
+                    && r.path_regex == route.path_regex
+                    && r.conditions == route.conditions
+            });
+            if same {
+                let what = match &route.path_regex {
+                    Some(regex) => format!("path regex `{}`", regex.as_str()),
+                    None => format!("path prefix `{}`", route.path_prefix),
+                };
+                let conditions = if route.conditions.count() > 0 {
+                    " with the same conditions"
+                } else {
+                    ""
+                };
                 errors.push(
                     path,
                     format!(
-                        "another route already matches host `{}` and path prefix `{}`",
-                        route.host, route.path_prefix
+                        "another route already matches host `{}` and {what}{conditions}",
+                        route.host
                     ),
                 );
             } else {
@@ -332,28 +348,15 @@ fn validate_route(
             })
             .collect(),
     };
-    if !raw.services.contains_key(&route.service) {
-        let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
-        errors.push(
-            format!("{path}.service"),
-            format!(
-                "no service named `{}` (services defined: {})",
-                route.service,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        );
-        return None;
-    }
+    let (path_regex, conditions, policy) = route_rules::validate(path, route, raw, errors)?;
     Some(RouteConfig {
         host: host?,
         path_prefix,
         strip_prefix: route.strip_prefix,
         upgrades,
-        service: ServiceName::from(route.service.as_str()),
+        path_regex,
+        conditions,
+        policy,
     })
 }
 

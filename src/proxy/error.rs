@@ -26,6 +26,15 @@ pub enum ProxyError {
         /// How many instances it has, healthy or not.
         configured: usize,
     },
+    /// The route's backend names a subset with no instance in rotation,
+    /// and `fallback: none`.
+    #[error("service `{service}` has no instance in rotation with {subset} (the route's fallback is none)")]
+    EmptySubset {
+        /// The backend's service.
+        service: ServiceName,
+        /// The subset, in words.
+        subset: String,
+    },
     /// No instance could be connected to within the attempts allowed.
     #[error("could not connect to service `{service}` after {attempts} attempt(s): {detail}")]
     ConnectFailed {
@@ -134,9 +143,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance { .. } | ProxyError::InstancesBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoInstance { .. }
+            | ProxyError::EmptySubset { .. }
+            | ProxyError::InstancesBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed {
                 timed_out: true, ..
             }

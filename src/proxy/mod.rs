@@ -24,9 +24,11 @@ pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record};
-use crate::balance::hash_ip;
+use crate::balance::{hash_ip, Balancer};
 use crate::config::{defaults, UpstreamProtocol};
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
+use crate::traffic::matcher::RequestFacts;
+use crate::traffic::{rewrite, Target, X_SWITCHYARD_BACKEND};
 use crate::upstream::{
     framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
     ResponseBody, Sender,
@@ -49,6 +51,8 @@ pub struct Proxy {
 struct Outcome {
     /// Index of the routed service in the snapshot.
     service: Option<usize>,
+    /// Index of the matched route's traffic policy in the snapshot.
+    route: Option<usize>,
     instance: Option<Arc<Instance>>,
     /// Measured only for the access log (no clock reads without it).
     upstream_time: Option<Duration>,
@@ -144,6 +148,17 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(policy) = outcome.route.and_then(|i| snapshot.traffic.get(i)) {
+                    rewrite::apply(&policy.response_headers, &mut parts.headers);
+                    if policy.backend_header {
+                        let named = service.zip(outcome.instance.as_ref()).and_then(|(s, i)| {
+                            HeaderValue::from_str(&format!("{}/{}", s.name, i.id)).ok()
+                        });
+                        if let Some(value) = named {
+                            parts.headers.insert(X_SWITCHYARD_BACKEND.clone(), value);
+                        }
+                    }
+                }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
@@ -251,14 +266,46 @@ impl Proxy {
         let host_value = host?;
         target::check_path(request.uri().path())?;
         let host = host_value.as_ref().map_or("", target::route_name);
-        let Some(route) = snapshot.router.find(host, request.uri().path()) else {
-            return Err(ProxyError::NoRoute {
-                host: host.to_string(),
-                path: request.uri().path().to_string(),
-            });
+        let facts = RequestFacts {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
         };
-        let service = &snapshot.services[route.service];
-        outcome.service = Some(route.service);
+        let no_route = || ProxyError::NoRoute {
+            host: host.to_string(),
+            path: request.uri().path().to_string(),
+        };
+        let Some(route) = snapshot.router.find(host, &facts) else {
+            return Err(no_route());
+        };
+        let Some(policy) = snapshot.traffic.get(route.policy) else {
+            return Err(no_route());
+        };
+        // The split decision, then the backend's instances.
+        let chosen = policy.choose(policy.split_key(request.headers(), client_ip));
+        let Some(backend) = policy.backends.get(chosen) else {
+            return Err(no_route());
+        };
+        let service = &snapshot.services[backend.service];
+        outcome.service = Some(backend.service);
+        outcome.route = Some(route.policy);
+        let candidates = match &backend.target {
+            Target::Service => Candidates {
+                balancer: &service.balancer,
+                instances: &service.instances,
+            },
+            Target::Subset(pool) => Candidates {
+                balancer: &pool.balancer,
+                instances: &pool.instances,
+            },
+            Target::Empty => {
+                return Err(ProxyError::EmptySubset {
+                    service: service.name.clone(),
+                    subset: backend.subset.to_string(),
+                })
+            }
+        };
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
         // fields and the request goes on as an ordinary one.
@@ -303,6 +350,7 @@ impl Proxy {
             self.scheme,
             host_value.as_ref(),
         );
+        rewrite::apply(&policy.request_headers, &mut parts.headers);
         if service.protocol == UpstreamProtocol::Http2 {
             // HTTP/2 carries the target as :scheme and :authority.
             let scheme = if service.tls { "https" } else { "http" };
@@ -332,6 +380,7 @@ impl Proxy {
 
         send_with_retries(
             service,
+            candidates,
             request,
             hash_ip(client_ip),
             lean,
@@ -397,6 +446,7 @@ impl Drop for Pending<'_> {
 /// [`Sent`]).
 async fn send_with_retries(
     service: &ServiceSnapshot,
+    candidates: Candidates<'_>,
     mut request: Request<RequestBody>,
     client_hash: u64,
     lean: bool,
@@ -414,13 +464,16 @@ async fn send_with_retries(
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let Some(index) = service
-            .balancer
-            .pick_excluding(client_hash, &service.instances, &tried)
+        let Some(index) =
+            candidates
+                .balancer
+                .pick_excluding(client_hash, candidates.instances, &tried)
         else {
             break;
         };
-        let instance = &service.instances[index];
+        let Some(instance) = candidates.instances.get(index) else {
+            break;
+        };
         outcome.instance = Some(Arc::clone(instance));
         if attempt > 1 {
             service.metrics.retries.inc();
@@ -575,6 +628,14 @@ async fn send_with_retries(
             |e| e.to_string(),
         ),
     })
+}
+
+/// The instances a request may go to (the service's, or a subset's) and
+/// the balancer built over them.
+#[derive(Clone, Copy)]
+struct Candidates<'a> {
+    balancer: &'a Balancer,
+    instances: &'a [Arc<Instance>],
 }
 
 /// Whether sending `request` twice has the effect of sending it once

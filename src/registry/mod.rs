@@ -317,6 +317,8 @@ struct RegistryState {
     /// Per service: the generation its instances or health last changed,
     /// and a fingerprint of them, for watches.
     indexes: HashMap<ServiceName, (u64, u64)>,
+    /// Routes' split counters, surviving every rebuild and reload.
+    split_counters: crate::traffic::SplitCounters,
 }
 
 /// Services and instances from all sources; publishes snapshots.
@@ -354,6 +356,7 @@ impl Registry {
             generation: 0,
             panicking: HashMap::new(),
             indexes: HashMap::new(),
+            split_counters: crate::traffic::SplitCounters::default(),
         };
         let (failures, failure_receiver) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
@@ -987,7 +990,7 @@ fn build(
         metrics.set_registry_size(source.as_str(), total);
     }
     let config = Arc::clone(&state.config);
-    let snapshot = Snapshot::assemble(generation, &config, services);
+    let snapshot = Snapshot::assemble(generation, &config, services, &mut state.split_counters);
     tracing::debug!(
         generation,
         services = names.len(),

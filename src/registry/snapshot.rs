@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// The route table.
     pub router: Router,
+    /// Each route's compiled traffic policy, indexed by
+    /// [`crate::router::Route::policy`].
+    pub traffic: Vec<crate::traffic::CompiledRoute>,
     /// Services, indexed by [`crate::router::Route::service`]. Shared
     /// with the snapshots before and after: a change rebuilds only the
     /// services it touches.
@@ -129,6 +132,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Where `ip_hash` places the instance on its ring (`service/id`).
+    pub fn balance_key(&self) -> &str {
+        &self.balance_key
+    }
+
     /// The instance `config` of `service` with its surviving `state`.
     pub(super) fn new(
         service: &ServiceName,
@@ -252,13 +260,15 @@ impl Snapshot {
         generation: u64,
         config: &Config,
         services: Vec<Arc<ServiceSnapshot>>,
+        split_counters: &mut crate::traffic::SplitCounters,
     ) -> Snapshot {
-        let router = Router::new(&config.routes, |name| {
-            services.iter().position(|s| &s.name == name)
-        });
+        let router = Router::new(&config.routes);
+        let traffic =
+            crate::traffic::compile(&config.routes, &services, split_counters, generation);
         Snapshot {
             generation,
             router,
+            traffic,
             services,
             trusted_proxies: config.trusted_proxies.clone(),
             underscores_in_headers: config.underscores_in_headers,
