@@ -234,3 +234,63 @@ pub fn route_warnings(routes: &[RouteConfig]) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn routes(list: &str) -> Vec<RouteConfig> {
+        let text = format!(
+            "listeners: [{{address: 127.0.0.1:80}}]\nservices: {{a: {{}}}}\nroutes:\n{list}"
+        );
+        parse(&text).unwrap().routes
+    }
+
+    #[test]
+    fn shadowing_needs_a_wider_path_and_weaker_conditions_tried_first() {
+        let shadowed = |list: &str| shadowed_routes(&routes(list));
+        // A shorter prefix is tried after a longer one: no shadow.
+        assert!(shadowed(
+            "  - {path_prefix: /, service: a}\n  - {path_prefix: /api, service: a}\n"
+        )
+        .is_empty());
+        // Same prefix and count: the earlier, weaker condition always wins.
+        assert_eq!(
+            shadowed("  - {headers: {x: {prefix: ab}}, service: a}\n  - {headers: {x: {exact: abc}}, service: a}\n"),
+            [(1, 0)]
+        );
+        assert!(shadowed("  - {headers: {x: {prefix: ab}}, service: a}\n  - {headers: {x: {exact: b}}, service: a}\n").is_empty());
+        // Methods: a wider list wins over a narrower one.
+        assert_eq!(
+            shadowed("  - {methods: [GET, POST], service: a}\n  - {methods: [GET], service: a}\n"),
+            [(1, 0)]
+        );
+        assert!(
+            shadowed("  - {methods: [GET], service: a}\n  - {methods: [POST], service: a}\n")
+                .is_empty()
+        );
+        // A catch-all pattern is tried before every prefix.
+        assert_eq!(
+            shadowed("  - {path_prefix: /x, service: a}\n  - {path_regex: \"/.*\", service: a}\n"),
+            [(0, 1)]
+        );
+        // Other hosts are never shadowed by a host-specific route.
+        assert!(
+            shadowed("  - {host: a.test, service: a}\n  - {path_prefix: /b, service: a}\n")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        let values: Vec<Option<String>> = query_values(Some("a=1&b&a=x%2By+z&&a=%zz"), "a")
+            .map(|v| v.map(|v| v.into_owned()))
+            .collect();
+        assert_eq!(
+            values,
+            [Some("1".into()), Some("x+y z".into()), Some("%zz".into())]
+        );
+        assert_eq!(query_values(Some("b"), "b").collect::<Vec<_>>(), [None]);
+    }
+}

@@ -422,3 +422,108 @@ fn rewrite(field: &str, raw: Option<&RawHeaderRewrite>, errors: &mut Errors) -> 
         .collect();
     HeaderRewrite { remove, set, add }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, HeaderTest, SplitKey, SubsetFallback};
+
+    const HEAD: &str = "listeners: [{address: 127.0.0.1:80}]\nservices: {a: {}, b: {}}\nroutes:\n";
+
+    fn errors(routes: &str) -> Vec<String> {
+        match parse(&format!("{HEAD}{routes}")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_route_is_accepted() {
+        let text = format!(
+            "{HEAD}  - path_regex: \"/x/[0-9]+\"\n    methods: [get]\n    headers: {{x-a: {{regex: \"b.*\"}}, x-c: {{present: false}}}}\n    query: {{q: {{exact: \"1\"}}}}\n    split_by: cookie user\n    backends:\n      - {{service: a, weight: 0}}\n      - {{service: b, weight: 3, subset: {{version: \"2.1\", tags: [canary]}}, fallback: none}}\n    request_headers: {{set: {{x-canary: \"1\"}}, remove: [x-secret]}}\n    backend_header: true\n"
+        );
+        let config = parse(&text).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.conditions.count(), 4);
+        assert_eq!(route.conditions.methods, [http::Method::GET]);
+        assert!(matches!(
+            route.conditions.headers[1].test,
+            HeaderTest::Absent
+        ));
+        assert_eq!(route.policy.split_by, Some(SplitKey::Cookie("user".into())));
+        assert_eq!(route.policy.backends[1].fallback, SubsetFallback::None);
+        assert!(route.policy.backend_header);
+    }
+
+    #[test]
+    fn every_bad_field_is_named_at_once() {
+        let found = errors(concat!(
+            "  - path_prefix: /a\n    path_regex: \"(\"\n    strip_prefix: true\n    methods: [\"GE T\"]\n",
+            "    headers: {\"bad name\": {exact: x}, x-two: {exact: a, prefix: b}, x-none: {}}\n",
+            "    query: {q: {present: false}}\n    split_by: header\n",
+            "    backends:\n      - {service: nope}\n      - {service: a, weight: 1001}\n",
+            "      - {service: b, subset: {}}\n      - {service: b, fallback: none}\n",
+            "      - {service: a, subset: {version: \"a b\"}, fallback: sometimes}\n",
+            "    request_headers: {set: {content-length: \"1\"}, add: {x-a: \"bad\\nvalue\"}}\n",
+            "    response_headers: {remove: [\"\"]}\n",
+        ));
+        let expected = [
+            "routes[0].path_regex: give `path_prefix` or `path_regex`, not both",
+            "routes[0].strip_prefix: needs a `path_prefix`",
+            "routes[0].path_regex: `(` is not a valid regular expression",
+            "routes[0].methods[0]: `GE T` is not a method name",
+            "routes[0].headers.bad name: `bad name` is not a header name",
+            "routes[0].headers.x-none: give exactly one of exact, prefix, regex or present (got none)",
+            "routes[0].headers.x-two: give exactly one of exact, prefix, regex or present (got 2)",
+            "routes[0].query.q.present: only `present: true` is supported",
+            "routes[0].backends[0].service: no service named `nope` (services defined: a, b)",
+            "routes[0].backends[1].weight: must be between 0 and 1000 (got 1001)",
+            "routes[0].backends[2].subset: names no instances",
+            "routes[0].backends[3].fallback: applies to a `subset`",
+            "routes[0].backends[4].subset.version: version `a b` contains ` `",
+            "routes[0].backends[4].fallback: `sometimes` is not a choice",
+            "routes[0].split_by: `header` is not a split key",
+            "routes[0].request_headers.set.content-length: `content-length` is managed by the proxy",
+            "routes[0].request_headers.add.x-a: `bad\nvalue` is not a header value",
+            "routes[0].response_headers.remove[0]: `` is not a header name",
+        ];
+        for wanted in expected {
+            assert!(
+                found.iter().any(|e| e.starts_with(wanted)),
+                "missing `{wanted}` in:\n{}",
+                found.join("\n")
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
+    }
+
+    #[test]
+    fn service_and_backends_are_exclusive_and_weights_cannot_all_be_zero() {
+        assert!(errors("  - {service: a, backends: [{service: b}]}\n")[0]
+            .starts_with("routes[0]: give `service` or `backends`, not both"));
+        assert!(errors("  - {path_prefix: /}\n")[0].starts_with("routes[0].service: missing"));
+        assert!(
+            errors("  - {backends: []}\n")[0].starts_with("routes[0].backends: needs at least one")
+        );
+        assert!(
+            errors("  - {backends: [{service: a, weight: 0}, {service: b, weight: 0}]}\n")[0]
+                .starts_with("routes[0].backends: every weight is 0")
+        );
+        assert!(
+            errors("  - {backends: [{service: a}, {service: a, weight: 2}]}\n")[0].starts_with(
+                "routes[0].backends[1]: names the same service and subset as backends[0]"
+            )
+        );
+        assert!(errors("  - {methods: [], service: a}\n")[0]
+            .starts_with("routes[0].methods: an empty list"));
+    }
+
+    #[test]
+    fn routes_differing_only_in_conditions_are_not_duplicates() {
+        assert!(
+            errors("  - {service: a}\n  - {service: b, headers: {x-a: {present: true}}}\n")
+                .is_empty()
+        );
+        assert!(errors("  - {service: a, headers: {x-a: {present: true}}}\n  - {service: b, headers: {x-a: {present: true}}}\n")[0]
+            .starts_with("routes[1]: another route already matches host `*` and path prefix `/` with the same conditions"));
+    }
+}
