@@ -425,6 +425,9 @@ impl Reloader {
         rollback_of: Option<ConfigVersion>,
     ) -> Result<ReloadOutcome, ReloadError> {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        for warning in crate::traffic::matcher::route_warnings(&config.routes) {
+            tracing::warn!(%warning, "config has a route that can never match");
+        }
         let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
         let old = self.registry.config();
         // A rollback writes the file too (it stays the source of truth).
