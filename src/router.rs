@@ -5,8 +5,10 @@
 //! (or a query condition meets a percent-encoded parameter).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::{HostMatch, MatchConditions, Pattern, RouteConfig};
+use crate::limits::RateLimiter;
 use crate::traffic::matcher::{self, RequestFacts};
 
 /// A matched route.
@@ -25,6 +27,8 @@ pub struct Route {
     pub path_regex: Option<Pattern>,
     /// Method, header and query conditions.
     pub conditions: MatchConditions,
+    /// The route's rate limit, if it has one.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Route {
@@ -66,6 +70,15 @@ impl Router {
     /// Builds the table, each host's routes in the order they are tried
     /// (see [`matcher::precedence`]).
     pub fn new(routes: &[RouteConfig]) -> Router {
+        Router::with_rate_limits(routes, |_| None)
+    }
+
+    /// Builds the table with the rate limiter of each route (by its index
+    /// in `routes`).
+    pub fn with_rate_limits(
+        routes: &[RouteConfig],
+        rate_limit: impl Fn(usize) -> Option<Arc<RateLimiter>>,
+    ) -> Router {
         let mut router = Router::default();
         let mut keyed: Vec<(usize, &RouteConfig)> = routes.iter().enumerate().collect();
         // A stable sort: ties keep config order.
@@ -78,6 +91,7 @@ impl Router {
                 upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
                 path_regex: config.path_regex.clone(),
                 conditions: config.conditions.clone(),
+                rate_limit: rate_limit(index),
             };
             let list = match &config.host {
                 HostMatch::Any => &mut router.any,
@@ -176,6 +190,7 @@ mod tests {
             upgrades: vec!["websocket".into()],
             path_regex: None,
             conditions: MatchConditions::default(),
+            rate_limit: None,
             policy: RoutePolicy::to_service(ServiceName::from(service)),
         }
     }
@@ -240,6 +255,7 @@ mod tests {
                 upgrades: Box::default(),
                 path_regex: None,
                 conditions: MatchConditions::default(),
+                rate_limit: None,
             }
             .upstream_path(path)
         };

@@ -127,6 +127,34 @@ impl MatchConditions {
     }
 }
 
+impl fmt::Display for MatchConditions {
+    /// `GET|POST x-env=staging x-user^=beta- x-build~=… x-debug x-old=absent ?v=2 ?debug`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut words: Vec<String> = Vec::new();
+        if !self.methods.is_empty() {
+            let methods: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            words.push(methods.join("|"));
+        }
+        for header in &self.headers {
+            let name = header.name.as_str();
+            words.push(match &header.test {
+                HeaderTest::Exact(value) => format!("{name}={value}"),
+                HeaderTest::Prefix(prefix) => format!("{name}^={prefix}"),
+                HeaderTest::Regex(pattern) => format!("{name}~={}", pattern.as_str()),
+                HeaderTest::Present => name.to_string(),
+                HeaderTest::Absent => format!("{name}=absent"),
+            });
+        }
+        for query in &self.query {
+            words.push(match &query.test {
+                QueryTest::Exact(value) => format!("?{}={value}", query.name),
+                QueryTest::Present => format!("?{}", query.name),
+            });
+        }
+        f.write_str(&words.join(" "))
+    }
+}
+
 /// Which instances of a service a backend may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subset {

@@ -29,22 +29,29 @@ pub type Invalid = &'static str;
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Invalid> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-                return Err("bad Content-Length");
-            }
-            let n = part.iter().try_fold(0u64, |n, &digit| {
-                n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-            });
-            let Some(n) = n else {
-                return Err("Content-Length too large");
-            };
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values");
-            }
-            length = Some(n);
+        length = content_length_value(value.as_bytes(), length)?;
+    }
+    Ok(length)
+}
+
+/// Folds one Content-Length field value into `length` (what the fields
+/// before it gave), by the rules of [`content_length`].
+pub fn content_length_value(value: &[u8], mut length: Option<u64>) -> Result<Option<u64>, Invalid> {
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err("bad Content-Length");
         }
+        let n = part.iter().try_fold(0u64, |n, &digit| {
+            n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+        });
+        let Some(n) = n else {
+            return Err("Content-Length too large");
+        };
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        length = Some(n);
     }
     Ok(length)
 }

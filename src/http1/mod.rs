@@ -11,4 +11,5 @@ pub mod body;
 pub mod chunked;
 pub mod date;
 pub mod framing;
+pub mod head;
 pub mod request;

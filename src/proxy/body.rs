@@ -19,10 +19,15 @@ use tokio::time::Sleep;
 
 use crate::access_log::Record;
 use crate::http1::body::{Io, PendingUpgrade};
+use crate::http1::head::RawHead;
 use crate::registry::InFlightGuard;
+use crate::stats_window::WindowCounters;
 use crate::upstream::{BoxError, Pool, ResponseBody, Sender};
 
 /// A response body: streamed from an upstream, or a message of our own.
+// The upstream variant is what nearly every response is: boxing it to
+// even out the sizes would cost every response an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from an upstream.
@@ -35,6 +40,24 @@ impl ProxyBody {
     /// A body of our own.
     pub fn message(text: impl Into<Bytes>) -> ProxyBody {
         ProxyBody::Message(Full::new(text.into()))
+    }
+
+    /// The upstream's response head as received, when the lean client
+    /// kept it that way for the owned server: the response's `HeaderMap`
+    /// then holds only what the proxy added.
+    pub fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        match self {
+            ProxyBody::Upstream(body) => body.inner.raw_head_mut(),
+            ProxyBody::Message(_) => None,
+        }
+    }
+
+    /// Takes the head as received (see [`ProxyBody::raw_head_mut`]).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        match self {
+            ProxyBody::Upstream(body) => body.inner.take_raw_head(),
+            ProxyBody::Message(_) => None,
+        }
     }
 }
 
@@ -74,11 +97,23 @@ impl Peeked {
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) _in_flight: InFlightGuard,
+    /// The request's place under the service's `max_requests`.
+    pub(crate) _slot: Option<crate::limits::breaker::RequestSlot>,
     pub(crate) connection: Option<(Sender, Arc<Pool>)>,
     pub(crate) log: Option<Box<Record>>,
-    /// The service's duration histogram and when the request started.
-    pub(crate) duration: Option<(Histogram, Instant)>,
+    /// The service's duration histogram and window series, when the
+    /// request started and the status it answered.
+    pub(crate) duration: Option<Timing>,
     pub(crate) bytes: u64,
+}
+
+/// What the end of a response records about its request.
+#[derive(Debug)]
+pub(crate) struct Timing {
+    pub(crate) histogram: Histogram,
+    pub(crate) window: Arc<WindowCounters>,
+    pub(crate) started: Instant,
+    pub(crate) status: u16,
 }
 
 impl Completion {
@@ -88,8 +123,10 @@ impl Completion {
                 pool.checkin(sender);
             }
         }
-        if let Some((histogram, started)) = self.duration.take() {
-            histogram.observe(started.elapsed().as_secs_f64());
+        if let Some(timing) = self.duration.take() {
+            let elapsed = timing.started.elapsed();
+            timing.histogram.observe(elapsed.as_secs_f64());
+            timing.window.record(elapsed, timing.status);
         }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, complete);

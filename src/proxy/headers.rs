@@ -10,6 +10,7 @@ use http::header::{
 };
 
 use crate::config::Cidr;
+use crate::http1::head::RawHead;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -87,6 +88,57 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// [`remove_hop_by_hop`] on a head kept as received: the same fields go,
+/// the others stay as they came.
+pub fn remove_hop_by_hop_raw(head: &mut RawHead) {
+    let is_hop = |name: &[u8]| {
+        HOP_BY_HOP
+            .iter()
+            .position(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+    };
+    let mut present = 0u16;
+    let mut named: Vec<Vec<u8>> = Vec::new();
+    for (name, value) in head.fields() {
+        if let Some(i) = is_hop(name) {
+            present |= 1 << i;
+            if i == 0 {
+                named.extend(
+                    value
+                        .split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .filter(|name| {
+                            !name.is_empty()
+                                && !name.eq_ignore_ascii_case(b"keep-alive")
+                                && !name.eq_ignore_ascii_case(b"close")
+                        })
+                        .map(<[u8]>::to_vec),
+                );
+            }
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let trailers = head
+        .get("te")
+        .is_some_and(|te| te.eq_ignore_ascii_case(b"trailers"));
+    let framed_by_coding = head.get("transfer-encoding").is_some();
+    head.remove_where(|name, _| {
+        is_hop(name).is_some()
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || (framed_by_coding && name.eq_ignore_ascii_case(b"content-length"))
+    });
+    if trailers {
+        head.append(b"te", b"trailers");
+    }
+}
+
+/// Sets `X-Request-Id` on a head kept as received.
+pub fn set_request_id_raw(head: &mut RawHead, id: &HeaderValue) {
+    head.remove(X_REQUEST_ID.as_str());
+    head.append(X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
 }
 
 /// The protocols an HTTP/1.1 request asks to switch to (`Upgrade`), when

@@ -7,6 +7,8 @@
 mod body;
 mod error;
 pub mod headers;
+mod limits;
+mod replay;
 mod target;
 
 use std::net::SocketAddr;
@@ -145,17 +147,38 @@ impl Proxy {
             Ok((mut response, mut completion)) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
-                let (mut parts, body) = response.into_parts();
+                let (mut parts, mut body) = response.into_parts();
                 let protocol = parts.headers.get(http::header::UPGRADE).cloned();
                 headers::remove_hop_by_hop(&mut parts.headers);
+                if let Some(raw) = body.raw_head_mut() {
+                    headers::remove_hop_by_hop_raw(raw);
+                }
                 if let Some(policy) = outcome.route.and_then(|i| snapshot.traffic.get(i)) {
-                    rewrite::apply(&policy.response_headers, &mut parts.headers);
-                    if policy.backend_header {
-                        let named = service.zip(outcome.instance.as_ref()).and_then(|(s, i)| {
+                    let named = policy
+                        .backend_header
+                        .then(|| service.zip(outcome.instance.as_ref()))
+                        .flatten()
+                        .and_then(|(s, i)| {
                             HeaderValue::from_str(&format!("{}/{}", s.name, i.id)).ok()
                         });
-                        if let Some(value) = named {
-                            parts.headers.insert(X_SWITCHYARD_BACKEND.clone(), value);
+                    // The lean client's heads are edited as received (the
+                    // header map is then empty).
+                    match body.raw_head_mut() {
+                        Some(raw) => {
+                            rewrite::apply_raw(&policy.response_headers, raw);
+                            if let Some(value) = named {
+                                raw.remove(X_SWITCHYARD_BACKEND.as_str());
+                                raw.append(
+                                    X_SWITCHYARD_BACKEND.as_str().as_bytes(),
+                                    value.as_bytes(),
+                                );
+                            }
+                        }
+                        None => {
+                            rewrite::apply(&policy.response_headers, &mut parts.headers);
+                            if let Some(value) = named {
+                                parts.headers.insert(X_SWITCHYARD_BACKEND.clone(), value);
+                            }
                         }
                     }
                 }
@@ -163,7 +186,12 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
-                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
+                completion.duration = service.map(|s| body::Timing {
+                    histogram: s.metrics.duration.clone(),
+                    window: Arc::clone(&s.metrics.window),
+                    started,
+                    status: parts.status.as_u16(),
+                });
                 if switching {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
@@ -181,6 +209,9 @@ impl Proxy {
                         tracing::warn!(%detail, "response body failed before its first byte");
                         if let Some(log) = completion.log.as_mut() {
                             log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(timing) = completion.duration.as_mut() {
+                            timing.status = StatusCode::BAD_GATEWAY.as_u16();
                         }
                         if let Some(service) = service {
                             service
@@ -226,16 +257,14 @@ impl Proxy {
             }
             Err(error) => {
                 log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
-                let response =
+                let mut response =
                     request_error_response(&error, snapshot.full_error_detail, &request_id);
+                error.add_headers(response.headers_mut());
                 let status = response.status().as_u16();
                 match service {
                     Some(service) => {
                         service.metrics.answered_by_proxy(status);
-                        service
-                            .metrics
-                            .duration
-                            .observe(started.elapsed().as_secs_f64());
+                        service.metrics.finished(started, status);
                     }
                     None => self.registry.metrics().unrouted(),
                 }
@@ -246,9 +275,14 @@ impl Proxy {
                 response
             }
         };
-        response
-            .headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id);
+        match response.body_mut().raw_head_mut() {
+            Some(raw) => headers::set_request_id_raw(raw, &request_id),
+            None => {
+                response
+                    .headers_mut()
+                    .insert(headers::X_REQUEST_ID.clone(), request_id);
+            }
+        }
         response
     }
 
@@ -265,6 +299,9 @@ impl Proxy {
         // (as Host or :authority, and in X-Forwarded-Host).
         let host_value = host?;
         target::check_path(request.uri().path())?;
+        if let Some(limit) = &snapshot.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         let host = host_value.as_ref().map_or("", target::route_name);
         let facts = RequestFacts {
             method: request.method(),
@@ -306,6 +343,9 @@ impl Proxy {
                 })
             }
         };
+        if let Some(limit) = &route.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
         // fields and the request goes on as an ordinary one.
@@ -316,6 +356,8 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The owned server writes a response head on as received.
+        let raw = matches!(request.body(), ClientBody::Owned(_));
         let (mut parts, body) = request.into_parts();
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -338,7 +380,8 @@ impl Proxy {
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
         // Requests without a body (most of them) can take the lean client.
-        let lean = upgrade.is_none() && body.is_end_stream();
+        let upgrading = upgrade.is_some();
+        let lean = !upgrading && body.is_end_stream();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -375,16 +418,24 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
-        let (body, client_body) = RequestBody::new(body);
-        let request = Request::from_parts(parts, body);
+        let idempotent = idempotent_head(&parts.method, &parts.headers);
+        let (request, client_body, replay) =
+            if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
+                let replay = replay::read(service, &parts, body).await?;
+                (replay.request(), None, Some(replay))
+            } else {
+                let (body, client_body) = RequestBody::new(body);
+                (Request::from_parts(parts, body), client_body, None)
+            };
 
         send_with_retries(
             service,
             candidates,
             request,
             hash_ip(client_ip),
-            lean,
+            lean.then_some(Lean { raw }),
             client_body.as_deref(),
+            replay.as_ref(),
             outcome,
         )
         .await
@@ -423,10 +474,7 @@ impl Drop for Pending<'_> {
             .map(|index| &self.snapshot.services[index]);
         if let Some(service) = service {
             service.metrics.answered_by_proxy(status);
-            service
-                .metrics
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+            service.metrics.finished(self.started, status);
         }
         if let Some(mut log) = self.log.take() {
             log.status = status;
@@ -435,6 +483,13 @@ impl Drop for Pending<'_> {
             log.emit(0, false);
         }
     }
+}
+
+/// A request the lean HTTP/1.1 client may send.
+#[derive(Debug, Clone, Copy)]
+struct Lean {
+    /// Its response head may stay as received (see `upstream::h1`).
+    raw: bool,
 }
 
 /// Tries instances until one answers, at most `max_attempts` times, each
@@ -449,15 +504,26 @@ async fn send_with_retries(
     candidates: Candidates<'_>,
     mut request: Request<RequestBody>,
     client_hash: u64,
-    lean: bool,
+    lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
+    replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
+    let mut slot = Some(
+        service
+            .breaker
+            .admit()
+            .await
+            .map_err(|which| ProxyError::Overflow {
+                service: service.name.clone(),
+                which,
+            })?,
+    );
     let _active = GaugeGuard::new(&service.metrics.active_requests);
-    let mut retrying: Option<GaugeGuard<'_>> = None;
+    let mut retrying: Option<RetryHeld<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     for attempt in 1..=attempts {
@@ -481,8 +547,8 @@ async fn send_with_retries(
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
         let started = outcome.wants_upstream_time.then(Instant::now);
-        let sent = if lean && pool.takes_lean() {
-            send_lean(service, pool, request).await
+        let sent = if let Some(lean) = lean.filter(|_| pool.takes_lean()) {
+            send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
         };
@@ -503,7 +569,11 @@ async fn send_with_retries(
                 let retry_status = status.is_server_error()
                     && (policy.server_error
                         || (policy.gateway_error && matches!(status.as_u16(), 502..=504)));
-                if let Some(again) = again.filter(|_| retry_status && idempotent) {
+                let again = match retry_status && idempotent {
+                    true => again.or_else(|| replay.map(replay::Replay::request)),
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::debug!(service = %service.name, instance = %instance.id, attempt, %status, "retrying on another instance");
                         instance.state.metrics.response(status.as_u16());
@@ -527,6 +597,7 @@ async fn send_with_retries(
                 );
                 let completion = Completion {
                     _in_flight: in_flight,
+                    _slot: slot.take(),
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),
                     log: None,
                     duration: None,
@@ -582,9 +653,17 @@ async fn send_with_retries(
                     timeout: service.request_timeout,
                 });
             }
-            Sent::Failed(error, again) => {
+            Sent::Failed(error, again, before_response) => {
                 service.record_outcome(instance, Some(&error));
-                if let Some(again) = again.filter(|_| policy.reset && idempotent) {
+                // A body read whole can go again whichever client sent it.
+                let again = match policy.reset && idempotent {
+                    true if before_response => {
+                        again.or_else(|| replay.map(replay::Replay::request))
+                    }
+                    true => again,
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::warn!(service = %service.name, instance = %instance.id, attempt, %error, "connection closed before the response; retrying on another instance");
                         tried.push(index);
@@ -641,10 +720,15 @@ struct Candidates<'a> {
 /// Whether sending `request` twice has the effect of sending it once
 /// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
 fn is_idempotent<B>(request: &Request<B>) -> bool {
+    idempotent_head(request.method(), request.headers())
+}
+
+/// [`is_idempotent`] of a request's method and header fields.
+fn idempotent_head(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || request.headers().contains_key("idempotency-key")
+    ) || headers.contains_key("idempotency-key")
 }
 
 /// The wait before retry number `retry` (1, 2, ...): full jitter up to
@@ -664,7 +748,7 @@ fn backoff(retry: u32) -> Duration {
 /// request takes a slot it holds until it is done; a refusal is counted.
 /// (Re-sending after a connect failure, which cost the instances nothing,
 /// is bounded by `max_attempts` only.)
-fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<'a>>) -> bool {
+fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<RetryHeld<'a>>) -> bool {
     if slot.is_some() {
         return true;
     }
@@ -677,9 +761,17 @@ fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<
         metrics.retry_budget_exhausted.inc();
         return false;
     }
-    *slot = Some(GaugeGuard::new(&metrics.active_retries));
+    // `circuit_breaker.max_retries`, when set, on top of the budget.
+    let Some(breaker_slot) = service.breaker.retry() else {
+        return false;
+    };
+    *slot = Some((GaugeGuard::new(&metrics.active_retries), breaker_slot));
     true
 }
+
+/// What a retrying request holds until it is done: its place in the retry
+/// budget's gauge and under the breaker's `max_retries`.
+type RetryHeld<'a> = (GaugeGuard<'a>, Option<crate::limits::breaker::RetrySlot>);
 
 /// Counts one in a gauge while alive.
 struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -740,8 +832,9 @@ enum Sent {
     TimedOut,
     /// The request went out and the exchange failed; the request is given
     /// back when the connection closed or reset before any response head
-    /// (it may be sent again if it is idempotent).
-    Failed(String, Option<Request<RequestBody>>),
+    /// (it may be sent again if it is idempotent). The flag says whether
+    /// the failure was such a close or reset (not an invalid answer).
+    Failed(String, Option<Request<RequestBody>>, bool),
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns
@@ -768,7 +861,7 @@ async fn send_hyper(
                 // The lean client checks the same in its own parser.
                 let status = response.status();
                 if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
-                    return Sent::Failed(format!("invalid response: {invalid}"), None);
+                    return Sent::Failed(format!("invalid response: {invalid}"), None, false);
                 }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
@@ -784,7 +877,11 @@ async fn send_hyper(
                     request = unsent;
                 }
                 Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
-                None => return Sent::Failed(error.into_error().to_string(), None),
+                None => {
+                    let error = error.into_error();
+                    let closed = closed_before_response(&error);
+                    return Sent::Failed(error.to_string(), None, closed);
+                }
             },
         }
     }
@@ -796,6 +893,7 @@ async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
     request: Request<RequestBody>,
+    lean: Lean,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -805,7 +903,7 @@ async fn send_lean(
         };
         let response = tokio::time::timeout(
             service.request_timeout,
-            conn.send(&request, reused, Arc::clone(pool)),
+            conn.send(&request, reused, Arc::clone(pool), lean.raw),
         )
         .await;
         match response {
@@ -823,10 +921,32 @@ async fn send_lean(
             }
             Ok(Err(failed)) => {
                 let again = failed.before_response.then_some(request);
-                return Sent::Failed(failed.error.to_string(), again);
+                return Sent::Failed(failed.error.to_string(), again, failed.before_response);
             }
         }
     }
+}
+
+/// Whether hyper's client failed because the connection closed or reset
+/// before the response head arrived (not for an answer it could not parse).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {

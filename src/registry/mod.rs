@@ -287,6 +287,8 @@ impl Hasher for Fnv {
 
 struct RegistryState {
     config: Arc<Config>,
+    /// Rate limiters and breakers, kept across builds while unchanged.
+    limits: crate::limits::Limits,
     /// Registered through the API, by service and id.
     registered: BTreeMap<ServiceName, BTreeMap<InstanceId, Registered>>,
     /// Discovered in Consul, by service.
@@ -355,6 +357,7 @@ impl Registry {
             changes_published: 0,
             generation: 0,
             panicking: HashMap::new(),
+            limits: crate::limits::Limits::default(),
             indexes: HashMap::new(),
             split_counters: crate::traffic::SplitCounters::default(),
         };
@@ -972,6 +975,7 @@ fn build(
         for name in gone {
             state.built.remove(&name);
             state.panicking.remove(&name);
+            state.limits.remove_breaker(name.as_str());
             state.indexes.remove(&name);
             if let Some(counts) = state.counts.remove(&name) {
                 for (total, count) in state.totals.iter_mut().zip(counts) {
@@ -990,7 +994,14 @@ fn build(
         metrics.set_registry_size(source.as_str(), total);
     }
     let config = Arc::clone(&state.config);
-    let snapshot = Snapshot::assemble(generation, &config, services, &mut state.split_counters);
+    let snapshot = Snapshot::assemble(
+        generation,
+        &config,
+        services,
+        &mut state.limits,
+        &mut state.split_counters,
+        metrics,
+    );
     tracing::debug!(
         generation,
         services = names.len(),
@@ -1026,6 +1037,15 @@ fn build_service(
     let mut cursor = 0usize;
     // Previous instances the walk stepped over: gone, or found by id below.
     let mut skipped: Vec<&Arc<Instance>> = Vec::new();
+    // Services only registered through the API have the default breaker.
+    let breaker_config = state
+        .config
+        .services
+        .get(name)
+        .map_or_else(Default::default, |s| s.circuit_breaker);
+    let breaker = state
+        .limits
+        .breaker(name.as_str(), &breaker_config, metrics);
     let (settings, planned) = plan_service(state, name);
     let service: &ServiceConfig = &settings;
     let upstream_settings = upstream::Settings {
@@ -1178,6 +1198,7 @@ fn build_service(
         verdicts,
         failures.clone(),
         metrics,
+        breaker,
     );
     drop(settings);
     drop(previous);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::http1::body::{self, BodySender, PendingUpgrade, Upgraded};
 use crate::http1::chunked::{ChunkedDecoder, Decoded};
+use crate::http1::head::RawHead;
 use crate::http1::request::{self, BodyFraming, HeadLimits, Refusal};
 use crate::proxy::ProxyBody;
 use crate::upstream::ClientBody;
@@ -379,7 +380,14 @@ where
             }
         }
     };
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    // The upstream's head as received (the usual case): only the fields
+    // that must change are edited, the rest is copied as it came.
+    let mut raw = body.take_raw_head();
+    let mut fields = Fields {
+        map: &mut parts.headers,
+        raw: raw.as_mut(),
+    };
     let mut body = Tracked::new(body, in_flight);
     let status = parts.status;
     let switching = status == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some();
@@ -388,22 +396,20 @@ where
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let mut keep_alive = head.keep_alive && !switching;
-    parts.headers.remove(TRANSFER_ENCODING);
-    let length = match parts.headers.get(CONTENT_LENGTH) {
-        Some(value) => crate::http1::framing::content_length(&parts.headers)
-            .ok()
-            .flatten()
-            .or_else(|| {
-                tracing::debug!(
-                    ?value,
-                    "response Content-Length unreadable; closing after it"
-                );
-                None
-            }),
+    fields.remove(&TRANSFER_ENCODING);
+    let length = match fields.content_length() {
+        Some(Ok(length)) => length,
+        Some(Err(invalid)) => {
+            tracing::debug!(
+                invalid,
+                "response Content-Length unreadable; closing after it"
+            );
+            None
+        }
         None => body.size_hint().exact(),
     };
     if length.is_none() {
-        parts.headers.remove(CONTENT_LENGTH);
+        fields.remove(&CONTENT_LENGTH);
     }
     let chunked = !bodyless && length.is_none() && version == Version::HTTP_11;
     if !bodyless && length.is_none() && !chunked {
@@ -411,33 +417,24 @@ where
         keep_alive = false;
     }
     if !switching {
-        parts.headers.remove(CONNECTION);
+        fields.remove(&CONNECTION);
         if !keep_alive {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+            fields.insert(CONNECTION, HeaderValue::from_static("close"));
         } else if version == Version::HTTP_10 {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            fields.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
         }
     }
-    if let (false, Some(length), false) =
-        (bodyless, length, parts.headers.contains_key(CONTENT_LENGTH))
-    {
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    if let (false, Some(length), false) = (bodyless, length, fields.contains(&CONTENT_LENGTH)) {
+        fields.insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
     if chunked {
-        parts
-            .headers
-            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        fields.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     out.clear();
     // Room for a usual head and a small body: one allocation, not growth.
     out.reserve(1024);
-    write_head(out, status, &parts.headers);
+    write_head(out, status, &fields);
+    drop(raw);
 
     let mut sent: u64 = 0;
     let mut complete = true;
@@ -520,19 +517,65 @@ where
     })
 }
 
-fn write_head(out: &mut Vec<u8>, status: StatusCode, headers: &http::HeaderMap) {
+/// A response's fields: the map the proxy built and, when the upstream's
+/// head was kept as received, that head (its fields first, then the map's).
+struct Fields<'a> {
+    map: &'a mut http::HeaderMap,
+    raw: Option<&'a mut RawHead>,
+}
+
+impl Fields<'_> {
+    fn remove(&mut self, name: &HeaderName) {
+        self.map.remove(name);
+        if let Some(raw) = self.raw.as_deref_mut() {
+            raw.remove(name.as_str());
+        }
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.map.contains_key(name)
+            || self
+                .raw
+                .as_deref()
+                .is_some_and(|raw| raw.contains(name.as_str()))
+    }
+
+    /// Sets `name` (after [`Fields::remove`], where it could be there).
+    fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+        match self.raw.as_deref_mut() {
+            Some(raw) => raw.append(name.as_str().as_bytes(), value.as_bytes()),
+            None => {
+                self.map.insert(name, value);
+            }
+        }
+    }
+
+    /// The body length the Content-Length fields give, if there are any.
+    fn content_length(&self) -> Option<Result<Option<u64>, crate::http1::framing::Invalid>> {
+        if self.map.contains_key(CONTENT_LENGTH) {
+            return Some(crate::http1::framing::content_length(self.map));
+        }
+        let value = self.raw.as_deref()?.get("content-length")?;
+        Some(crate::http1::framing::content_length_value(value, None))
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, status: StatusCode, fields: &Fields<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     // As hyper's server does: the proxy's own answers get one too.
-    if !headers.contains_key(DATE) {
+    if !fields.contains(&DATE) {
         out.extend_from_slice(b"date: ");
         crate::http1::date::append_now(out);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in headers {
+    if let Some(raw) = fields.raw.as_deref() {
+        raw.write_fields(out);
+    }
+    for (name, value) in fields.map.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

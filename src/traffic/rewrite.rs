@@ -4,6 +4,7 @@
 use http::HeaderMap;
 
 use crate::config::HeaderRewrite;
+use crate::http1::head::RawHead;
 
 /// Applies `rewrite` to `headers`: removes, then sets (replacing every
 /// earlier value), then adds (beside what is there).
@@ -16,6 +17,21 @@ pub fn apply(rewrite: &HeaderRewrite, headers: &mut HeaderMap) {
     }
     for (name, value) in &rewrite.add {
         headers.append(name.clone(), value.clone());
+    }
+}
+
+/// Applies `rewrite` to a head kept as received (the lean client's
+/// responses), with the same order as [`apply`].
+pub fn apply_raw(rewrite: &HeaderRewrite, head: &mut RawHead) {
+    for name in &rewrite.remove {
+        head.remove(name.as_str());
+    }
+    for (name, value) in &rewrite.set {
+        head.remove(name.as_str());
+        head.append(name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in &rewrite.add {
+        head.append(name.as_str().as_bytes(), value.as_bytes());
     }
 }
 

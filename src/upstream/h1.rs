@@ -28,6 +28,7 @@ use super::framing::{
     self, MAX_CHUNK_LINE, MAX_RESPONSE_FIELDS as MAX_FIELDS, MAX_RESPONSE_HEAD as MAX_HEAD,
 };
 use super::Pool;
+use crate::http1::head::RawHead;
 
 /// Read buffer of a connection; response heads may grow it to `MAX_HEAD`.
 const BUFFER: usize = 8 * 1024;
@@ -115,11 +116,18 @@ impl Conn {
     /// requests without one) and reads the response head. The body is read
     /// as the returned response's body is polled; at its end the connection
     /// goes back to `pool` if it can carry another request.
+    ///
+    /// With `raw`, a response head of the usual shape (CRLF lines, at most
+    /// one plain Content-Length, not both framing fields) is not made into
+    /// a `HeaderMap`: the response's map is empty and its body carries the
+    /// head as received ([`Body::take_raw_head`]), for a server that writes
+    /// it on by copying.
     pub async fn send<B>(
         mut self: Box<Self>,
         request: &Request<B>,
         reused: bool,
         pool: Arc<Pool>,
+        raw: bool,
     ) -> Result<Response<Body>, SendError> {
         encode_head(request, &mut self.head);
         if let Err(error) = self.io.write_all(&self.head).await {
@@ -135,7 +143,7 @@ impl Conn {
         let head_only = request.method() == Method::HEAD;
         let mut received_any = false;
         loop {
-            match self.read_head().await {
+            match self.read_head(raw).await {
                 Ok(head) => {
                     received_any = true;
                     // Informational answers (100, 102, 103) precede the real one.
@@ -146,6 +154,8 @@ impl Conn {
                     }
                     let mut head = head;
                     let checked = framing(&head, head_only).and_then(|framing| {
+                        // A raw head has one plain Content-Length at most
+                        // and not with Transfer-Encoding: nothing to fold.
                         framing::check_response_head(head.status, &mut head.headers)
                             .map(|()| framing)
                             .map_err(Error::Invalid)
@@ -166,6 +176,7 @@ impl Conn {
                         pool: Some(pool),
                         state: framing.state,
                         reusable,
+                        raw: head.raw,
                     });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
@@ -203,16 +214,20 @@ impl Conn {
         }
     }
 
-    /// Reads until a complete response head is buffered, and parses it.
-    async fn read_head(&mut self) -> Result<Head, Error> {
+    /// Reads until a complete response head is buffered, and parses it
+    /// (kept as received with `raw`, when it can be).
+    async fn read_head(&mut self, raw: bool) -> Result<Head, Error> {
         loop {
             if self.start != self.end {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
                 let mut parsed = httparse::Response::new(&mut fields);
                 match parsed.parse(&self.buf[self.start..self.end]) {
                     Ok(httparse::Status::Complete(len)) => {
-                        let head =
-                            Head::from_parsed(&parsed, &self.buf[self.start..self.start + len])?;
+                        let bytes = &self.buf[self.start..self.start + len];
+                        let head = match raw.then(|| Head::raw(&parsed, bytes)).flatten() {
+                            Some(head) => head?,
+                            None => Head::from_parsed(&parsed, bytes)?,
+                        };
                         self.consume(len);
                         return Ok(head);
                     }
@@ -310,26 +325,113 @@ fn encode_head<B>(request: &Request<B>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response head.
+/// A parsed response head: its fields in a map, or as received.
 struct Head {
     status: StatusCode,
     version: Version,
+    /// Empty when `raw` has the fields.
     headers: HeaderMap,
+    raw: Option<RawHead>,
+}
+
+fn status_and_version(parsed: &httparse::Response<'_, '_>) -> Result<(StatusCode, Version), Error> {
+    let status = parsed
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(Error::Invalid("bad status code"))?;
+    let version = match parsed.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    Ok((status, version))
 }
 
 impl Head {
+    /// The head kept as received, if it has the usual shape: CRLF lines,
+    /// at most one Content-Length field without a list, and not both
+    /// Content-Length and Transfer-Encoding (those are folded or dropped,
+    /// which the map path does). `None`: take the map path.
+    fn raw(parsed: &httparse::Response<'_, '_>, bytes: &[u8]) -> Option<Result<Head, Error>> {
+        let mut lengths = 0;
+        let mut transfer_encoding = false;
+        for field in parsed.headers.iter() {
+            if field.name.eq_ignore_ascii_case("content-length") {
+                lengths += 1;
+                if field.value.contains(&b',') {
+                    return None;
+                }
+            } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_encoding = true;
+            }
+        }
+        if lengths > 1 || (lengths == 1 && transfer_encoding) {
+            return None;
+        }
+        let raw = RawHead::new(bytes, parsed.headers)?;
+        // What HeaderName and HeaderValue refuse is refused here too.
+        for field in parsed.headers.iter() {
+            if HeaderName::from_bytes(field.name.as_bytes()).is_err() {
+                return Some(Err(Error::Invalid("bad field name")));
+            }
+            if HeaderValue::from_bytes(field.value).is_err() {
+                return Some(Err(Error::Invalid("bad field value")));
+            }
+        }
+        Some(status_and_version(parsed).map(|(status, version)| Head {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            raw: Some(raw),
+        }))
+    }
+
+    /// The value of the last field called `name`.
+    fn last(&self, name: &HeaderName) -> Option<&[u8]> {
+        match &self.raw {
+            Some(raw) => raw
+                .fields()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                .map(|(_, v)| v)
+                .last(),
+            None => self
+                .headers
+                .get_all(name)
+                .iter()
+                .next_back()
+                .map(HeaderValue::as_bytes),
+        }
+    }
+
+    /// Whether any field called `name` lists `token`.
+    fn lists(&self, name: &HeaderName, token: &str) -> bool {
+        let has = |value: &[u8]| {
+            value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        };
+        match &self.raw {
+            Some(raw) => raw
+                .fields()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name.as_str().as_bytes()) && has(v)),
+            None => self.headers.get_all(name).iter().any(|v| has(v.as_bytes())),
+        }
+    }
+
+    fn content_length(&self) -> Result<Option<u64>, Error> {
+        match &self.raw {
+            Some(raw) => raw
+                .get("content-length")
+                .map_or(Ok(None), |v| framing::content_length_value(v, None)),
+            None => framing::content_length(&self.headers),
+        }
+        .map_err(Error::Invalid)
+    }
+
     /// `parsed` was parsed from `raw`. Field values share one copy of the
     /// head rather than being copied one by one.
     fn from_parsed(parsed: &httparse::Response<'_, '_>, raw: &[u8]) -> Result<Head, Error> {
         let bytes = Bytes::copy_from_slice(raw);
-        let status = parsed
-            .code
-            .and_then(|code| StatusCode::from_u16(code).ok())
-            .ok_or(Error::Invalid("bad status code"))?;
-        let version = match parsed.version {
-            Some(1) => Version::HTTP_11,
-            _ => Version::HTTP_10,
-        };
+        let (status, version) = status_and_version(parsed)?;
         let mut headers = HeaderMap::with_capacity(parsed.headers.len());
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -348,6 +450,7 @@ impl Head {
             status,
             version,
             headers,
+            raw: None,
         })
     }
 }
@@ -362,7 +465,7 @@ struct Framing {
 /// RFC 9112 §6.3. Content-Length is checked even where it delimits
 /// nothing (HEAD, 204, 304): a bad one is forwarded by nobody.
 fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
-    let length = framing::content_length(&head.headers).map_err(Error::Invalid)?;
+    let length = head.content_length()?;
     let status = head.status;
     if head_only
         || status.is_informational()
@@ -376,15 +479,11 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
             reusable,
         });
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
-        let chunked_last = head
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+    if let Some(last) = head.last(&TRANSFER_ENCODING) {
+        let chunked_last = last
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked_last {
             Framing {
                 state: State::Chunked(Chunk::Size),
@@ -412,14 +511,7 @@ fn framing(head: &Head, head_only: bool) -> Result<Framing, Error> {
 
 /// Whether the upstream keeps the connection open after this response.
 fn keeps_alive(head: &Head) -> bool {
-    let close = head
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("close"));
-    head.version == Version::HTTP_11 && !close
+    head.version == Version::HTTP_11 && !head.lists(&CONNECTION, "close")
 }
 
 /// Where the body reader is.
@@ -454,9 +546,22 @@ pub struct Body {
     pool: Option<Arc<Pool>>,
     state: State,
     reusable: bool,
+    /// The head as received, until the server writing it takes it.
+    raw: Option<RawHead>,
 }
 
 impl Body {
+    /// The response head as received, when it was kept that way (see
+    /// [`Conn::send`]); the response's `HeaderMap` is then empty.
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.raw.take()
+    }
+
+    /// The response head as received, to edit before it is written.
+    pub fn raw_head_mut(&mut self) -> Option<&mut RawHead> {
+        self.raw.as_mut()
+    }
+
     /// At the end: the connection goes back to the pool if the upstream
     /// keeps it open and sent nothing beyond this response.
     fn finish(&mut self) {
@@ -682,6 +787,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             version,
             headers,
+            raw: None,
         }
     }
 

@@ -181,6 +181,25 @@ impl http_body::Body for ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The lean client's response head as received, if it was kept that
+    /// way (the response's `HeaderMap` is then empty).
+    pub fn raw_head_mut(&mut self) -> Option<&mut crate::http1::head::RawHead> {
+        match self {
+            ResponseBody::Hyper(_) => None,
+            ResponseBody::Lean(body) => body.raw_head_mut(),
+        }
+    }
+
+    /// Takes the head as received, for the server that writes it.
+    pub fn take_raw_head(&mut self) -> Option<crate::http1::head::RawHead> {
+        match self {
+            ResponseBody::Hyper(_) => None,
+            ResponseBody::Lean(body) => body.take_raw_head(),
+        }
+    }
+}
+
 /// How to talk to the instances: protocol and TLS, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Settings {
