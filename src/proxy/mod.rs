@@ -329,10 +329,12 @@ impl Proxy {
         outcome.route = Some(route.policy);
         let candidates = match &backend.target {
             Target::Service => Candidates {
+                service,
                 balancer: &service.balancer,
                 instances: &service.instances,
             },
             Target::Subset(pool) => Candidates {
+                service,
                 balancer: &pool.balancer,
                 instances: &pool.instances,
             },
@@ -429,7 +431,6 @@ impl Proxy {
             };
 
         send_with_retries(
-            service,
             candidates,
             request,
             hash_ip(client_ip),
@@ -500,7 +501,6 @@ struct Lean {
 /// connection had been closed by the upstream before it went out (see
 /// [`Sent`]).
 async fn send_with_retries(
-    service: &ServiceSnapshot,
     candidates: Candidates<'_>,
     mut request: Request<RequestBody>,
     client_hash: u64,
@@ -509,6 +509,7 @@ async fn send_with_retries(
     replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
+    let service = candidates.service;
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
@@ -709,10 +710,11 @@ async fn send_with_retries(
     })
 }
 
-/// The instances a request may go to (the service's, or a subset's) and
-/// the balancer built over them.
+/// The service a request goes to, the instances it may use (the
+/// service's, or a subset's) and the balancer built over them.
 #[derive(Clone, Copy)]
 struct Candidates<'a> {
+    service: &'a ServiceSnapshot,
     balancer: &'a Balancer,
     instances: &'a [Arc<Instance>],
 }
