@@ -106,7 +106,17 @@ fn traffic(c: &mut Criterion) {
     group.bench_function("split_smooth_95_5", |b| {
         b.iter(|| black_box(smooth.choose(black_box(None))))
     });
+    let hashes: Vec<u64> = users
+        .iter()
+        .map(|headers| keyed.split_key(headers, ip).unwrap())
+        .collect();
     let mut next = 0usize;
+    group.bench_function("split_consistent_decision_95_5", |b| {
+        b.iter(|| {
+            next = (next + 1) & 1023;
+            black_box(keyed.choose(black_box(Some(hashes[next]))))
+        })
+    });
     group.bench_function("split_by_header_95_5", |b| {
         b.iter(|| {
             next = (next + 1) & 1023;

@@ -426,6 +426,22 @@ mod tests {
     }
 
     #[test]
+    fn versions_come_from_meta_then_a_version_tag() {
+        let body = br#"[
+          {"Node":{"Node":"n1","Address":"10.0.0.1"},
+           "Service":{"ID":"a","Tags":["version=1.0"],"Port":80,"Meta":{"version":"2.1"}}},
+          {"Node":{"Node":"n2","Address":"10.0.0.2"},
+           "Service":{"ID":"b","Tags":["blue","version=1.0"],"Port":80}},
+          {"Node":{"Node":"n3","Address":"10.0.0.3"},
+           "Service":{"ID":"c","Tags":["version=not ok"],"Port":80}}
+        ]"#;
+        let (instances, refused) = parse_health(body, false).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let versions: Vec<Option<&str>> = instances.iter().map(|i| i.version.as_deref()).collect();
+        assert_eq!(versions, [Some("2.1"), Some("1.0"), None]);
+    }
+
+    #[test]
     fn encodes_names() {
         assert_eq!(encode("web api/v1"), "web%20api%2Fv1");
     }
