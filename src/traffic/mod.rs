@@ -61,8 +61,8 @@ pub struct CompiledBackend {
 
 impl CompiledRoute {
     /// The hash of the request's split key, if the route has a
-    /// `split_by` and the request carries the key. `client_hash` is the
-    /// client IP's [`hash_ip`].
+    /// `split_by` and the request carries the key (`client_ip` is the
+    /// client as found through `trusted_proxies`).
     pub fn split_key(&self, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
         match self.split_by.as_ref()? {
             // Hashed once more so that the split and an `ip_hash` ring
