@@ -860,6 +860,17 @@ fn validate_rate_limit(
                 .ok_or_else(|| format!("must be between 1 and {MAX_RATE_LIMIT_KEYS} (got {n})")),
         ),
     };
+    if let (Some(rate), Some(period), Some(burst)) = (rate, period, burst) {
+        // A bucket is a time in nanoseconds: a full burst must fit in it
+        // with room to spare (2^62 ns is about 146 years).
+        let interval = period.as_nanos() / u128::from(rate.get());
+        if interval.saturating_mul(u128::from(burst.get())) > 1 << 62 {
+            errors.push(
+                format!("{path}.burst"),
+                format!("{burst} tokens of {period:?} / {rate} each take more than 146 years to refill; lower burst or raise rate"),
+            );
+        }
+    }
     if errors.0.len() > before {
         return None;
     }
