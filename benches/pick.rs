@@ -1,6 +1,8 @@
 //! Cost of one pick per strategy at 3, 100 and 1,000 instances, of the
 //! sticky-cookie lookup, and of building each balancer and sticky table
-//! (done once per snapshot, not per request).
+//! (done once per snapshot, not per request); then the traffic-policy
+//! steps a request takes before the pick: route match with conditions, the
+//! split decision (smooth and keyed) and a pick inside a subset.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 #![allow(missing_docs)]
@@ -137,5 +139,84 @@ fn sticky(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, build, sticky);
+fn traffic(c: &mut Criterion) {
+    use switchyard::traffic::matcher::RequestFacts;
+    use switchyard::traffic::Target;
+
+    let mut text = String::from(
+        "listeners: [{address: 127.0.0.1:80}]\nroutes:\n  - {path_prefix: /api, headers: {x-env: {exact: staging}, x-user: {prefix: beta-}}, service: web}\n  - path_prefix: /\n    backends:\n      - {service: web, weight: 95}\n      - {service: web, weight: 5, subset: {version: \"2.1\"}}\n  - path_prefix: /keyed\n    split_by: header x-user\n    backends: [{service: web, weight: 95}, {service: web, weight: 5, subset: {version: \"2.1\"}}]\nservices:\n  web:\n    instances:\n",
+    );
+    for i in 0..100 {
+        let version = if i % 2 == 0 { "1.0" } else { "2.1" };
+        text.push_str(&format!(
+            "      - {{address: \"10.0.0.{i}:80\", version: \"{version}\"}}\n"
+        ));
+    }
+    let registry = switchyard::registry::Registry::new(switchyard::config::parse(&text).unwrap());
+    let snapshot = registry.snapshot();
+    let smooth = &snapshot.traffic[1];
+    let keyed = &snapshot.traffic[2];
+    let users: Vec<http::HeaderMap> = (0..1024)
+        .map(|i| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-user", format!("user-{i}").parse().unwrap());
+            headers
+        })
+        .collect();
+    let ip: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
+    let mut group = c.benchmark_group("traffic");
+    group.bench_function("split_smooth_95_5", |b| {
+        b.iter(|| black_box(smooth.choose(black_box(None))))
+    });
+    let hashes: Vec<u64> = users
+        .iter()
+        .map(|headers| keyed.split_key(headers, ip).unwrap())
+        .collect();
+    let mut next = 0usize;
+    group.bench_function("split_consistent_decision_95_5", |b| {
+        b.iter(|| {
+            next = (next + 1) & 1023;
+            black_box(keyed.choose(black_box(Some(hashes[next]))))
+        })
+    });
+    group.bench_function("split_by_header_95_5", |b| {
+        b.iter(|| {
+            next = (next + 1) & 1023;
+            let key = keyed.split_key(black_box(&users[next]), ip);
+            black_box(keyed.choose(key))
+        })
+    });
+    let Target::Subset(pool) = &smooth.backends[1].target else {
+        panic!("the 2.1 subset was not built");
+    };
+    group.bench_function("subset_pick_50_of_100", |b| {
+        b.iter(|| {
+            let target = black_box(&smooth.backends[1].target);
+            let picked = match target {
+                Target::Subset(pool) => pool.balancer.pick(0, &pool.instances),
+                _ => None,
+            };
+            black_box(picked)
+        })
+    });
+    assert_eq!(pool.instances.len(), 50);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-env", "staging".parse().unwrap());
+    headers.insert("x-user", "beta-7".parse().unwrap());
+    let method = http::Method::GET;
+    group.bench_function("route_with_2_header_conditions", |b| {
+        b.iter(|| {
+            let facts = RequestFacts::bare(&method, black_box("/api/users"), &headers);
+            black_box(
+                snapshot
+                    .router
+                    .find("example.com", &facts)
+                    .map(|r| r.policy),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pick, build, sticky, traffic);
 criterion_main!(benches);

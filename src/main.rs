@@ -259,6 +259,9 @@ fn check(path: &Path, connect: bool) -> ExitCode {
                 config.services.len(),
                 instances
             );
+            for warning in switchyard::traffic::matcher::route_warnings(&config.routes) {
+                println!("{warning}");
+            }
             check_dns(&config);
             // Offline by default, like `nginx -t`: a valid file is valid
             // whether or not Consul and etcd answer right now.
@@ -440,9 +443,16 @@ fn print_demo_help(config: &Config, running: &Running) {
             config::HostMatch::Exact(host) => format!(" -H 'Host: {host}'"),
             config::HostMatch::Suffix(suffix) => format!(" -H 'Host: demo{suffix}'"),
         };
+        let services: Vec<&str> = route
+            .policy
+            .backends
+            .iter()
+            .map(|b| b.service.as_str())
+            .collect();
         println!(
             "  curl{host} {base}{}        # service {}",
-            route.path_prefix, route.service
+            route.path_prefix,
+            services.join(", ")
         );
     }
     println!("  for i in 1 2 3 4 5 6; do curl -s {base}/ | head -1; done   # watch the rotation");

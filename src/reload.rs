@@ -610,6 +610,9 @@ impl Reloader {
         write_file: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        for warning in crate::traffic::matcher::route_warnings(&config.routes) {
+            tracing::warn!(%warning, "config has a route that can never match");
+        }
         let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
         if !same_text {
             if let Some(running) = self.guards.watching() {

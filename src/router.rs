@@ -1,18 +1,22 @@
 //! Request → route: host first (exact, then the longest `*.suffix`, then
-//! any host), then the longest matching path prefix. Built once per
-//! snapshot; a lookup allocates nothing unless the host has upper case.
+//! any host), then the path (patterns first, then the longest prefix), then
+//! the route with more method, header and query conditions. Built once
+//! per snapshot; a lookup allocates nothing unless the host has upper case
+//! (or a query condition meets a percent-encoded parameter).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{HostMatch, RouteConfig};
+use crate::config::{HostMatch, MatchConditions, Pattern, RouteConfig};
 use crate::limits::RateLimiter;
+use crate::traffic::matcher::{self, RequestFacts};
 
 /// A matched route.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Index of the service in the snapshot.
-    pub service: usize,
+    /// Index of the route in the config, and of its traffic policy in the
+    /// snapshot.
+    pub policy: usize,
     /// The path prefix that matched.
     pub path_prefix: Box<str>,
     /// Remove the prefix before forwarding.
@@ -21,6 +25,10 @@ pub struct Route {
     pub upgrades: Box<[Box<str>]>,
     /// Where copies of its requests go, if anywhere.
     pub mirror: Option<crate::traffic::mirror::MirrorRoute>,
+    /// A pattern the whole path must match, instead of the prefix.
+    pub path_regex: Option<Pattern>,
+    /// Method, header and query conditions.
+    pub conditions: MatchConditions,
     /// The route's rate limit, if it has one.
     pub rate_limit: Option<Arc<RateLimiter>>,
 }
@@ -61,30 +69,26 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the table. `service_index` maps a route's service to its index
-    /// in the snapshot; routes to unknown services are skipped (validation
-    /// has already refused them).
-    pub fn new(
-        routes: &[RouteConfig],
-        service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
-    ) -> Router {
-        Router::with_rate_limits(routes, service_index, |_| None)
+    /// Builds the table, each host's routes in the order they are tried
+    /// (see [`matcher::precedence`]).
+    pub fn new(routes: &[RouteConfig]) -> Router {
+        Router::with_rate_limits(routes, |_| None, |_| None)
     }
 
     /// Builds the table with the rate limiter of each route (by its index
-    /// in `routes`).
+    /// in `routes`) and the snapshot index of each mirror service.
     pub fn with_rate_limits(
         routes: &[RouteConfig],
         service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
         rate_limit: impl Fn(usize) -> Option<Arc<RateLimiter>>,
     ) -> Router {
         let mut router = Router::default();
-        for (index, config) in routes.iter().enumerate() {
-            let Some(service) = service_index(&config.service) else {
-                continue;
-            };
+        let mut keyed: Vec<(usize, &RouteConfig)> = routes.iter().enumerate().collect();
+        // A stable sort: ties keep config order.
+        keyed.sort_by_key(|(_, config)| matcher::precedence(config));
+        for (index, config) in keyed {
             let route = Route {
-                service,
+                policy: index,
                 path_prefix: config.path_prefix.as_str().into(),
                 strip_prefix: config.strip_prefix,
                 upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
@@ -92,6 +96,8 @@ impl Router {
                     let service = service_index(&mirror.service)?;
                     Some(crate::traffic::mirror::MirrorRoute::new(mirror, service))
                 }),
+                path_regex: config.path_regex.clone(),
+                conditions: config.conditions.clone(),
                 rate_limit: rate_limit(index),
             };
             let list = match &config.host {
@@ -110,23 +116,14 @@ impl Router {
             };
             list.push(route);
         }
-        let by_prefix_length = |list: &mut Vec<Route>| {
-            list.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        };
-        router.exact.values_mut().for_each(by_prefix_length);
-        router
-            .suffix
-            .iter_mut()
-            .for_each(|(_, l)| by_prefix_length(l));
-        by_prefix_length(&mut router.any);
         router
             .suffix
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
     }
 
-    /// The most specific route for `host` (without port) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+    /// The most specific route for `host` (without port) and `request`.
+    pub fn find(&self, host: &str, request: &RequestFacts<'_>) -> Option<&Route> {
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
@@ -136,29 +133,41 @@ impl Router {
         };
         // A host without a matching path falls through to less specific
         // hosts, like nginx falling back to its default server.
-        if let Some(route) = self.exact.get(host).and_then(|list| match_path(list, path)) {
+        if let Some(route) = self
+            .exact
+            .get(host)
+            .and_then(|list| match_path(list, request))
+        {
             return Some(route);
         }
         for (suffix, list) in &self.suffix {
             if host.len() > suffix.len() && host.ends_with(&**suffix) {
-                if let Some(route) = match_path(list, path) {
+                if let Some(route) = match_path(list, request) {
                     return Some(route);
                 }
             }
         }
-        match_path(&self.any, path)
+        match_path(&self.any, request)
     }
 }
 
-/// The first (longest) prefix in `list` that matches `path` at a segment
-/// boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
-fn match_path<'a>(list: &'a [Route], path: &str) -> Option<&'a Route> {
+/// The first route in `list` (in precedence order) whose path and
+/// conditions match. Prefixes match at a segment boundary: `/api` matches
+/// `/api` and `/api/x`, not `/apix`.
+fn match_path<'a>(list: &'a [Route], request: &RequestFacts<'_>) -> Option<&'a Route> {
+    let path = request.path;
     list.iter().find(|route| {
-        let prefix = &*route.path_prefix;
-        path.starts_with(prefix)
-            && (prefix.ends_with('/')
-                || path.len() == prefix.len()
-                || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+        let path_matches = match &route.path_regex {
+            Some(pattern) => pattern.is_match(path),
+            None => {
+                let prefix = &*route.path_prefix;
+                path.starts_with(prefix)
+                    && (prefix.ends_with('/')
+                        || path.len() == prefix.len()
+                        || path.as_bytes().get(prefix.len()) == Some(&b'/'))
+            }
+        };
+        path_matches && matcher::matches(&route.conditions, request)
     })
 }
 
@@ -178,7 +187,7 @@ pub fn host_without_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceName;
+    use crate::config::{RoutePolicy, ServiceName};
 
     fn route(host: HostMatch, prefix: &str, service: &str) -> RouteConfig {
         RouteConfig {
@@ -186,8 +195,10 @@ mod tests {
             path_prefix: prefix.into(),
             strip_prefix: true,
             upgrades: vec!["websocket".into()],
+            path_regex: None,
+            conditions: MatchConditions::default(),
             rate_limit: None,
-            service: ServiceName::from(service),
+            policy: RoutePolicy::to_service(ServiceName::from(service)),
             mirror: None,
         }
     }
@@ -200,11 +211,19 @@ mod tests {
             route(HostMatch::Suffix(".eu.example.com".into()), "/", "3"),
             route(HostMatch::Exact("shop.example.com".into()), "/cart/", "4"),
         ];
-        Router::new(&routes, |name| name.as_str().parse().ok())
+        Router::new(&routes)
+    }
+
+    fn find<'r>(router: &'r Router, host: &str, path: &str) -> Option<&'r Route> {
+        let headers = http::HeaderMap::new();
+        router.find(
+            host,
+            &RequestFacts::bare(&http::Method::GET, path, &headers),
+        )
     }
 
     fn service(router: &Router, host: &str, path: &str) -> Option<usize> {
-        router.find(host, path).map(|r| r.service)
+        find(router, host, path).map(|r| r.policy)
     }
 
     #[test]
@@ -229,20 +248,22 @@ mod tests {
     #[test]
     fn no_route_when_nothing_matches() {
         let routes = vec![route(HostMatch::Exact("a.test".into()), "/x", "0")];
-        let r = Router::new(&routes, |_| Some(0));
-        assert!(r.find("b.test", "/x").is_none());
-        assert!(r.find("a.test", "/y").is_none());
+        let r = Router::new(&routes);
+        assert!(find(&r, "b.test", "/x").is_none());
+        assert!(find(&r, "a.test", "/y").is_none());
     }
 
     #[test]
     fn strips_prefixes() {
         let strip = |prefix: &str, path: &'static str| {
             Route {
-                service: 0,
+                policy: 0,
                 path_prefix: prefix.into(),
                 strip_prefix: true,
                 upgrades: Box::default(),
                 mirror: None,
+                path_regex: None,
+                conditions: MatchConditions::default(),
                 rate_limit: None,
             }
             .upstream_path(path)
@@ -256,7 +277,7 @@ mod tests {
     #[test]
     fn upgrades_match_by_protocol_name() {
         let r = router();
-        let route = r.find("other.org", "/").unwrap();
+        let route = find(&r, "other.org", "/").unwrap();
         assert!(route.allows_upgrade("websocket"));
         assert!(route.allows_upgrade(" WebSocket/13"));
         assert!(!route.allows_upgrade("h2c"));

@@ -40,8 +40,20 @@ struct ListenerStatus {
 struct RouteStatus {
     host: String,
     path_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_regex: Option<String>,
     strip_prefix: bool,
+    /// The first backend's service (the only one without a split).
     service: String,
+    backends: Vec<BackendStatus>,
+}
+
+#[derive(Serialize)]
+struct BackendStatus {
+    service: String,
+    weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subset: Option<String>,
 }
 
 /// A service with its instances, as the admin API shows it.
@@ -141,6 +153,8 @@ pub(super) struct InstanceView {
     weight: u32,
     tags: Vec<String>,
     metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
     source: &'static str,
     health: &'static str,
     reason: String,
@@ -246,6 +260,7 @@ fn instance_view(
         weight: instance.weight.get(),
         tags: instance.tags.clone(),
         metadata: instance.metadata.clone(),
+        version: instance.version.clone(),
         source: instance.state.source.as_str(),
         health: state,
         reason,
@@ -300,8 +315,23 @@ pub(super) fn status(state: &AdminState, page: &Page) -> Result<Status, String> 
             .map(|r| RouteStatus {
                 host: r.host.to_string(),
                 path_prefix: r.path_prefix.clone(),
+                path_regex: r.path_regex.as_ref().map(|p| p.as_str().to_string()),
                 strip_prefix: r.strip_prefix,
-                service: r.service.to_string(),
+                service: r
+                    .policy
+                    .backends
+                    .first()
+                    .map_or_else(String::new, |b| b.service.to_string()),
+                backends: r
+                    .policy
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        service: b.service.to_string(),
+                        weight: b.weight,
+                        subset: b.subset.as_ref().map(|s| s.to_string()),
+                    })
+                    .collect(),
             })
             .collect(),
         services: snapshot

@@ -19,7 +19,7 @@ pub use ip_hash::IpHash;
 pub use least_connections::LeastConnections;
 pub use random::Random;
 pub use round_robin::RoundRobin;
-pub use weighted_round_robin::WeightedRoundRobin;
+pub use weighted_round_robin::{smooth_schedule, WeightedRoundRobin};
 
 /// A load-balancing strategy, as named in proxy.yaml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

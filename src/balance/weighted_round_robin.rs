@@ -20,28 +20,9 @@ pub struct WeightedRoundRobin {
 impl WeightedRoundRobin {
     /// Computes the cycle: O(cycle length × instances), once per snapshot.
     pub fn new(members: &[Member<'_>]) -> Self {
-        let divisor = members.iter().map(|m| m.weight.max(1)).fold(0, gcd).max(1);
-        let weights: Vec<i64> = members
-            .iter()
-            .map(|m| i64::from(m.weight.max(1) / divisor))
-            .collect();
-        let total: i64 = weights.iter().sum();
-        let mut current = vec![0i64; weights.len()];
-        let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-        for _ in 0..total {
-            let mut best = 0;
-            for (i, weight) in weights.iter().enumerate() {
-                current[i] += weight;
-                if current[i] > current[best] {
-                    best = i;
-                }
-            }
-            current[best] -= total;
-            // Instance counts are far below u32::MAX (bounded by config size).
-            schedule.push(u32::try_from(best).unwrap_or(u32::MAX));
-        }
+        let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         WeightedRoundRobin {
-            schedule,
+            schedule: smooth_schedule(&weights),
             next: AtomicUsize::new(0),
         }
     }
@@ -54,6 +35,34 @@ impl WeightedRoundRobin {
         let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
         Some(self.schedule[slot] as usize)
     }
+}
+
+/// One cycle of smooth weighted round-robin over `weights` (each at least
+/// 1; 0 counts as 1): the index of the pick at each step. The cycle is the
+/// sum of the weights divided by their greatest common divisor, and gives
+/// each index exactly its share, interleaved.
+pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let divisor = weights.iter().map(|w| (*w).max(1)).fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights
+        .iter()
+        .map(|w| i64::from((*w).max(1) / divisor))
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, weight) in weights.iter().enumerate() {
+            current[i] += weight;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        // Counts are far below u32::MAX (bounded by config size).
+        schedule.push(u32::try_from(best).unwrap_or(u32::MAX));
+    }
+    schedule
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

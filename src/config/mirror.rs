@@ -30,11 +30,11 @@ pub struct MirrorConfig {
 }
 
 /// Checks `mirror:` at `path` (`routes[N].mirror`) of a route serving
-/// `primary`; every problem as (field path, message).
+/// `serving` (its backends); every problem as (field path, message).
 pub(super) fn validate(
     path: &str,
     raw: &RawMirror,
-    primary: &str,
+    serving: &[&str],
     config: &RawConfig,
 ) -> Result<MirrorConfig, Vec<(String, String)>> {
     let mut errors = Vec::new();
@@ -43,7 +43,7 @@ pub(super) fn validate(
             format!("{path}.service"),
             format!("no service named `{}` to mirror to", raw.service),
         )),
-        Some(_) if raw.service == primary => errors.push((
+        Some(_) if serving.contains(&raw.service.as_str()) => errors.push((
             format!("{path}.service"),
             format!(
                 "`{}` already serves this route; mirror to another service",

@@ -13,6 +13,7 @@ pub mod history;
 mod mirror;
 mod raw;
 mod sticky;
+mod traffic;
 mod validate;
 mod values;
 
@@ -28,7 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::balance::Strategy;
+pub use traffic::{
+    BackendConfig, HeaderCondition, HeaderRewrite, HeaderTest, MatchConditions, Pattern,
+    QueryCondition, QueryTest, RoutePolicy, SplitKey, Subset, SubsetFallback, MAX_BACKENDS,
+    MAX_BACKEND_WEIGHT,
+};
 pub use values::{parse_duration, Cidr};
+
+/// Whether `version` can be an instance version (letters, digits, `-_.:`,
+/// 1-128 characters); the reason when not.
+pub fn check_version(version: &str) -> Result<(), String> {
+    values::check_name(version)
+}
 
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
@@ -387,7 +399,8 @@ impl fmt::Display for HostMatch {
     }
 }
 
-/// One route: requests matching host and path prefix go to `service`.
+/// One route: requests matching host, path and conditions go to its
+/// backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Host to match.
@@ -400,10 +413,14 @@ pub struct RouteConfig {
     /// `Upgrade` protocols let through (lower-case tokens; never `h2c`).
     /// A request asking for others is forwarded without the upgrade.
     pub upgrades: Vec<String>,
+    /// Instead of the prefix: a pattern the whole path must match.
+    pub path_regex: Option<Pattern>,
+    /// Method, header and query conditions.
+    pub conditions: MatchConditions,
     /// The route's own rate limit, passed after the global one.
     pub rate_limit: Option<RateLimitConfig>,
-    /// The service that serves matching requests.
-    pub service: ServiceName,
+    /// Where matching requests go and what is edited on the way.
+    pub policy: RoutePolicy,
     /// Copies of matching requests go to this service too, if set.
     pub mirror: Option<MirrorConfig>,
 }
@@ -527,6 +544,8 @@ pub struct NamedInstance {
     pub tags: Vec<String>,
     /// Free-form key/value metadata, inherited by each resolved instance.
     pub metadata: BTreeMap<String, String>,
+    /// The build, inherited by each resolved instance.
+    pub version: Option<String>,
 }
 
 impl NamedInstance {
@@ -542,6 +561,7 @@ impl NamedInstance {
             weight: self.weight,
             tags: self.tags.clone(),
             metadata,
+            version: self.version.clone(),
         }
     }
 }
@@ -784,6 +804,8 @@ pub struct InstanceConfig {
     pub tags: Vec<String>,
     /// Free-form key/value metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The build the instance runs, if known (routes' `subset.version`).
+    pub version: Option<String>,
 }
 
 macro_rules! name_type {
@@ -928,6 +950,9 @@ pub struct Registration {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The build this instance runs (`2.1`), for routes' subsets.
+    #[serde(default)]
+    pub version: Option<String>,
     /// Lease: the instance must send a heartbeat within this time or it is
     /// removed (e.g. `30s`).
     #[serde(default)]

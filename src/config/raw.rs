@@ -255,14 +255,89 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) path_prefix: Option<String>,
     #[serde(default)]
+    pub(crate) path_regex: Option<String>,
+    #[serde(default)]
     pub(crate) strip_prefix: bool,
     #[serde(default)]
     pub(crate) upgrades: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) rate_limit: Option<RawRateLimit>,
-    pub(crate) service: String,
+    #[serde(default)]
+    pub(crate) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, RawHeaderMatch>,
+    #[serde(default)]
+    pub(crate) query: BTreeMap<String, RawQueryMatch>,
+    #[serde(default)]
+    pub(crate) service: Option<String>,
+    #[serde(default)]
+    pub(crate) backends: Option<Vec<RawBackend>>,
+    #[serde(default)]
+    pub(crate) split_by: Option<String>,
+    #[serde(default)]
+    pub(crate) request_headers: Option<RawHeaderRewrite>,
+    #[serde(default)]
+    pub(crate) response_headers: Option<RawHeaderRewrite>,
+    #[serde(default)]
+    pub(crate) backend_header: Option<bool>,
     #[serde(default)]
     pub(crate) mirror: Option<RawMirror>,
+}
+
+/// One header condition of a route: exactly one of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderMatch {
+    #[serde(default)]
+    pub(crate) exact: Option<String>,
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) regex: Option<String>,
+    #[serde(default)]
+    pub(crate) present: Option<bool>,
+}
+
+/// One query-parameter condition of a route: exactly one of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueryMatch {
+    #[serde(default)]
+    pub(crate) exact: Option<String>,
+    #[serde(default)]
+    pub(crate) present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub(crate) service: String,
+    #[serde(default)]
+    pub(crate) weight: Option<i64>,
+    #[serde(default)]
+    pub(crate) subset: Option<RawSubset>,
+    #[serde(default)]
+    pub(crate) fallback: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSubset {
+    #[serde(default)]
+    pub(crate) version: Option<String>,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderRewrite {
+    #[serde(default)]
+    pub(crate) set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) remove: Vec<String>,
 }
 
 /// `mirror:` of a route.
@@ -463,4 +538,6 @@ pub(crate) struct RawInstance {
     pub(crate) tags: Vec<String>,
     #[serde(default)]
     pub(crate) metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) version: Option<String>,
 }

@@ -11,6 +11,8 @@ use super::raw::{
 use super::values::{check_name, parse_bounded_duration};
 use super::*;
 
+mod route_rules;
+
 /// Collects errors with their field paths while validation goes on.
 #[derive(Default)]
 struct Errors(Vec<ConfigError>);
@@ -220,17 +222,31 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
-    let mut routes = Vec::new();
-    let mut seen_routes = HashSet::new();
+    let mut routes: Vec<RouteConfig> = Vec::new();
     for (i, route) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if let Some(route) = validate_route(&path, route, &raw, &mut errors) {
-            if !seen_routes.insert((route.host.clone(), route.path_prefix.clone())) {
+            let same = routes.iter().any(|r| {
+                r.host == route.host
+                    && r.path_prefix == route.path_prefix
+                    && r.path_regex == route.path_regex
+                    && r.conditions == route.conditions
+            });
+            if same {
+                let what = match &route.path_regex {
+                    Some(regex) => format!("path regex `{}`", regex.as_str()),
+                    None => format!("path prefix `{}`", route.path_prefix),
+                };
+                let conditions = if route.conditions.count() > 0 {
+                    " with the same conditions"
+                } else {
+                    ""
+                };
                 errors.push(
                     path,
                     format!(
-                        "another route already matches host `{}` and path prefix `{}`",
-                        route.host, route.path_prefix
+                        "another route already matches host `{}` and {what}{conditions}",
+                        route.host
                     ),
                 );
             } else {
@@ -405,46 +421,34 @@ fn validate_route(
             })
             .collect(),
     };
-    let mirror = match &route.mirror {
-        None => Some(None),
-        Some(mirror) => {
-            match super::mirror::validate(&format!("{path}.mirror"), mirror, &route.service, raw) {
-                Ok(mirror) => Some(Some(mirror)),
-                Err(problems) => {
-                    problems.into_iter().for_each(|(p, m)| errors.push(p, m));
-                    None
-                }
-            }
-        }
-    };
-    if !raw.services.contains_key(&route.service) {
-        let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
-        errors.push(
-            format!("{path}.service"),
-            format!(
-                "no service named `{}` (services defined: {})",
-                route.service,
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        );
-        return None;
-    }
     let rate_limit = route
         .rate_limit
         .as_ref()
         .and_then(|r| validate_rate_limit(&format!("{path}.rate_limit"), r, errors));
+    let (path_regex, conditions, policy) = route_rules::validate(path, route, raw, errors)?;
+    let mirror = match &route.mirror {
+        None => None,
+        Some(mirror) => {
+            let serving: Vec<&str> = policy.backends.iter().map(|b| b.service.as_str()).collect();
+            match super::mirror::validate(&format!("{path}.mirror"), mirror, &serving, raw) {
+                Ok(mirror) => Some(mirror),
+                Err(problems) => {
+                    problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+                    return None;
+                }
+            }
+        }
+    };
     Some(RouteConfig {
         host: host?,
         path_prefix,
         strip_prefix: route.strip_prefix,
         upgrades,
+        path_regex,
+        conditions,
         rate_limit,
-        service: ServiceName::from(route.service.as_str()),
-        mirror: mirror?,
+        policy,
+        mirror,
     })
 }
 
@@ -1717,6 +1721,7 @@ fn validate_named(
         )?,
         None => InstanceId::from(format!("{host}:{port}").as_str()),
     };
+    let version = instance_version(path, raw, errors);
     Some(NamedInstance {
         id,
         host,
@@ -1724,6 +1729,7 @@ fn validate_named(
         weight: weight?,
         tags: raw.tags.clone(),
         metadata: raw.metadata.clone(),
+        version: version?,
     })
 }
 
@@ -1795,13 +1801,29 @@ fn validate_instance(path: &str, raw: &RawInstance, errors: &mut Errors) -> Opti
         ),
         None => address.map(|a| InstanceId::from(a.to_string().as_str())),
     };
+    let version = instance_version(path, raw, errors);
     Some(InstanceConfig {
         id: id?,
         address: address?,
         weight: weight?,
         tags: raw.tags.clone(),
         metadata: raw.metadata.clone(),
+        version: version?,
     })
+}
+
+/// An instance's `version`: a name (letters, digits, `-_.:`), like ids.
+/// `Some(None)` when not given, `None` when invalid (recorded).
+fn instance_version(path: &str, raw: &RawInstance, errors: &mut Errors) -> Option<Option<String>> {
+    match &raw.version {
+        None => Some(None),
+        Some(version) => errors
+            .check(
+                format!("{path}.version"),
+                check_name(version).map_err(|e| format!("version {e}")),
+            )
+            .map(|()| Some(version.clone())),
+    }
 }
 
 /// Validates an instance registration from the admin API. Field paths are
@@ -1816,6 +1838,7 @@ pub(super) fn validate_registration(
         weight: registration.weight,
         tags: registration.tags.clone(),
         metadata: registration.metadata.clone(),
+        version: registration.version.clone(),
     };
     let instance = validate_instance("", &raw, &mut errors);
     let ttl = registration

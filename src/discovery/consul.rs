@@ -253,14 +253,25 @@ fn entry_instance(
         .min(MAX_WEIGHT);
     let mut metadata = service.meta.unwrap_or_default();
     metadata.insert("consul_node".into(), node.name.clone());
+    let tags = service.tags.unwrap_or_default();
+    // `Meta.version` first, then a `version=…` tag (a common convention
+    // where services cannot set metadata). A value that is not a name is
+    // ignored rather than refusing the instance.
+    let version = metadata
+        .get("version")
+        .map(String::as_str)
+        .or_else(|| tags.iter().find_map(|t| t.strip_prefix("version=")))
+        .filter(|v| crate::config::check_version(v).is_ok())
+        .map(str::to_string);
     Ok(Some(InstanceConfig {
         id: InstanceId::from(
             format!("{}:{}", sanitize(&node.name), sanitize(&service.id)).as_str(),
         ),
         address: SocketAddr::new(ip, port),
         weight: NonZeroU32::new(weight).unwrap_or(NonZeroU32::MIN),
-        tags: service.tags.unwrap_or_default(),
+        tags,
         metadata,
+        version,
     }))
 }
 
@@ -412,6 +423,22 @@ mod tests {
         );
         assert!(parse_health(b"{\"not\": \"a list\"}", true).is_err());
         assert!(parse_health(b"[]", true).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn versions_come_from_meta_then_a_version_tag() {
+        let body = br#"[
+          {"Node":{"Node":"n1","Address":"10.0.0.1"},
+           "Service":{"ID":"a","Tags":["version=1.0"],"Port":80,"Meta":{"version":"2.1"}}},
+          {"Node":{"Node":"n2","Address":"10.0.0.2"},
+           "Service":{"ID":"b","Tags":["blue","version=1.0"],"Port":80}},
+          {"Node":{"Node":"n3","Address":"10.0.0.3"},
+           "Service":{"ID":"c","Tags":["version=not ok"],"Port":80}}
+        ]"#;
+        let (instances, refused) = parse_health(body, false).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let versions: Vec<Option<&str>> = instances.iter().map(|i| i.version.as_deref()).collect();
+        assert_eq!(versions, [Some("2.1"), Some("1.0"), None]);
     }
 
     #[test]

@@ -936,6 +936,7 @@ impl Fleet {
                         weight: instance.weight.get(),
                         tags: instance.tags.clone(),
                         metadata: instance.metadata.clone(),
+                        version: instance.version.clone(),
                         ttl: None,
                         node: String::new(),
                     });

@@ -77,6 +77,9 @@ pub struct StoredRegistration {
     /// Metadata.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The build the instance runs, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The lease time, in words (`30s`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
@@ -93,6 +96,7 @@ impl StoredRegistration {
             weight: Some(i64::from(self.weight)),
             tags: self.tags.clone(),
             metadata: self.metadata.clone(),
+            version: self.version.clone(),
             ttl: None,
         };
         registration
@@ -638,6 +642,7 @@ impl Store {
             weight: instance.weight.get(),
             tags: instance.tags.clone(),
             metadata: instance.metadata.clone(),
+            version: instance.version.clone(),
             ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
             node: self.node.clone(),
         };

@@ -26,6 +26,15 @@ pub enum ProxyError {
         /// How many instances it has, healthy or not.
         configured: usize,
     },
+    /// The route's backend names a subset with no instance in rotation,
+    /// and `fallback: none`.
+    #[error("service `{service}` has no instance in rotation with {subset} (the route's fallback is none)")]
+    EmptySubset {
+        /// The backend's service.
+        service: ServiceName,
+        /// The subset, in words.
+        subset: String,
+    },
     /// No instance could be connected to within the attempts allowed.
     #[error("could not connect to service `{service}` after {attempts} attempt(s): {detail}")]
     ConnectFailed {
@@ -173,6 +182,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::NoInstance { .. }
+            | ProxyError::EmptySubset { .. }
             | ProxyError::InstancesBusy { .. }
             | ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,

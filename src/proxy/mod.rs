@@ -27,9 +27,11 @@ pub use body::{ProxyBody, UpstreamBody};
 pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record};
-use crate::balance::hash_ip;
+use crate::balance::{hash_ip, Balancer};
 use crate::config::{defaults, UpstreamProtocol};
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
+use crate::traffic::matcher::RequestFacts;
+use crate::traffic::{rewrite, Target, X_SWITCHYARD_BACKEND};
 use crate::upstream::{
     framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
     ResponseBody, Sender,
@@ -52,6 +54,8 @@ pub struct Proxy {
 struct Outcome {
     /// Index of the routed service in the snapshot.
     service: Option<usize>,
+    /// Index of the matched route's traffic policy in the snapshot.
+    route: Option<usize>,
     instance: Option<Arc<Instance>>,
     /// Measured only for the access log (no clock reads without it).
     upstream_time: Option<Duration>,
@@ -153,6 +157,35 @@ impl Proxy {
                 headers::remove_hop_by_hop(&mut parts.headers);
                 if let Some(raw) = body.raw_head_mut() {
                     headers::remove_hop_by_hop_raw(raw);
+                }
+                if let Some(policy) = outcome.route.and_then(|i| snapshot.traffic.get(i)) {
+                    let named = policy
+                        .backend_header
+                        .then(|| service.zip(outcome.instance.as_ref()))
+                        .flatten()
+                        .and_then(|(s, i)| {
+                            HeaderValue::from_str(&format!("{}/{}", s.name, i.id)).ok()
+                        });
+                    // The lean client's heads are edited as received (the
+                    // header map is then empty).
+                    match body.raw_head_mut() {
+                        Some(raw) => {
+                            rewrite::apply_raw(&policy.response_headers, raw);
+                            if let Some(value) = named {
+                                raw.remove(X_SWITCHYARD_BACKEND.as_str());
+                                raw.append(
+                                    X_SWITCHYARD_BACKEND.as_str().as_bytes(),
+                                    value.as_bytes(),
+                                );
+                            }
+                        }
+                        None => {
+                            rewrite::apply(&policy.response_headers, &mut parts.headers);
+                            if let Some(value) = named {
+                                parts.headers.insert(X_SWITCHYARD_BACKEND.clone(), value);
+                            }
+                        }
+                    }
                 }
                 if let Some(cookie) = outcome.set_cookie.take() {
                     // Servers write these fields after a head kept as
@@ -280,14 +313,48 @@ impl Proxy {
             limits::check(limit, client_ip, request.headers())?;
         }
         let host = host_value.as_ref().map_or("", target::route_name);
-        let Some(route) = snapshot.router.find(host, request.uri().path()) else {
-            return Err(ProxyError::NoRoute {
-                host: host.to_string(),
-                path: request.uri().path().to_string(),
-            });
+        let facts = RequestFacts {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
         };
-        let service = &snapshot.services[route.service];
-        outcome.service = Some(route.service);
+        let no_route = || ProxyError::NoRoute {
+            host: host.to_string(),
+            path: request.uri().path().to_string(),
+        };
+        let Some(route) = snapshot.router.find(host, &facts) else {
+            return Err(no_route());
+        };
+        let Some(policy) = snapshot.traffic.get(route.policy) else {
+            return Err(no_route());
+        };
+        // The split decision, then the backend's instances.
+        let chosen = policy.choose(policy.split_key(request.headers(), client_ip));
+        let Some(backend) = policy.backends.get(chosen) else {
+            return Err(no_route());
+        };
+        let service = &snapshot.services[backend.service];
+        outcome.service = Some(backend.service);
+        outcome.route = Some(route.policy);
+        let candidates = match &backend.target {
+            Target::Service => Candidates {
+                service,
+                balancer: &service.balancer,
+                instances: &service.instances,
+            },
+            Target::Subset(pool) => Candidates {
+                service,
+                balancer: &pool.balancer,
+                instances: &pool.instances,
+            },
+            Target::Empty => {
+                return Err(ProxyError::EmptySubset {
+                    service: service.name.clone(),
+                    subset: backend.subset.to_string(),
+                })
+            }
+        };
         if let Some(limit) = &route.rate_limit {
             limits::check(limit, client_ip, request.headers())?;
         }
@@ -301,10 +368,13 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
-        // The instance a sticky cookie names, while it is in rotation.
+        // The instance a sticky cookie names, while it is in rotation. The
+        // table indexes the whole service, so a backend limited to a subset
+        // is balanced without it.
         let sticky = service
             .sticky
             .as_ref()
+            .filter(|_| matches!(backend.target, Target::Service))
             .map(|table| (table, table.find(request.headers())));
         // The owned server writes a response head on as received.
         let raw = matches!(request.body(), ClientBody::Owned(_));
@@ -343,6 +413,7 @@ impl Proxy {
             self.scheme,
             host_value.as_ref(),
         );
+        rewrite::apply(&policy.request_headers, &mut parts.headers);
         if service.protocol == UpstreamProtocol::Http2 {
             // HTTP/2 carries the target as :scheme and :authority.
             let scheme = if service.tls { "https" } else { "http" };
@@ -383,7 +454,7 @@ impl Proxy {
             };
 
         let sent = send_with_retries(
-            service,
+            candidates,
             request,
             client_hash,
             sticky.and_then(|(_, named)| named),
@@ -464,7 +535,7 @@ struct Lean {
 /// by the client's sticky cookie) when given.
 #[allow(clippy::too_many_arguments)]
 async fn send_with_retries(
-    service: &ServiceSnapshot,
+    candidates: Candidates<'_>,
     mut request: Request<RequestBody>,
     client_hash: u64,
     sticky: Option<usize>,
@@ -473,6 +544,7 @@ async fn send_with_retries(
     replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
+    let service = candidates.service;
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
@@ -496,14 +568,16 @@ async fn send_with_retries(
         }
         let picked = match sticky.filter(|_| tried.is_empty()) {
             Some(index) => Some(index),
-            None => service
+            None => candidates
                 .balancer
-                .pick_excluding(client_hash, &service.instances, &tried),
+                .pick_excluding(client_hash, candidates.instances, &tried),
         };
         let Some(index) = picked else {
             break;
         };
-        let instance = &service.instances[index];
+        let Some(instance) = candidates.instances.get(index) else {
+            break;
+        };
         outcome.instance = Some(Arc::clone(instance));
         if attempt > 1 {
             service.metrics.retries.inc();
@@ -672,6 +746,15 @@ async fn send_with_retries(
             |e| e.to_string(),
         ),
     })
+}
+
+/// The service a request goes to, the instances it may use (the
+/// service's, or a subset's) and the balancer built over them.
+#[derive(Clone, Copy)]
+struct Candidates<'a> {
+    service: &'a ServiceSnapshot,
+    balancer: &'a Balancer,
+    instances: &'a [Arc<Instance>],
 }
 
 /// Whether sending `request` twice has the effect of sending it once

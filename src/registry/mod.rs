@@ -319,6 +319,8 @@ struct RegistryState {
     /// Per service: the generation its instances or health last changed,
     /// and a fingerprint of them, for watches.
     indexes: HashMap<ServiceName, (u64, u64)>,
+    /// Routes' split counters, surviving every rebuild and reload.
+    split_counters: crate::traffic::SplitCounters,
 }
 
 /// Services and instances from all sources; publishes snapshots.
@@ -357,6 +359,7 @@ impl Registry {
             panicking: HashMap::new(),
             limits: crate::limits::Limits::default(),
             indexes: HashMap::new(),
+            split_counters: crate::traffic::SplitCounters::default(),
         };
         let (failures, failure_receiver) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::new());
@@ -991,7 +994,14 @@ fn build(
         metrics.set_registry_size(source.as_str(), total);
     }
     let config = Arc::clone(&state.config);
-    let snapshot = Snapshot::assemble(generation, &config, services, &mut state.limits, metrics);
+    let snapshot = Snapshot::assemble(
+        generation,
+        &config,
+        services,
+        &mut state.limits,
+        &mut state.split_counters,
+        metrics,
+    );
     tracing::debug!(
         generation,
         services = names.len(),
@@ -1248,6 +1258,7 @@ mod tests {
             weight: std::num::NonZeroU32::MIN,
             tags: vec![],
             metadata: BTreeMap::new(),
+            version: None,
         }
     }
 

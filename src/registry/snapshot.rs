@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// The route table.
     pub router: Router,
+    /// Each route's compiled traffic policy, indexed by
+    /// [`crate::router::Route::policy`].
+    pub traffic: Vec<crate::traffic::CompiledRoute>,
     /// Services, indexed by [`crate::router::Route::service`]. Shared
     /// with the snapshots before and after: a change rebuilds only the
     /// services it touches.
@@ -125,6 +128,8 @@ pub struct Instance {
     pub tags: Vec<String>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The build it runs, if known.
+    pub version: Option<String>,
     /// State shared with other snapshots.
     pub state: Arc<InstanceState>,
     /// `service/id`, where `ip_hash` places the instance on its ring.
@@ -134,6 +139,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Where `ip_hash` places the instance on its ring (`service/id`).
+    pub fn balance_key(&self) -> &str {
+        &self.balance_key
+    }
+
     /// The instance `config` of `service` with its surviving `state`.
     pub(super) fn new(
         service: &ServiceName,
@@ -146,12 +156,14 @@ impl Instance {
         config.weight.hash(&mut hasher);
         config.tags.hash(&mut hasher);
         config.metadata.hash(&mut hasher);
+        config.version.hash(&mut hasher);
         Instance {
             id: config.id.clone(),
             address: config.address,
             weight: config.weight,
             tags: config.tags.clone(),
             metadata: config.metadata.clone(),
+            version: config.version.clone(),
             state,
             balance_key: format!("{service}/{}", config.id),
             config_hash: hasher.finish(),
@@ -166,6 +178,7 @@ impl Instance {
             && self.weight == config.weight
             && self.tags == config.tags
             && self.metadata == config.metadata
+            && self.version == config.version
     }
 
     /// A hash of what a watcher sees of this instance: its fields and its
@@ -262,6 +275,7 @@ impl Snapshot {
         config: &Config,
         services: Vec<Arc<ServiceSnapshot>>,
         limits: &mut crate::limits::Limits,
+        split_counters: &mut crate::traffic::SplitCounters,
         metrics: &Metrics,
     ) -> Snapshot {
         let names: Vec<String> = config.routes.iter().map(route_limit_name).collect();
@@ -288,9 +302,12 @@ impl Snapshot {
             |name| services.iter().position(|s| &s.name == name),
             |index| route_limits.get(index).cloned().flatten(),
         );
+        let traffic =
+            crate::traffic::compile(&config.routes, &services, split_counters, generation);
         Snapshot {
             generation,
             router,
+            traffic,
             services,
             trusted_proxies: config.trusted_proxies.clone(),
             underscores_in_headers: config.underscores_in_headers,
@@ -307,5 +324,14 @@ const GLOBAL_LIMIT: &str = "global";
 /// `*/` for any host), which validation keeps unique; routes moving in
 /// the list keep their buckets.
 fn route_limit_name(route: &crate::config::RouteConfig) -> String {
-    format!("{}{}", route.host, route.path_prefix)
+    let path = match &route.path_regex {
+        Some(pattern) => format!("~{}", pattern.as_str()),
+        None => route.path_prefix.clone(),
+    };
+    // Routes that share host and path differ in their conditions.
+    if route.conditions.count() == 0 {
+        format!("{}{path}", route.host)
+    } else {
+        format!("{}{path} if {}", route.host, route.conditions)
+    }
 }
