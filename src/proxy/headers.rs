@@ -196,6 +196,42 @@ pub fn remove_underscored(headers: &mut HeaderMap) {
     }
 }
 
+/// [`remove_underscored`] on a head kept as received.
+pub fn remove_underscored_raw(head: &mut RawHead) {
+    head.remove_where(|name, _| name.contains(&b'_'));
+}
+
+/// [`add_forwarded`] on a head kept as received: the fields it sets are
+/// set in place (the first of a name keeps its position), or added.
+pub fn add_forwarded_raw(
+    head: &mut RawHead,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    // What `HeaderValue::to_str` accepts.
+    let visible = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    let existing = head
+        .get(X_FORWARDED_FOR.as_str())
+        .filter(|v| visible(v) && (peer_trusted || !v.is_empty()));
+    let mut forwarded_for = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + 39);
+    if let Some(existing) = existing {
+        forwarded_for.extend_from_slice(existing);
+        forwarded_for.extend_from_slice(b", ");
+    }
+    write_ip(peer, &mut forwarded_for);
+    head.set(X_FORWARDED_FOR.as_str(), &forwarded_for);
+    if !(peer_trusted && head.contains(X_FORWARDED_PROTO.as_str())) {
+        head.set(X_FORWARDED_PROTO.as_str(), proto.as_bytes());
+    }
+    if !(peer_trusted && head.contains(X_FORWARDED_HOST.as_str())) {
+        if let Some(host) = host {
+            head.set(X_FORWARDED_HOST.as_str(), host.as_bytes());
+        }
+    }
+}
+
 /// Puts back the two fields an upgrade needs after hop-by-hop removal.
 pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(UPGRADE, protocol);

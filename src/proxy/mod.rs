@@ -26,6 +26,7 @@ pub use error::ProxyError;
 use crate::access_log::{AccessLog, Record};
 use crate::balance::hash_ip;
 use crate::config::{defaults, UpstreamProtocol};
+use crate::http1::head::RawHead;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::upstream::{
     framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
@@ -277,14 +278,68 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
-        // The owned server writes a response head on as received.
-        let raw = matches!(request.body(), ClientBody::Owned(_));
-        let (mut parts, body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        // The owned server writes a response head on as received, and
+        // gives the request's head as received.
+        let raw_response = matches!(body, ClientBody::Owned(_));
+        let mut raw_request = match &mut body {
+            ClientBody::Owned(owned) => owned.take_head(),
+            ClientBody::Hyper(_) => None,
+        };
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
             parts.uri = origin_form(path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;
+        // Requests without a body (most of them) can take the lean client.
+        let lean = upgrade.is_none() && body.is_end_stream();
+        if !lean || service.protocol != UpstreamProtocol::Http1 {
+            raw_request = None;
+        }
+        let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
+        if let Some(head) = raw_request.as_mut() {
+            // The same edits as below, on the head as received: the lean
+            // client copies it with them, and hyper's client gets a map of
+            // it (see `send_with_retries`). The id first: a field the
+            // client's `Connection` names goes, as from the map.
+            if let Some(id) = parts.headers.get(&headers::X_REQUEST_ID) {
+                if head
+                    .get(headers::X_REQUEST_ID.as_str())
+                    .is_none_or(<[u8]>::is_empty)
+                {
+                    head.set(headers::X_REQUEST_ID.as_str(), id.as_bytes());
+                }
+            }
+            headers::remove_hop_by_hop_raw(head);
+            if !snapshot.underscores_in_headers {
+                headers::remove_underscored_raw(head);
+            }
+            headers::add_forwarded_raw(
+                head,
+                peer.ip(),
+                peer_trusted,
+                self.scheme,
+                host_value.as_ref(),
+            );
+            if let Some(host) = &host_value {
+                head.set(HOST.as_str(), host.as_bytes());
+            }
+            let (body, client_body) = RequestBody::new(body);
+            let request = Request::from_parts(parts, body);
+            let lean = Lean {
+                raw_response,
+                request_head: raw_request,
+            };
+            return send_with_retries(
+                service,
+                request,
+                hash_ip(client_ip),
+                Some(lean),
+                client_body.as_deref(),
+                outcome,
+            )
+            .await;
+        }
         headers::remove_hop_by_hop(&mut parts.headers);
         if !snapshot.underscores_in_headers {
             headers::remove_underscored(&mut parts.headers);
@@ -300,12 +355,9 @@ impl Proxy {
                 .headers
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
-        // Requests without a body (most of them) can take the lean client.
-        let lean = upgrade.is_none() && body.is_end_stream();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
-        let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
         headers::add_forwarded(
             &mut parts.headers,
             peer.ip(),
@@ -344,7 +396,10 @@ impl Proxy {
             service,
             request,
             hash_ip(client_ip),
-            lean.then_some(Lean { raw }),
+            lean.then_some(Lean {
+                raw_response,
+                request_head: None,
+            }),
             client_body.as_deref(),
             outcome,
         )
@@ -399,10 +454,14 @@ impl Drop for Pending<'_> {
 }
 
 /// A request the lean HTTP/1.1 client may send.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Lean {
     /// Its response head may stay as received (see `upstream::h1`).
-    raw: bool,
+    raw_response: bool,
+    /// The request's head as received, edited for the upstream: what the
+    /// lean client writes instead of the request's map (which then still
+    /// holds the fields as the client sent them).
+    request_head: Option<RawHead>,
 }
 
 /// Tries instances until one answers, at most `max_attempts` times, each
@@ -416,7 +475,7 @@ async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
-    lean: Option<Lean>,
+    mut lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
@@ -445,7 +504,14 @@ async fn send_with_retries(
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
         let started = outcome.wants_upstream_time.then(Instant::now);
-        let sent = if let Some(lean) = lean.filter(|_| pool.takes_lean()) {
+        let takes_lean = lean.is_some() && pool.takes_lean();
+        if !takes_lean {
+            // hyper's client sends the map: it gets the edited head.
+            if let Some(head) = lean.as_mut().and_then(|lean| lean.request_head.take()) {
+                *request.headers_mut() = head.to_header_map();
+            }
+        }
+        let sent = if let Some(lean) = lean.as_ref().filter(|_| takes_lean) {
             send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
@@ -678,6 +744,9 @@ fn client_fault(
 }
 
 /// How sending a request to one instance went.
+// Returned once per attempt and matched at once: boxing the answer to even
+// out the sizes would cost every request an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     /// A response head arrived; `connection` (hyper's) goes
     /// back to the pool when the body has been read.
@@ -752,7 +821,7 @@ async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
     request: Request<RequestBody>,
-    lean: Lean,
+    lean: &Lean,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -762,7 +831,13 @@ async fn send_lean(
         };
         let response = tokio::time::timeout(
             service.request_timeout,
-            conn.send(&request, reused, Arc::clone(pool), lean.raw),
+            conn.send(
+                &request,
+                lean.request_head.as_ref(),
+                reused,
+                Arc::clone(pool),
+                lean.raw_response,
+            ),
         )
         .await;
         match response {

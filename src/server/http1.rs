@@ -323,7 +323,7 @@ async fn exchange<I, H, F>(
     io: &mut I,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
-    head: request::RequestHead,
+    mut head: request::RequestHead,
     peer: SocketAddr,
     handler: &H,
     progress: &Arc<Progress>,
@@ -334,7 +334,13 @@ where
     F: Future<Output = Response<ProxyBody>>,
 {
     let (body, sender, decoder) = match head.framing {
-        BodyFraming::Empty => (body::RequestBody::empty(), None, BodyDecoder::Length(0)),
+        // Only a request without a body or upgrade can take the lean
+        // upstream client, which forwards the head by editing it.
+        BodyFraming::Empty => (
+            body::RequestBody::empty().with_head(head.raw.take().filter(|_| !head.wants_upgrade)),
+            None,
+            BodyDecoder::Length(0),
+        ),
         BodyFraming::Length(n) => {
             let (sender, body) = body::channel(Some(n));
             (body, Some(sender), BodyDecoder::Length(n))
