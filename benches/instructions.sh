@@ -7,6 +7,8 @@
 #   BIN=/path/to/switchyard benches/instructions.sh   # another build
 #   LOGS="on" benches/instructions.sh    # only as shipped (default: "off on")
 #   HTTP1=hyper benches/instructions.sh                # listeners[].http1
+#   RATE_LIMIT=on benches/instructions.sh              # a global rate limit per
+#     client IP that is never reached (rate 1000000000/s): its cost per request
 #   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
 #     callgrind_annotate out.callgrind.on | head -40    # where they go
 #
@@ -69,10 +71,15 @@ for log in ${LOGS:-off on}; do
   elif [ "$log" = off ]; then
     filter=warn
   fi
+  rate_limit=""
+  if [ "${RATE_LIMIT:-off}" = on ]; then
+    rate_limit="rate_limit: {rate: 1000000000, burst: 1000000000}"
+  fi
   cat > "$dir/switchyard.yaml" <<EOF
 listeners: [{address: "127.0.0.1:$PROXY"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$ADMIN"}
 $access_log
+$rate_limit
 routes: [{service: bench}]
 services:
   bench:

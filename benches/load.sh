@@ -8,7 +8,7 @@
 #   ROUNDS=5 DURATION=10 benches/load.sh
 #   WRK_THREADS="1 2" benches/load.sh   # wrk -t1 and -t2 (the default)
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
-#                                   # metrics-and-logs variants
+#                                   # rate-limit / metrics-and-logs variants
 #   BIN=/path/to/switchyard benches/load.sh      # another build
 #   MONOLAKE=/path/to/monolake benches/load.sh   # default: where
 #                                   # monolake-build.sh leaves it
@@ -17,7 +17,9 @@
 # switchyard runs twice in every round: as shipped (`switchyard`: access log
 # on, default format json, to a file on disk as a deployment would) and with
 # the log off (`switchyard/log-off`: `access_log: {enabled: false}`); the
-# least_connections / ip_hash variants run with the log off. Each is its own
+# least_connections / ip_hash variants run with the log off, and so does
+# `switchyard/rate-limit` (a global rate limit per client IP set so high it
+# is never reached: compare it with `switchyard/log-off` for its cost). Each is its own
 # process. A last target, HAProxy as a plain TCP relay, shows the ceiling: it
 # parses no HTTP but makes the same socket calls per request as the HTTP
 # proxies.
@@ -172,11 +174,12 @@ fi
 
 # --- switchyard: one process per variant, each on its own ports, so every
 # variant is measured inside the same interleaved rounds as the references
-sy_config() { # strategy port admin-port access-log
+sy_config() { # strategy port admin-port access-log [more top-level yaml]
   cat <<EOF
 listeners: [{address: "127.0.0.1:$2"${HTTP1:+, http1: $HTTP1}}]
 admin: {address: "127.0.0.1:$3"}
 access_log: $4
+${5:-}
 routes: [{service: bench}]
 services:
   bench:
@@ -189,7 +192,7 @@ EOF
 }
 declare -A SY_PIDS SY_PORTS
 SY_NAMES=()
-start_switchyard() { # name port strategy on|off
+start_switchyard() { # name port strategy on|off [more top-level yaml]
   local name=$1 port=$2 dir="$WORK/sy-${#SY_NAMES[@]}" log
   if [ -n "${SY_PIDS[$name]:-}" ]; then
     kill "${SY_PIDS[$name]}"; wait "${SY_PIDS[$name]}" 2>/dev/null || true
@@ -198,7 +201,7 @@ start_switchyard() { # name port strategy on|off
   fi
   mkdir -p "$dir"
   if [ "$4" = on ]; then log="{path: \"$dir/access.log\"}"; else log="{enabled: false}"; fi
-  sy_config "$3" "$port" "$((port + 100))" "$log" > "$dir/switchyard.yaml"
+  sy_config "$3" "$port" "$((port + 100))" "$log" "${5:-}" > "$dir/switchyard.yaml"
   # The shipped defaults otherwise: log level info, text log on stderr.
   env -u RUST_LOG "$BIN" run -c "$dir/switchyard.yaml" --state-dir "$dir/versions" --no-watch \
     2>>"$dir/switchyard.log" >/dev/null &
@@ -216,6 +219,9 @@ start_switchyard switchyard/log-off $((BASE_PORT + 17)) round_robin off
 if [ "$VARIANTS" = 1 ]; then
   start_switchyard switchyard/least_connections $((BASE_PORT + 15)) least_connections off
   start_switchyard switchyard/ip_hash $((BASE_PORT + 16)) ip_hash off
+  # A rate limit per client IP that is never reached: what the check costs.
+  start_switchyard switchyard/rate-limit $((BASE_PORT + 19)) round_robin off \
+    "rate_limit: {rate: 1000000000, burst: 1000000000}"
 fi
 
 REF_PORTS="$NGINX_PORT $HAPROXY_PORT $RELAY_PORT${MONOLAKE_PID:+ $MONOLAKE_PORT}"

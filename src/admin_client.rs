@@ -39,6 +39,30 @@ pub async fn call_raw(
     token: Option<&str>,
     body: Option<(&str, Bytes)>,
 ) -> Result<(StatusCode, String), String> {
+    exchange(admin, method, path, token, body)
+        .await
+        .map(|answer| (answer.status, answer.body))
+}
+
+/// One whole answer of the admin API.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// Like [`call_raw`], with the answer's headers.
+pub async fn exchange(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Bytes)>,
+) -> Result<Answer, String> {
     let exchange = async {
         let stream = TcpStream::connect(admin).await.map_err(|e| {
             format!("cannot reach the admin API at {admin}: {e} (is switchyard running?)")
@@ -68,14 +92,17 @@ pub async fn call_raw(
             .send_request(request)
             .await
             .map_err(|e| format!("admin API at {admin}: {e}"))?;
-        let status = response.status();
-        let body = response
-            .into_body()
+        let (parts, body) = response.into_parts();
+        let body = body
             .collect()
             .await
             .map_err(|e| format!("admin API at {admin}: {e}"))?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(60), exchange)
         .await

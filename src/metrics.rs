@@ -24,6 +24,18 @@ struct ServiceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    limit: String,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverflowLabels {
+    service: String,
+    which: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DnsLabels {
     service: String,
     result: &'static str,
@@ -126,9 +138,15 @@ pub struct Metrics {
     connections_rejected: Family<ListenerLabels, Counter>,
     connections_shed: Family<ListenerLabels, Counter>,
     connections_timed_out: Family<ListenerLabels, Counter>,
+    connections_rejected_per_ip: Family<ListenerLabels, Counter>,
+    rate_limited: Family<RateLimitLabels, Counter>,
+    breaker_overflow: Family<OverflowLabels, Counter>,
     access_log_dropped: Counter,
+    guard_verdicts: Family<ResultLabels, Counter>,
     /// Fleet mode (etcd); zero when it is off.
     fleet: FleetMetrics,
+    /// The last 15 minutes, second by second (see [`crate::stats_window`]).
+    window: std::sync::Arc<crate::stats_window::StatsWindow>,
 }
 
 /// Handles of the `switchyard_fleet_*` metrics.
@@ -146,6 +164,8 @@ pub struct FleetMetrics {
     pub etcd_errors: Counter,
     /// Versions or values from etcd this node refused.
     pub refused: Counter,
+    /// Other running processes seen publishing under this node's name.
+    pub name_conflicts: Counter,
     /// Seconds since the last event or answer from etcd.
     pub seconds_since_last_event: Gauge,
 }
@@ -185,11 +205,21 @@ impl Metrics {
             connections_rejected: Family::default(),
             connections_shed: Family::default(),
             connections_timed_out: Family::default(),
+            connections_rejected_per_ip: Family::default(),
+            rate_limited: Family::default(),
+            breaker_overflow: Family::default(),
             fleet: FleetMetrics::default(),
             access_log_dropped: Counter::default(),
+            guard_verdicts: Family::default(),
+            window: std::sync::Arc::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
+        registry.register(
+            "config_guard_verdicts",
+            "Guarded config changes by verdict: kept, not_enough_traffic, rolled_back, ended_by_force",
+            m.guard_verdicts.clone(),
+        );
         registry.register("requests", "Requests answered, by service, instance (`none` when the proxy answered itself) and status class", m.requests.clone());
         registry.register(
             "unrouted_requests",
@@ -216,6 +246,21 @@ impl Metrics {
             "upstream_retries",
             "Requests tried again on another instance",
             m.retries.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests over a rate limit, by limit (`global` or the route) and mode (`enforced`: answered 429; `dry_run`: let through)",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "circuit_breaker_overflow",
+            "Requests refused by a service's circuit breaker (503), by service and which limit (max_requests, queue_timeout, max_retries; a refused retry returns the failure instead)",
+            m.breaker_overflow.clone(),
+        );
+        registry.register(
+            "connections_rejected_per_ip",
+            "Connections closed at accept because their client IP had max_connections_per_ip open, by listener",
+            m.connections_rejected_per_ip.clone(),
         );
         registry.register(
             "upstream_retry_budget_exhausted",
@@ -334,6 +379,11 @@ impl Metrics {
             fleet.refused.clone(),
         );
         registry.register(
+            "fleet_name_conflicts",
+            "Other running processes seen publishing their status under this node's name",
+            fleet.name_conflicts.clone(),
+        );
+        registry.register(
             "fleet_seconds_since_last_event",
             "Seconds since the last event or answer from etcd",
             fleet.seconds_since_last_event.clone(),
@@ -415,7 +465,29 @@ impl Metrics {
                 self.requests
                     .get_or_create_owned(&request_labels(&none, class))
             }),
+            window: self.window.counters(service),
         }
+    }
+
+    /// Counters of the rate limit named `limit`: requests refused, and
+    /// requests a dry-run limit would have refused.
+    pub fn rate_limit(&self, limit: &str) -> (Counter, Counter) {
+        let labels = |mode| RateLimitLabels {
+            limit: limit.to_string(),
+            mode,
+        };
+        (
+            self.rate_limited.get_or_create_owned(&labels("enforced")),
+            self.rate_limited.get_or_create_owned(&labels("dry_run")),
+        )
+    }
+
+    /// The overflow counter of `service`'s circuit breaker for `which`.
+    pub fn breaker_overflow(&self, service: &str, which: &'static str) -> Counter {
+        self.breaker_overflow.get_or_create_owned(&OverflowLabels {
+            service: service.to_string(),
+            which,
+        })
     }
 
     /// The counter of dropped access-log lines, for the log writer.
@@ -450,6 +522,20 @@ impl Metrics {
     /// The fleet metrics' handles.
     pub fn fleet(&self) -> &FleetMetrics {
         &self.fleet
+    }
+
+    /// A guarded config change ended with `verdict`.
+    pub fn guard_verdict(&self, verdict: &str) {
+        self.guard_verdicts
+            .get_or_create(&ResultLabels {
+                result: verdict.into(),
+            })
+            .inc();
+    }
+
+    /// The per-second window of recent traffic.
+    pub fn window(&self) -> &std::sync::Arc<crate::stats_window::StatsWindow> {
+        &self.window
     }
 
     /// A reload finished with `result`.
@@ -519,6 +605,9 @@ impl Metrics {
             rejected: self.connections_rejected.get_or_create_owned(&labels),
             shed: self.connections_shed.get_or_create_owned(&labels),
             timed_out: self.connections_timed_out.get_or_create_owned(&labels),
+            rejected_per_ip: self
+                .connections_rejected_per_ip
+                .get_or_create_owned(&labels),
         }
     }
 }
@@ -602,9 +691,19 @@ pub struct ServiceMetrics {
     /// Requests that have started retrying and not finished.
     pub active_retries: Gauge,
     answered_by_proxy: [Counter; 5],
+    /// The service's series in the per-second window.
+    pub window: std::sync::Arc<crate::stats_window::WindowCounters>,
 }
 
 impl ServiceMetrics {
+    /// Counts a finished request that started at `started` and answered
+    /// `status`: the duration histogram and the per-second window.
+    pub fn finished(&self, started: std::time::Instant, status: u16) {
+        let elapsed = started.elapsed();
+        self.duration.observe(elapsed.as_secs_f64());
+        self.window.record(elapsed, status);
+    }
+
     /// Counts a response the proxy wrote itself (no instance answered).
     pub fn answered_by_proxy(&self, status: u16) {
         self.answered_by_proxy[class_index(status)].inc();
@@ -624,6 +723,8 @@ pub struct ListenerMetrics {
     pub shed: Counter,
     /// Connections closed by a timeout (header, send, close deadline).
     pub timed_out: Counter,
+    /// Connections closed at accept for `max_connections_per_ip`.
+    pub rejected_per_ip: Counter,
 }
 
 #[cfg(test)]

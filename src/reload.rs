@@ -16,10 +16,12 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+pub mod guard;
 mod store;
 
 pub use store::HistoryStore;
 
+use crate::config::guard::GuardSpec;
 use crate::config::history::{
     self, ChangeSource, ConfigVersion, History, HistoryError, VersionInfo,
 };
@@ -78,6 +80,18 @@ pub enum ReloadError {
     /// A file reload was asked of a fleet node.
     #[error("this node is in fleet mode: its config comes from etcd; push a change with `switchyard config push FILE` (or POST /admin/config)")]
     FleetMode,
+    /// A guarded change is being watched; another change would muddle
+    /// its figures.
+    #[error("version {version} is being watched by a config guard for {remaining}s more; wait for its verdict (`switchyard config apply` prints it, GET /admin/config/guard shows it), or pass --force (force=true) to end the guard early, keeping version {version}, and apply this change")]
+    GuardRunning {
+        /// The version being watched.
+        version: ConfigVersion,
+        /// Seconds left of its window.
+        remaining: u64,
+    },
+    /// A guard cannot be used as asked.
+    #[error("{0}")]
+    BadGuard(String),
     /// A push was asked of a node that is not in a fleet.
     #[error("this proxy is not in fleet mode (no `fleet:` section); edit its config file and reload instead")]
     NotFleet,
@@ -95,6 +109,8 @@ impl ReloadError {
                 | ReloadError::Fleet(FleetError::Conflict(_) | FleetError::NotFound(_))
                 | ReloadError::FleetMode
                 | ReloadError::NotFleet
+                | ReloadError::GuardRunning { .. }
+                | ReloadError::BadGuard(_)
         )
     }
 }
@@ -115,6 +131,9 @@ pub enum ReloadOutcome {
         version: Option<ConfigVersion>,
         /// What changed, in words.
         changes: Vec<String>,
+        /// The guard now watching it, for a guarded change.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        guard: Option<guard::GuardReport>,
     },
     /// The text is what is already serving; nothing was done.
     Unchanged,
@@ -150,6 +169,9 @@ pub struct ReloadStatus {
     pub last: Option<ReloadRecord>,
     /// Unreadable history entries.
     pub broken_history_entries: usize,
+    /// The guard running now, else the last one to finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<guard::GuardReport>,
 }
 
 /// The live-config pipeline of a running proxy.
@@ -167,6 +189,8 @@ pub struct Reloader {
     /// Serialises reloads: one pipeline run at a time.
     pipeline: tokio::sync::Mutex<()>,
     health_checks: Arc<CustomChecks>,
+    /// The running guard and the last verdicts.
+    guards: guard::Guards,
 }
 
 impl Reloader {
@@ -211,6 +235,7 @@ impl Reloader {
             status: Mutex::new(status),
             pipeline: tokio::sync::Mutex::new(()),
             health_checks,
+            guards: guard::Guards::default(),
         }
     }
 
@@ -246,6 +271,7 @@ impl Reloader {
             status: Mutex::new(status),
             pipeline: tokio::sync::Mutex::new(()),
             health_checks,
+            guards: guard::Guards::default(),
         }
     }
 
@@ -324,6 +350,7 @@ impl Reloader {
                     Some(changes) => ReloadOutcome::Applied {
                         version: Some(version.info.version),
                         changes,
+                        guard: None,
                     },
                     None => ReloadOutcome::Unchanged,
                 })
@@ -345,7 +372,19 @@ impl Reloader {
 
     /// Counters and the last reload.
     pub fn status(&self) -> ReloadStatus {
-        lock(&self.status).clone()
+        let mut status = lock(&self.status).clone();
+        status.guard = self.guards.current();
+        status
+    }
+
+    /// The running guard, else the last one to finish.
+    pub fn guard(&self) -> Option<guard::GuardReport> {
+        self.guards.current()
+    }
+
+    /// Every remembered guard report (the last 100), oldest first.
+    pub fn guard_reports(&self) -> Vec<guard::GuardReport> {
+        self.guards.reports()
     }
 
     /// Every readable version, oldest first, and the unreadable entries.
@@ -360,11 +399,30 @@ impl Reloader {
         self.history.text(version).await
     }
 
-    /// Reads the file and applies it if it changed.
+    /// Reads the file and applies it if it changed. A change made by
+    /// editing the file (file watch, SIGHUP) is guarded by the `guard:`
+    /// of the config serving when it comes, if it has one.
     pub async fn reload(
-        &self,
+        self: &Arc<Self>,
         source: ChangeSource,
         cause: &str,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let guard = match source {
+            ChangeSource::File | ChangeSource::Signal => self.registry.config().guard.clone(),
+            _ => None,
+        };
+        self.reload_guarded(source, cause, guard, false).await
+    }
+
+    /// Reads the file and applies it if it changed, watched by `guard`
+    /// when given. `force` ends a running guard early (keeping its
+    /// change) instead of refusing.
+    pub async fn reload_guarded(
+        self: &Arc<Self>,
+        source: ChangeSource,
+        cause: &str,
+        guard: Option<GuardSpec>,
+        force: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         if self.fleet.is_some() {
             let result = Err(ReloadError::FleetMode);
@@ -378,10 +436,99 @@ impl Reloader {
                     config::LoadError::Read { path, source } => ReloadError::Read { path, source },
                     config::LoadError::Invalid { errors, .. } => ReloadError::Invalid(errors),
                 })?;
-            self.apply(text, source, cause, None).await
+            self.apply_watched(text, source, cause, guard, force, false)
+                .await
         }
         .await;
         self.finish(source, cause, result)
+    }
+
+    /// Writes `text` to the config file and applies it (single node), or
+    /// pushes it to the fleet; watched by `guard` when given. `force`
+    /// ends a running guard early instead of refusing.
+    pub async fn apply_text(
+        self: &Arc<Self>,
+        text: &str,
+        cause: &str,
+        guard: Option<GuardSpec>,
+        force: bool,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        if self.fleet.is_some() {
+            if guard.is_some() {
+                return Err(ReloadError::BadGuard(
+                    "guarded changes are not available in fleet mode yet; push without --guard"
+                        .into(),
+                ));
+            }
+            return self.push(text, cause, None).await;
+        }
+        let _one_at_a_time = self.pipeline.lock().await;
+        let result = self
+            .apply_watched(
+                text.to_string(),
+                ChangeSource::Api,
+                cause,
+                guard,
+                force,
+                true,
+            )
+            .await;
+        self.finish(ChangeSource::Api, cause, result)
+    }
+
+    /// Applies `text` (writing it to the file first with `write_file`)
+    /// and starts `guard` over it. Runs under the pipeline lock.
+    async fn apply_watched(
+        self: &Arc<Self>,
+        text: String,
+        source: ChangeSource,
+        cause: &str,
+        guard: Option<GuardSpec>,
+        force: bool,
+        write_file: bool,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        let Some(spec) = guard else {
+            return self
+                .apply(text, source, cause, None, force, write_file)
+                .await;
+        };
+        let config = config::parse(&text).map_err(ReloadError::Invalid)?;
+        let unknown: Vec<String> = spec
+            .checks
+            .iter()
+            .filter_map(|c| c.service.as_ref())
+            .filter(|s| !config.services.contains_key(*s))
+            .map(|s| format!("guard names service `{s}`, which the new config does not have"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ReloadError::BadGuard(unknown.join("; ")));
+        }
+        let previous = lock(&self.status).current_version;
+        let Some(previous) = previous.filter(|_| self.history.available()) else {
+            return Err(ReloadError::BadGuard(
+                "a guarded change needs the config history (to restore the previous version), which is unavailable".into(),
+            ));
+        };
+        let outcome = self
+            .apply(text, source, cause, None, force, write_file)
+            .await?;
+        let ReloadOutcome::Applied {
+            version: Some(version),
+            changes,
+            ..
+        } = outcome
+        else {
+            return Ok(outcome);
+        };
+        let report = guard::report(&spec, version, previous);
+        let stop = self.guards.start(report.clone());
+        tracing::info!(%version, restores = %previous, guards = %report.checks.join(", "), window = ?spec.window, "config change applied under guard");
+        tokio::spawn(guard::watch(Arc::clone(self), spec, version, stop));
+        Ok(ReloadOutcome::Applied {
+            version: Some(version),
+            changes,
+            guard: Some(report),
+        })
     }
 
     /// Makes version `version` current again: validates it, writes it to
@@ -391,6 +538,26 @@ impl Reloader {
         &self,
         version: ConfigVersion,
         cause: &str,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        self.rollback_forced(version, cause, false).await
+    }
+
+    /// Restores `version` for a guard that tripped (its guard has ended).
+    async fn rollback_for_guard(
+        &self,
+        version: ConfigVersion,
+        cause: &str,
+    ) -> Result<ReloadOutcome, ReloadError> {
+        self.rollback_forced(version, cause, true).await
+    }
+
+    /// Like [`Reloader::rollback`]; `force` ends a running guard early
+    /// instead of refusing.
+    pub async fn rollback_forced(
+        &self,
+        version: ConfigVersion,
+        cause: &str,
+        force: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         if let Some((fleet, _)) = &self.fleet {
             // A rollback is a push of the old text as a new version.
@@ -410,28 +577,52 @@ impl Reloader {
         let _one_at_a_time = self.pipeline.lock().await;
         let result = async {
             let text = self.version_text(version).await?;
-            self.apply(text, ChangeSource::Rollback, cause, Some(version))
-                .await
+            self.apply(
+                text,
+                ChangeSource::Rollback,
+                cause,
+                Some(version),
+                force,
+                true,
+            )
+            .await
         }
         .await;
         self.finish(ChangeSource::Rollback, cause, result)
     }
 
+    /// Applies `text`; with `write_file` the config file is rewritten
+    /// first (a rollback or an applied text: the file stays the source of
+    /// truth). A change while a guard runs is refused, unless `force`
+    /// (then the guard ends, keeping its change).
     async fn apply(
         &self,
         text: String,
         source: ChangeSource,
         cause: &str,
         rollback_of: Option<ConfigVersion>,
+        force: bool,
+        write_file: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
         let same_text = *lock(&self.applied_sha) == history::sha256_hex(&text);
+        if !same_text {
+            if let Some(running) = self.guards.watching() {
+                if !force {
+                    return Err(ReloadError::GuardRunning {
+                        version: running.version,
+                        remaining: running
+                            .window_seconds
+                            .saturating_sub(running.elapsed_seconds),
+                    });
+                }
+                if self.guards.end_by_force(cause).is_some() {
+                    self.registry.metrics().guard_verdict("ended_by_force");
+                }
+            }
+        }
         let old = self.registry.config();
-        // A rollback writes the file too (it stays the source of truth).
-        let Some(changes) = self
-            .swap(&text, config.clone(), rollback_of.is_some())
-            .await?
-        else {
+        let Some(changes) = self.swap(&text, config.clone(), write_file).await? else {
             return Ok(ReloadOutcome::Unchanged);
         };
         // Same text, new result: files it names changed (certificates);
@@ -449,7 +640,11 @@ impl Reloader {
         let version = self
             .history
             .record_local(&text, source, &cause, rollback_of, same_text);
-        Ok(ReloadOutcome::Applied { version, changes })
+        Ok(ReloadOutcome::Applied {
+            version,
+            changes,
+            guard: None,
+        })
     }
 
     /// Checks a parsed config against what is running, binds its new
@@ -505,7 +700,9 @@ impl Reloader {
         let mut status = lock(&self.status);
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let (outcome, error) = match &result {
-            Ok(ReloadOutcome::Applied { version, changes }) => {
+            Ok(ReloadOutcome::Applied {
+                version, changes, ..
+            }) => {
                 status.applied += 1;
                 if version.is_some() {
                     status.current_version = *version;
@@ -680,6 +877,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.error_detail != new.error_detail {
         changes.push("error_detail changed".into());
+    }
+    if old.guard != new.guard {
+        changes.push("guard changed".into());
     }
     let tls = |c: &Config| -> Vec<Option<config::TlsConfig>> {
         c.listeners.iter().map(|l| l.tls.clone()).collect()

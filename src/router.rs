@@ -3,8 +3,10 @@
 //! snapshot; a lookup allocates nothing unless the host has upper case.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::config::{HostMatch, RouteConfig};
+use crate::limits::RateLimiter;
 
 /// A matched route.
 #[derive(Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The `Upgrade` protocols this route lets through (lower case).
     pub upgrades: Box<[Box<str>]>,
+    /// The route's rate limit, if it has one.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Route {
@@ -62,8 +66,18 @@ impl Router {
         routes: &[RouteConfig],
         service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
     ) -> Router {
+        Router::with_rate_limits(routes, service_index, |_| None)
+    }
+
+    /// Builds the table with the rate limiter of each route (by its index
+    /// in `routes`).
+    pub fn with_rate_limits(
+        routes: &[RouteConfig],
+        service_index: impl Fn(&crate::config::ServiceName) -> Option<usize>,
+        rate_limit: impl Fn(usize) -> Option<Arc<RateLimiter>>,
+    ) -> Router {
         let mut router = Router::default();
-        for config in routes {
+        for (index, config) in routes.iter().enumerate() {
             let Some(service) = service_index(&config.service) else {
                 continue;
             };
@@ -72,6 +86,7 @@ impl Router {
                 path_prefix: config.path_prefix.as_str().into(),
                 strip_prefix: config.strip_prefix,
                 upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
+                rate_limit: rate_limit(index),
             };
             let list = match &config.host {
                 HostMatch::Any => &mut router.any,
@@ -165,6 +180,7 @@ mod tests {
             path_prefix: prefix.into(),
             strip_prefix: true,
             upgrades: vec!["websocket".into()],
+            rate_limit: None,
             service: ServiceName::from(service),
         }
     }
@@ -219,6 +235,7 @@ mod tests {
                 path_prefix: prefix.into(),
                 strip_prefix: true,
                 upgrades: Box::default(),
+                rate_limit: None,
             }
             .upstream_path(path)
         };

@@ -202,7 +202,7 @@ async fn a_reload_moves_the_log_changes_its_format_and_turns_it_off() {
     let url = format!("{}/", base(&proxy));
     let reload = || async {
         let (status, body) =
-            switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+            common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
                 .await
                 .unwrap();
         assert_eq!(status, 200, "{body}");
@@ -235,10 +235,9 @@ async fn a_reload_moves_the_log_changes_its_format_and_turns_it_off() {
         "{{path: {}}}",
         yaml_path(&dir.join("missing-dir").join("x.log"))
     ));
-    let (status, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (status, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_ne!(status, 200, "{body}");
     assert!(body.contains("access_log.path"), "{body}");
     proxy.shutdown().await;
@@ -330,6 +329,7 @@ async fn sigusr1_and_the_admin_api_reopen_the_file_after_rotation() {
                 request = request.header("authorization", format!("Bearer {token}"));
             }
             let got = send(&common::client(), request.body(Default::default()).unwrap()).await;
+            let got = common::admin::checked("POST", "/admin/logs/reopen", got);
             (got.status, got.body)
         }
     };

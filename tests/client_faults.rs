@@ -44,10 +44,9 @@ async fn proxy_with_outlier_detection(settings: &str) -> Running {
 }
 
 async fn instance_health(running: &Running) -> serde_json::Value {
-    let (_, body) =
-        switchyard::admin_client::call(running.admin_address(), Method::GET, "/admin/status")
-            .await
-            .unwrap();
+    let (_, body) = common::admin::call(running.admin_address(), Method::GET, "/admin/status")
+        .await
+        .unwrap();
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     status["services"][0]["instances"][0].clone()
 }

@@ -189,10 +189,9 @@ async fn a_request_beyond_the_limit_waits_then_gets_503_without_blame() {
     upstream.gate.add_permits(1_000);
     assert_eq!(first.await.unwrap().status, 200);
     // Not ejected: the limit is the proxy's, not the instance's fault.
-    let (_, status) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::GET, "/admin/status")
-            .await
-            .unwrap();
+    let (_, status) = common::admin::call(proxy.admin_address(), Method::GET, "/admin/status")
+        .await
+        .unwrap();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["services"][0]["instances"][0]["health"], "healthy");
     let third = get(&client(), &url, &[]).await;

@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::call;
 use common::binary::temp_dir;
 use common::*;
 use http::{Method, Response};
 use http_body_util::Full;
-use switchyard::admin_client::call;
 use switchyard::server::{start_live, LiveOptions, Running};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

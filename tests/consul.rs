@@ -265,6 +265,7 @@ async fn switchyard_registers_itself_and_deregisters_on_shutdown() {
         &[],
     )
     .await;
+    let health = common::admin::checked("GET", "/admin/health", health);
     assert_eq!(health.status, 200);
     proxy.shutdown().await;
     assert_eq!(consul.deregistered(), [id]);
@@ -404,7 +405,7 @@ async fn consul_membership_changes_are_logged_once_each_with_counts() {
     let admin = process.admin;
     let started = Instant::now();
     loop {
-        let (_, body) = switchyard::admin_client::call(admin, Method::GET, "/admin/services/web")
+        let (_, body) = common::admin::call(admin, Method::GET, "/admin/services/web")
             .await
             .unwrap();
         let view: Value = serde_json::from_str(&body).unwrap();

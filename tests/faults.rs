@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::call;
 use common::binary::Process;
 use common::*;
 use http::{Method, Request};
 use http_body_util::Full;
-use switchyard::admin_client::call;
 use tokio::net::TcpStream;
 
 /// Generous: every "it eventually happens" wait is bounded by this.

@@ -25,7 +25,7 @@ const EVENTUALLY: Duration = Duration::from_secs(20);
 macro_rules! need_etcd {
     () => {
         if !etcd::available() {
-            eprintln!("SKIPPED: {} is not installed", etcd::ETCD);
+            common::skip_without(etcd::ETCD, "apt-get install etcd-server");
             return;
         }
     };
@@ -128,7 +128,7 @@ async fn admin(
     body: Option<(&str, String)>,
 ) -> (u16, Value) {
     let body = body.map(|(kind, text)| (kind, bytes::Bytes::from(text)));
-    let (status, text) = switchyard::admin_client::call_raw(node.admin(), method, path, None, body)
+    let (status, text) = common::admin::call_raw(node.admin(), method, path, None, body)
         .await
         .expect("admin call");
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -1030,7 +1030,7 @@ async fn ten_thousand_registrations_memory_and_load_time() {
     let state_a = common::binary::temp_dir().join("state");
     let a = common::binary::Process::start(&boot, &["--state-dir", state_a.to_str().unwrap()]);
     let admin_a = a.admin;
-    let (status, body) = switchyard::admin_client::call_raw(
+    let (status, body) = common::admin::call_raw(
         admin_a,
         Method::POST,
         "/admin/config",
@@ -1309,4 +1309,51 @@ async fn nodes_speak_tls_to_etcd_and_refuse_an_unknown_certificate() {
     println!("push through a node that does not trust etcd's certificate: {status} {answer}");
     assert_eq!(status, 503, "{answer}");
     assert_eq!(stranger.version(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_running_nodes_with_one_name_both_report_the_conflict_and_a_restart_does_not() {
+    need_etcd!();
+    let etcd = Etcd::start().await;
+    let [twin_a, twin_b, mut solo] = nodes(&etcd, &prefix("twins"), ["twin", "twin", "solo"]).await;
+    eventually(EVENTUALLY, "both twins see the other", || {
+        twin_a.fleet_status().name_conflict.is_some()
+            && twin_b.fleet_status().name_conflict.is_some()
+    })
+    .await;
+    let conflict = twin_a.fleet_status().name_conflict.unwrap_or_default();
+    assert!(
+        conflict.contains(&twin_b.admin().to_string()) && conflict.contains("unique"),
+        "the conflict names the other process: {conflict}"
+    );
+    let (status, fleet) = admin(&twin_b, Method::GET, "/admin/fleet", None).await;
+    assert_eq!(status, 200);
+    let published = fleet["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == "twin"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(published["name_conflict"].is_string(), "{fleet}");
+
+    // A node that restarts finds its previous process's status key (its
+    // lease has not run out yet) and must not take it for a twin.
+    assert!(solo.fleet_status().name_conflict.is_none());
+    let before = solo.fleet_status().process;
+    solo.stop().await;
+    solo.start().await;
+    assert_ne!(solo.fleet_status().process, before, "a new process token");
+    eventually(EVENTUALLY, "the restarted node is caught up", || {
+        !solo.fleet_status().stale
+    })
+    .await;
+    // Its own status writes come back through its watch meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(solo.fleet_status().name_conflict, None);
+    let (_, fleet) = admin(&solo, Method::GET, "/admin/fleet", None).await;
+    let published = fleet["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == "solo"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(published["name_conflict"].is_null(), "{fleet}");
 }

@@ -287,6 +287,7 @@ async fn admin_status_lists_services_and_instances() {
         &[],
     )
     .await;
+    let got = common::admin::checked("GET", "/admin/status", got);
     assert_eq!(got.status, 200);
     let status: serde_json::Value = serde_json::from_str(&got.body).unwrap();
     let service = &status["services"][0];

@@ -30,10 +30,9 @@ fn service_yaml(settings: &str, instances: &[&Flippable]) -> String {
 }
 
 async fn status(running: &Running) -> serde_json::Value {
-    let (_, body) =
-        switchyard::admin_client::call(running.admin_address(), Method::GET, "/admin/status")
-            .await
-            .unwrap();
+    let (_, body) = common::admin::call(running.admin_address(), Method::GET, "/admin/status")
+        .await
+        .unwrap();
     serde_json::from_str(&body).unwrap()
 }
 
@@ -421,10 +420,9 @@ async fn reloads_keep_verdicts_and_new_instances_must_pass_first() {
         &format!("{{id: a, address: \"{}\", weight: 3}}", a.address),
     );
     std::fs::write(&path, format!("{listeners}{changed}")).unwrap();
-    let (code, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (code, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     // Straight after the reload: b is still unhealthy (it needs 3 passes),
     // and c, new, has not passed yet.

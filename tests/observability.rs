@@ -131,7 +131,7 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        eprintln!("SKIPPED promtool check: promtool is not installed (apt-get install prometheus)");
+        common::skip_without("promtool", "apt-get install prometheus");
         return;
     };
     child
@@ -169,11 +169,11 @@ async fn health_and_reload_metrics() {
     options.watch = false;
     let proxy = switchyard::server::start_live(options).await.unwrap();
     std::fs::write(&path, text(2)).unwrap();
-    switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+    common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
         .await
         .unwrap();
     std::fs::write(&path, "listeners: [").unwrap();
-    switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
+    common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
         .await
         .unwrap();
     a.set(Mode::Status(500));
@@ -223,9 +223,7 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(chromium) = chromium else {
-        eprintln!(
-            "SKIPPED dashboard browser test: chromium is not installed (apt-get install chromium)"
-        );
+        common::skip_without("chromium", "apt-get install chromium");
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -244,10 +242,9 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
     runtime.block_on(async {
         let started = std::time::Instant::now();
         loop {
-            let (_, text) =
-                switchyard::admin_client::call(process.admin, Method::GET, "/admin/services/shop")
-                    .await
-                    .unwrap();
+            let (_, text) = common::admin::call(process.admin, Method::GET, "/admin/services/shop")
+                .await
+                .unwrap();
             let view: serde_json::Value = serde_json::from_str(&text).unwrap();
             let instance = |id: &str| {
                 view["instances"]
@@ -334,11 +331,7 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
     );
     // Self-contained: no external scripts, styles or fonts.
     let page = runtime
-        .block_on(switchyard::admin_client::call(
-            process.admin,
-            Method::GET,
-            "/",
-        ))
+        .block_on(common::admin::call(process.admin, Method::GET, "/"))
         .unwrap()
         .1;
     assert!(

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::{call_with, checked};
 use common::*;
 use http::{Method, Request, Response};
 use http_body_util::Full;
 use serde_json::{json, Value};
-use switchyard::admin_client::call_with;
 use switchyard::server::Running;
 
 async fn api(running: &Running, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -581,11 +581,20 @@ async fn the_bearer_scheme_is_case_insensitive() {
         .enumerate()
     {
         let got = send(&client, register(authorization, 1 + i as u16)).await;
+        let got = checked("POST", "/admin/services/svc/instances", got);
         assert_eq!(got.status, 201, "{authorization}: {}", got.body);
     }
-    let got = send(&client, register("Basic s3cret", 9)).await;
+    let got = checked(
+        "POST",
+        "/admin/services/svc/instances",
+        send(&client, register("Basic s3cret", 9)).await,
+    );
     assert_eq!(got.status, 401, "{}", got.body);
-    let got = send(&client, register("bearer wrong", 9)).await;
+    let got = checked(
+        "POST",
+        "/admin/services/svc/instances",
+        send(&client, register("bearer wrong", 9)).await,
+    );
     assert_eq!(got.status, 403, "{}", got.body);
 }
 
@@ -779,9 +788,10 @@ async fn admin_reads_answer_head_like_get_without_a_body() {
         "/",
     ] {
         let url = format!("http://{admin}{path}");
-        let got = get(&client, &url, &[]).await;
+        let got = checked("GET", path, get(&client, &url, &[]).await);
         assert_eq!(got.status, 200, "GET {path}: {}", got.body);
         let head = send(&client, Request::head(&url).body(Full::default()).unwrap()).await;
+        let head = checked("HEAD", path, head);
         assert_eq!(head.status, 200, "HEAD {path}: {}", head.body);
         assert!(head.body.is_empty(), "HEAD {path} has no body");
         assert_eq!(
@@ -812,5 +822,6 @@ async fn admin_reads_answer_head_like_get_without_a_body() {
             .unwrap(),
     )
     .await;
+    let head = checked("HEAD", "/admin/services/nope", head);
     assert_eq!(head.status, 404);
 }

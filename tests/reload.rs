@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::admin::call;
 use common::binary::{command, temp_dir, Process};
 use common::*;
 use http::Method;
-use switchyard::admin_client::call;
 use switchyard::server::{start_live, LiveOptions, Running};
 
 /// A config: listeners on `listeners` (port 0 when empty), the admin API on
@@ -207,20 +207,22 @@ async fn bad_edits_are_refused_and_the_old_config_keeps_serving() {
     let (_, answer) = admin(&running, Method::POST, "/admin/reload").await;
     assert_eq!(answer["result"], "unchanged");
 
-    // A push is for fleet nodes; this proxy's config is its file.
-    let body = bytes::Bytes::from(yaml(&[], "round_robin", &[(a, "a", 1)]));
-    let (status, answer) = switchyard::admin_client::call_raw(
+    // On a single node a posted config is written to its file and applied
+    // like an edit (fleet nodes push it instead).
+    let text = yaml(&[], "round_robin", &[(a, "a", 1)]);
+    let (status, answer) = common::admin::call_raw(
         running.admin_address(),
         Method::POST,
         "/admin/config",
         None,
-        Some(("application/yaml", body)),
+        Some(("application/yaml", bytes::Bytes::from(text.clone()))),
     )
     .await
     .unwrap();
-    assert_eq!(status, 422, "{answer}");
-    assert!(answer.contains("not in fleet mode"), "{answer}");
-    assert_eq!(served_by(&running).await, "b", "the push changed nothing");
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"applied\""), "{answer}");
+    assert_eq!(served_by(&running).await, "a");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,21 +155,17 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
     // New certificate files, same proxy.yaml: a reload applies them to new
     // connections, and the open HTTP/2 connection keeps working.
     let cert_a2 = write_cert(&dir, "a", &["a.test"]);
-    let (status, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (status, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("TLS certificates changed"), "{body}");
     // Recorded as a version of its own, whose cause names the file and the
     // new leaf's SHA-256 fingerprint (as `openssl x509 -fingerprint` shows).
-    let (status, versions) = switchyard::admin_client::call(
-        proxy.admin_address(),
-        Method::GET,
-        "/admin/config/versions",
-    )
-    .await
-    .unwrap();
+    let (status, versions) =
+        common::admin::call(proxy.admin_address(), Method::GET, "/admin/config/versions")
+            .await
+            .unwrap();
     assert_eq!(status, 200, "{versions}");
     let versions: serde_json::Value = serde_json::from_str(&versions).unwrap();
     let list = versions["versions"].as_array().unwrap();
@@ -204,10 +200,9 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let (status, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (status, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(
         body.contains("listeners[0].tls.certificates[0].cert"),
@@ -222,10 +217,9 @@ async fn sni_alpn_certificate_reload_and_bad_certificates() {
     write_cert(&dir, "a", &["a.test"]);
     let other_key = std::fs::read(dir.join("b.key")).unwrap();
     std::fs::write(dir.join("a.key"), other_key).unwrap();
-    let (status, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (status, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_eq!(status, 422, "{body}");
     assert!(
         body.contains(&format!(

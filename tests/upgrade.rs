@@ -43,7 +43,7 @@ async fn websocket_echo() -> SocketAddr {
 }
 
 async fn in_flight(admin: SocketAddr) -> u64 {
-    let (_, body) = switchyard::admin_client::call(admin, Method::GET, "/admin/services/ws")
+    let (_, body) = common::admin::call(admin, Method::GET, "/admin/services/ws")
         .await
         .unwrap();
     let service: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -105,10 +105,9 @@ async fn a_websocket_talks_through_the_proxy_and_survives_a_reload() {
     // A reload that keeps the instance (and changes its weight) leaves the
     // tunnel alone.
     std::fs::write(&path, text(3)).unwrap();
-    let (status, body) =
-        switchyard::admin_client::call(proxy.admin_address(), Method::POST, "/admin/reload")
-            .await
-            .unwrap();
+    let (status, body) = common::admin::call(proxy.admin_address(), Method::POST, "/admin/reload")
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     socket
         .send(Message::text("after the reload"))

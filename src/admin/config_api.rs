@@ -1,11 +1,20 @@
-//! Live config over the admin API: reload, versions, diff, rollback.
+//! Live config over the admin API: reload, apply, versions, diff,
+//! rollback, and the config guard.
+//!
+//! Guard parameters (of `POST /admin/config` and `POST /admin/reload`):
+//! `guard=EXPR` (repeatable, URL-encoded), `for=DURATION` (default 60s),
+//! `min_requests=N` (default 100); `force=true` ends a running guard
+//! early instead of being refused (also on rollback).
 
 use std::net::SocketAddr;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response, StatusCode};
 
-use super::{bad_request, errors_response, json_response, method_not_allowed, AdminState};
+use super::{
+    bad_request, errors_response, json_response, method_not_allowed, percent_decode, AdminState,
+};
+use crate::config::guard::{self, GuardSpec};
 use crate::config::history::{ChangeSource, ConfigVersion, HistoryError};
 use crate::fleet::FleetError;
 use crate::proxy::{text_response, ProxyBody};
@@ -28,17 +37,53 @@ pub(super) async fn handle(
     match (method, segments) {
         (&Method::POST, ["reload"]) => {
             let cause = format!("POST /admin/reload from {peer}");
-            reload_response(reloader.reload(ChangeSource::Api, &cause).await)
+            let params = match GuardParams::parse(query, &[]) {
+                Ok(params) => params,
+                Err(errors) => return errors_response(StatusCode::BAD_REQUEST, errors),
+            };
+            reload_response(
+                reloader
+                    .reload_guarded(ChangeSource::Api, &cause, params.guard, params.force)
+                    .await,
+            )
         }
+        (&Method::GET, ["config", "guard"]) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "running": reloader.guard().filter(|g| g.state == crate::reload::guard::GuardState::Running),
+                "current": reloader.guard(),
+            }),
+        ),
         (&Method::GET, ["config", "versions"]) => match reloader.versions().await {
-            Ok((versions, broken)) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "current": reloader.status().current_version,
-                    "versions": versions,
-                    "unreadable": broken,
-                }),
-            ),
+            Ok((versions, broken)) => {
+                let reports = reloader.guard_reports();
+                let versions: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|info| {
+                        let mut value = serde_json::to_value(info).unwrap_or_default();
+                        // The newest report of this version, if it was guarded.
+                        if let Some(report) =
+                            reports.iter().rev().find(|r| r.version == info.version)
+                        {
+                            value["guard"] = serde_json::json!({
+                                "state": report.state,
+                                "verdict": report.verdict,
+                                "checks": report.checks,
+                                "rollback_version": report.rollback_version,
+                            });
+                        }
+                        value
+                    })
+                    .collect();
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "current": reloader.status().current_version,
+                        "versions": versions,
+                        "unreadable": broken,
+                    }),
+                )
+            }
             Err(error) => error_response(&error),
         },
         (&Method::GET, ["config", "versions", number]) => match parse_version(number) {
@@ -54,8 +99,15 @@ pub(super) async fn handle(
         (&Method::GET, ["config", "diff"]) => diff(reloader, query.unwrap_or("")).await,
         (&Method::POST, ["config", "rollback", number]) => match parse_version(number) {
             Ok(version) => {
+                let force = match GuardParams::parse(query, &[]) {
+                    Ok(GuardParams { guard: None, force }) => force,
+                    Ok(_) => {
+                        return bad_request("a rollback takes no guard; only force=true\n".into())
+                    }
+                    Err(errors) => return errors_response(StatusCode::BAD_REQUEST, errors),
+                };
                 let cause = format!("rollback to version {version} requested from {peer}");
-                reload_response(reloader.rollback(version, &cause).await)
+                reload_response(reloader.rollback_forced(version, &cause, force).await)
             }
             Err(message) => bad_request(message),
         },
@@ -128,8 +180,10 @@ fn reload_response(result: Result<ReloadOutcome, ReloadError>) -> Response<Proxy
     }
 }
 
-/// `POST /admin/config`: validate the YAML body here and push it to the
-/// fleet as the next version (`?base=N`: only if N is still current).
+/// `POST /admin/config`: in fleet mode, validate the YAML body here and
+/// push it to the fleet as the next version (`?base=N`: only if N is still
+/// current); on a single node, write it to the config file and apply it,
+/// under a guard when `guard=` parameters are given.
 pub(super) async fn push(
     state: &AdminState,
     body: &[u8],
@@ -139,21 +193,111 @@ pub(super) async fn push(
     let Some(reloader) = state.reloader.as_ref() else {
         return error_response(&ReloadError::NotFleet);
     };
+    let params = match GuardParams::parse(query, &["base"]) {
+        Ok(params) => params,
+        Err(errors) => return errors_response(StatusCode::BAD_REQUEST, errors),
+    };
     let mut base = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("base", value)) => match parse_version(value) {
+    for (key, value) in query_pairs(query).into_iter().flatten() {
+        if key == "base" {
+            match parse_version(&value) {
                 Ok(version) => base = Some(version),
                 Err(message) => return bad_request(message),
-            },
-            _ => return bad_request(format!("unknown parameter `{pair}`; use base=N\n")),
+            }
         }
     }
     let Ok(text) = std::str::from_utf8(body) else {
         return bad_request("the body is not UTF-8 text\n".into());
     };
     let cause = format!("POST /admin/config from {peer}");
-    reload_response(reloader.push(text, &cause, base).await)
+    if reloader.fleet().is_some() && params.guard.is_none() && !params.force {
+        return reload_response(reloader.push(text, &cause, base).await);
+    }
+    if base.is_some() {
+        return bad_request("base=N is for fleet pushes only\n".into());
+    }
+    reload_response(
+        reloader
+            .apply_text(text, &cause, params.guard, params.force)
+            .await,
+    )
+}
+
+/// The `key=value` pairs of a query string, decoded (`+` is a space).
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |text: &str| {
+                percent_decode(&text.replace('+', " "))
+                    .ok_or_else(|| format!("`{text}` is not a valid URL-encoded value"))
+            };
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
+}
+
+/// Guard parameters of a change.
+struct GuardParams {
+    guard: Option<GuardSpec>,
+    force: bool,
+}
+
+impl GuardParams {
+    /// Reads `guard`, `for`, `min_requests` and `force`; `others` are
+    /// further keys the caller reads itself. Every problem is reported.
+    fn parse(query: Option<&str>, others: &[&str]) -> Result<GuardParams, Vec<String>> {
+        let pairs = query_pairs(query).map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
+        let mut checks = Vec::new();
+        let mut window = None;
+        let mut min_requests = None;
+        let mut force = false;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "guard" => match guard::parse_check(&value) {
+                    Ok(check) => checks.push(check),
+                    Err(error) => errors.push(error),
+                },
+                "for" => match crate::config::parse_duration(&value)
+                    .and_then(|d| guard::check_window(d).map(|()| d))
+                {
+                    Ok(d) => window = Some(d),
+                    Err(error) => errors.push(format!("for: {error}")),
+                },
+                "min_requests" => match value.parse::<u64>() {
+                    Ok(n) if n >= 1 => min_requests = Some(n),
+                    _ => errors.push(format!(
+                        "min_requests: `{value}` is not a whole number of at least 1"
+                    )),
+                },
+                "force" => match value.as_str() {
+                    "" | "true" | "1" => force = true,
+                    "false" | "0" => force = false,
+                    _ => errors.push(format!("force: `{value}` is not true or false")),
+                },
+                key if others.contains(&key) => {}
+                _ => errors.push(format!(
+                    "unknown parameter `{key}`; use guard=EXPR, for=DURATION, min_requests=N, force=true"
+                )),
+            }
+        }
+        if checks.is_empty() && (window.is_some() || min_requests.is_some()) && errors.is_empty() {
+            errors.push("for= and min_requests= need at least one guard=EXPR".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let guard = (!checks.is_empty()).then(|| GuardSpec {
+            checks,
+            window: window.unwrap_or(guard::DEFAULT_GUARD_WINDOW),
+            min_requests: min_requests.unwrap_or(guard::DEFAULT_MIN_REQUESTS),
+        });
+        Ok(GuardParams { guard, force })
+    }
 }
 
 fn error_response(error: &ReloadError) -> Response<ProxyBody> {
@@ -166,7 +310,7 @@ fn error_response(error: &ReloadError) -> Response<ProxyBody> {
         ReloadError::Fleet(FleetError::Etcd(_) | FleetError::Timeout(_)) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ReloadError::Bind(_) => StatusCode::CONFLICT,
+        ReloadError::Bind(_) | ReloadError::GuardRunning { .. } => StatusCode::CONFLICT,
         error if error.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -8,12 +8,15 @@
 //! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
 //! - `POST /admin/logs/reopen`: reopens the access-log file (for log
 //!   rotation; SIGUSR1 does the same).
+//! - `GET /admin/openapi.json`: the API's contract (see [`endpoints`], which
+//!   lists every endpoint the router answers).
 //!
 //! When a token is configured, every mutating call (and, if asked, every
 //! read) needs `Authorization: Bearer <token>`.
 
 mod config_api;
 mod dashboard;
+pub mod endpoints;
 mod fleet;
 mod services;
 mod status;
@@ -102,6 +105,9 @@ async fn route(
     };
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = request.method().clone();
+    if let Some(refusal) = endpoints::refusal(&method, &segments, request.uri().path()) {
+        return refusal;
+    }
     match (&method, segments.as_slice()) {
         (&Method::GET, ["admin", "status"]) => {
             let page = status::Page::parse(request.uri().query().unwrap_or(""));
@@ -113,6 +119,7 @@ async fn route(
                 Err(message) => bad_request(message),
             }
         }
+        (&Method::GET, ["admin", "openapi.json"]) => endpoints::document(),
         (&Method::GET, ["admin", "health"]) => text_response(StatusCode::OK, "ok\n"),
         (&Method::GET, ["metrics"]) => metrics(state, &request),
         (&Method::GET, []) => dashboard::page(),

@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod fleet_tests;
+pub mod guard;
 pub mod history;
 mod raw;
 mod validate;
@@ -74,6 +75,11 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// What the bodies of the proxy's own error answers (502, 504, …) say.
     pub error_detail: ErrorDetail,
+    /// The limit every request passes before routing (`rate_limit`).
+    pub rate_limit: Option<RateLimitConfig>,
+    /// The guard of changes made by editing the file (file watch, SIGHUP),
+    /// if any.
+    pub guard: Option<guard::GuardSpec>,
     /// Routes in the order written; the router picks the most specific.
     pub routes: Vec<RouteConfig>,
     /// Upstream services by name.
@@ -165,6 +171,9 @@ pub struct ListenerLimits {
     /// beyond it, new connections are accepted and closed at once. `None`:
     /// no limit but the process's descriptor limit.
     pub max_connections: Option<usize>,
+    /// Open connections allowed from one client IP (the socket peer) on
+    /// the listener, all workers together; `None`: no limit.
+    pub max_connections_per_ip: Option<usize>,
     /// Which server speaks HTTP/1.1 to the listener's clients
     /// (`listeners[].http1`); new connections get a changed value.
     pub http1: Http1Server,
@@ -190,6 +199,7 @@ impl Default for ListenerLimits {
             max_headers: DEFAULT_MAX_HEADERS,
             send_timeout: Duration::from_secs(60),
             max_connections: None,
+            max_connections_per_ip: None,
             http1: Http1Server::Owned,
         }
     }
@@ -385,8 +395,71 @@ pub struct RouteConfig {
     /// `Upgrade` protocols let through (lower-case tokens; never `h2c`).
     /// A request asking for others is forwarded without the upgrade.
     pub upgrades: Vec<String>,
+    /// The route's own rate limit, passed after the global one.
+    pub rate_limit: Option<RateLimitConfig>,
     /// The service that serves matching requests.
     pub service: ServiceName,
+}
+
+/// A token-bucket rate limit (`rate_limit`): `rate` tokens per `period`,
+/// at most `burst` saved, one bucket per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Tokens added per `period`.
+    pub rate: NonZeroU32,
+    /// The period of `rate`, whole seconds.
+    pub period: Duration,
+    /// Most tokens a bucket holds (requests that may come at once).
+    pub burst: NonZeroU32,
+    /// What a bucket belongs to.
+    pub key: RateLimitKey,
+    /// Most keys remembered at once.
+    pub max_keys: usize,
+    /// Only count what would be refused; let everything through.
+    pub dry_run: bool,
+}
+
+/// What a rate limit's buckets are keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client IP (after `trusted_proxies`).
+    ClientIp,
+    /// The value of a request header; requests without it are not limited.
+    Header(http::HeaderName),
+    /// One bucket for everything the limit applies to.
+    Route,
+}
+
+/// A service's circuit breaker (`circuit_breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakerConfig {
+    /// Requests in progress to the service at once, over all workers.
+    pub max_requests: NonZeroU32,
+    /// Retries in progress to the service at once, on top of the retry
+    /// budget; `None`: the budget alone decides (as in Envoy, where a
+    /// retry budget replaces `max_retries`).
+    pub max_retries: Option<u32>,
+    /// Requests over `max_requests` wait here, if set.
+    pub queue: Option<QueueConfig>,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> CircuitBreakerConfig {
+        CircuitBreakerConfig {
+            max_requests: defaults::BREAKER_MAX_REQUESTS,
+            max_retries: None,
+            queue: None,
+        }
+    }
+}
+
+/// The bounded wait of a request over `max_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Most requests waiting at once; more get 503 at once.
+    pub size: u32,
+    /// Longest wait before a 503.
+    pub timeout: Duration,
 }
 
 /// An upstream service.
@@ -415,6 +488,8 @@ pub struct ServiceConfig {
     /// Most upstream connections open at once to each instance (per
     /// proxy, over all workers); `None` is no limit.
     pub max_connections_per_instance: Option<NonZeroU32>,
+    /// Request and retry ceilings of the service.
+    pub circuit_breaker: CircuitBreakerConfig,
     /// HTTP version spoken to the instances.
     pub protocol: UpstreamProtocol,
     /// TLS to the instances, if on.
@@ -506,6 +581,10 @@ pub struct RetryPolicy {
     /// active requests (but [`defaults::RETRY_BUDGET_MIN_CONCURRENCY`] are
     /// always allowed).
     pub budget_percent: u8,
+    /// Request bodies of known length up to this many bytes are read whole
+    /// before the first try, so that an idempotent request with a body can
+    /// be sent again after it was written; 0 turns that off.
+    pub max_body_bytes: u64,
 }
 
 impl Default for RetryPolicy {
@@ -516,6 +595,7 @@ impl Default for RetryPolicy {
             gateway_error: false,
             server_error: false,
             budget_percent: defaults::RETRY_BUDGET_PERCENT,
+            max_body_bytes: defaults::RETRY_MAX_BODY_BYTES,
         }
     }
 }
@@ -646,6 +726,18 @@ pub mod defaults {
     pub const MAX_EJECTION_PERCENT: u8 = 50;
     /// Default share of active requests that may be retries (Envoy's).
     pub const RETRY_BUDGET_PERCENT: u8 = 20;
+    /// Default `retry.max_body_bytes`: 64 KiB.
+    pub const RETRY_MAX_BODY_BYTES: u64 = 64 * 1024;
+    /// Envoy's default `max_requests` of a cluster's circuit breaker.
+    pub const BREAKER_MAX_REQUESTS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(1024) {
+        Some(n) => n,
+        None => std::num::NonZeroU32::MIN,
+    };
+    /// Default wait of a queued request (HAProxy's `timeout queue`
+    /// defaults to the connect timeout; a fixed value is clearer).
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default `rate_limit.max_keys`.
+    pub const RATE_LIMIT_MAX_KEYS: usize = 100_000;
     /// Retries always allowed at once, however few requests are active.
     pub const RETRY_BUDGET_MIN_CONCURRENCY: u64 = 3;
     /// First retry backoff (full jitter up to this, doubling per retry).
@@ -854,6 +946,7 @@ impl ServiceConfig {
             panic_threshold: 0,
             discovery: None,
             max_connections_per_instance: None,
+            circuit_breaker: CircuitBreakerConfig::default(),
             protocol: UpstreamProtocol::Http1,
             tls: None,
             instances: Vec::new(),

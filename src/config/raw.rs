@@ -33,11 +33,26 @@ pub(crate) struct RawConfig {
     pub(crate) underscores_in_headers: bool,
     #[serde(default)]
     pub(crate) access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) error_detail: Option<String>,
+    #[serde(default)]
+    pub(crate) guard: Option<RawGuard>,
     #[serde(default)]
     pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(crate) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGuard {
+    #[serde(default)]
+    pub(crate) checks: Vec<String>,
+    #[serde(default, rename = "for")]
+    pub(crate) window: Option<String>,
+    #[serde(default)]
+    pub(crate) min_requests: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +111,8 @@ pub(crate) struct RawLimits {
     pub(crate) send_timeout: Option<String>,
     #[serde(default)]
     pub(crate) max_connections: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_connections_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,7 +258,49 @@ pub(crate) struct RawRoute {
     pub(crate) strip_prefix: bool,
     #[serde(default)]
     pub(crate) upgrades: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) service: String,
+}
+
+/// `rate_limit:` globally or on a route: a token bucket per key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub(crate) rate: i64,
+    #[serde(default)]
+    pub(crate) period: Option<String>,
+    #[serde(default)]
+    pub(crate) burst: Option<i64>,
+    #[serde(default)]
+    pub(crate) key: Option<String>,
+    #[serde(default)]
+    pub(crate) header: Option<String>,
+    #[serde(default)]
+    pub(crate) max_keys: Option<i64>,
+    #[serde(default)]
+    pub(crate) dry_run: bool,
+}
+
+/// `services.NAME.circuit_breaker:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCircuitBreaker {
+    #[serde(default)]
+    pub(crate) max_requests: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_retries: Option<i64>,
+    #[serde(default)]
+    pub(crate) queue: Option<RawQueue>,
+}
+
+/// `circuit_breaker.queue:`: requests over `max_requests` wait here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub(crate) size: i64,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +328,8 @@ pub(crate) struct RawService {
     pub(crate) tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub(crate) max_connections_per_instance: Option<i64>,
+    #[serde(default)]
+    pub(crate) circuit_breaker: Option<RawCircuitBreaker>,
     #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,
 }
@@ -349,6 +410,8 @@ pub(crate) struct RawRetry {
     pub(crate) on: Option<Vec<String>>,
     #[serde(default)]
     pub(crate) budget_percent: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

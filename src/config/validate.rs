@@ -145,6 +145,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     };
 
+    let guard = raw
+        .guard
+        .as_ref()
+        .and_then(|g| validate_guard(g, &raw.services, &mut errors));
+
     let admin_token = match &raw.admin {
         Some(admin) => secret_value(
             &mut errors,
@@ -187,6 +192,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     };
 
     let dns = validate_dns(raw.dns.as_ref(), &mut errors);
+    let rate_limit = raw
+        .rate_limit
+        .as_ref()
+        .and_then(|r| validate_rate_limit("rate_limit", r, &mut errors));
 
     let mut services = BTreeMap::new();
     for (name, service) in &raw.services {
@@ -256,8 +265,68 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         underscores_in_headers: raw.underscores_in_headers,
         access_log,
         error_detail,
+        rate_limit,
+        guard,
         routes,
         services,
+    })
+}
+
+/// `guard:`, the default guard of file-watch reloads.
+fn validate_guard(
+    raw: &super::raw::RawGuard,
+    services: &BTreeMap<String, RawService>,
+    errors: &mut Errors,
+) -> Option<guard::GuardSpec> {
+    let before = errors.0.len();
+    if raw.checks.is_empty() {
+        errors.push(
+            "guard.checks",
+            "at least one guard is needed, e.g. `error_rate < 1%`",
+        );
+    }
+    let mut checks = Vec::new();
+    for (i, text) in raw.checks.iter().enumerate() {
+        let path = format!("guard.checks[{i}]");
+        let Some(check) = errors.check(path.clone(), guard::parse_check(text)) else {
+            continue;
+        };
+        if let Some(service) = &check.service {
+            if !services.contains_key(service.as_str()) {
+                errors.push(
+                    path,
+                    format!("guard `{text}`: no service named `{service}`"),
+                );
+                continue;
+            }
+        }
+        checks.push(check);
+    }
+    let window = match &raw.window {
+        None => guard::DEFAULT_GUARD_WINDOW,
+        Some(text) => errors
+            .check(
+                "guard.for",
+                super::values::parse_duration(text)
+                    .and_then(|d| guard::check_window(d).map(|()| d)),
+            )
+            .unwrap_or(guard::DEFAULT_GUARD_WINDOW),
+    };
+    let min_requests = match raw.min_requests {
+        None => guard::DEFAULT_MIN_REQUESTS,
+        Some(n) if n >= 1 => n.unsigned_abs(),
+        Some(n) => {
+            errors.push(
+                "guard.min_requests",
+                format!("must be at least 1 (got {n})"),
+            );
+            guard::DEFAULT_MIN_REQUESTS
+        }
+    };
+    (errors.0.len() == before).then_some(guard::GuardSpec {
+        checks,
+        window,
+        min_requests,
     })
 }
 
@@ -294,6 +363,10 @@ fn validate_access_log(
     }
     config
 }
+
+/// A body buffered for retries is held in memory for the whole request:
+/// 16 MiB per request is already more than a proxy should hold.
+const MAX_RETRY_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Beyond this a per-instance connection cap bounds nothing a host can open
 /// (file descriptors run out first).
@@ -348,11 +421,16 @@ fn validate_route(
         );
         return None;
     }
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .and_then(|r| validate_rate_limit(&format!("{path}.rate_limit"), r, errors));
     Some(RouteConfig {
         host: host?,
         path_prefix,
         strip_prefix: route.strip_prefix,
         upgrades,
+        rate_limit,
         service: ServiceName::from(route.service.as_str()),
     })
 }
@@ -455,6 +533,19 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
                 retry.budget_percent = p;
             }
         }
+        if let Some(n) = raw_retry.max_body_bytes {
+            if let Some(n) = errors.check(
+                format!("{path}.retry.max_body_bytes"),
+                u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= MAX_RETRY_BODY_BYTES)
+                    .ok_or_else(|| {
+                        format!("must be between 0 and {MAX_RETRY_BODY_BYTES} (got {n}); 0 buffers no body")
+                    }),
+            ) {
+                retry.max_body_bytes = n;
+            }
+        }
     }
 
     let health_check = raw
@@ -512,6 +603,13 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
             .map(Some),
     };
 
+    let circuit_breaker = raw
+        .circuit_breaker
+        .as_ref()
+        .map_or_else(CircuitBreakerConfig::default, |b| {
+            validate_circuit_breaker(&format!("{path}.circuit_breaker"), b, errors)
+        });
+
     let mut instances = Vec::new();
     let mut ids = HashSet::new();
     let mut addresses = HashSet::new();
@@ -568,6 +666,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         panic_threshold: panic_threshold?,
         discovery,
         max_connections_per_instance: max_connections_per_instance?,
+        circuit_breaker,
         protocol: protocol?,
         tls: tls.flatten(),
         instances,
@@ -629,8 +728,18 @@ fn validate_limits(
                 .ok_or_else(|| format!("must be between 1 and 10000000 (got {n})")),
         )
     });
+    let max_connections_per_ip = raw.max_connections_per_ip.and_then(|n| {
+        errors.check(
+            format!("{path}.max_connections_per_ip"),
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| format!("must be between 1 and 10000000 (got {n})")),
+        )
+    });
     ListenerLimits {
         max_header_bytes,
+        max_connections_per_ip,
         header_read_timeout: duration_field(
             errors,
             format!("{path}.header_read_timeout"),
@@ -657,6 +766,164 @@ fn validate_limits(
         max_connections,
         http1: defaults.http1,
     }
+}
+
+/// Beyond these a rate limit means nothing a clock can measure (a token
+/// every nanosecond) or more memory than a proxy should hold for it.
+const MAX_RATE: u32 = 1_000_000_000;
+const MAX_RATE_LIMIT_KEYS: i64 = 100_000_000;
+
+fn validate_rate_limit(
+    path: &str,
+    raw: &super::raw::RawRateLimit,
+    errors: &mut Errors,
+) -> Option<RateLimitConfig> {
+    let before = errors.0.len();
+    let rate = errors.check(
+        format!("{path}.rate"),
+        u32::try_from(raw.rate)
+            .ok()
+            .filter(|r| *r <= MAX_RATE)
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| format!("must be between 1 and {MAX_RATE} (got {})", raw.rate)),
+    );
+    let period = match &raw.period {
+        None => Some(Duration::from_secs(1)),
+        Some(text) => errors.check(
+            format!("{path}.period"),
+            parse_bounded_duration(text, false, MAX_DURATION).and_then(|d| {
+                if d.subsec_nanos() == 0 && d.as_secs() >= 1 {
+                    Ok(d)
+                } else {
+                    Err(format!(
+                        "must be whole seconds, at least 1s (got {text}); write the rate per second or per minute"
+                    ))
+                }
+            }),
+        ),
+    };
+    let burst = match raw.burst {
+        // nginx's `limit_req` without `burst` lets one request through at
+        // a time; a bucket of `rate` tokens is the friendlier default.
+        None => rate,
+        Some(b) => errors.check(
+            format!("{path}.burst"),
+            u32::try_from(b)
+                .ok()
+                .filter(|b| *b <= MAX_RATE)
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| format!("must be between 1 and {MAX_RATE} (got {b})")),
+        ),
+    };
+    let key = match (raw.key.as_deref(), &raw.header) {
+        (None | Some("client_ip"), None) => Some(RateLimitKey::ClientIp),
+        (Some("route"), None) => Some(RateLimitKey::Route),
+        (Some("header"), Some(name)) => errors
+            .check(
+                format!("{path}.header"),
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("`{name}` is not a header field name")),
+            )
+            .map(RateLimitKey::Header),
+        (Some("header"), None) => {
+            errors.push(
+                format!("{path}.header"),
+                "is required with `key: header` (the field whose value is the key)",
+            );
+            None
+        }
+        (_, Some(_)) => {
+            errors.push(
+                format!("{path}.header"),
+                "is only allowed with `key: header`",
+            );
+            None
+        }
+        (Some(other), None) => {
+            errors.push(
+                format!("{path}.key"),
+                format!("`{other}` is not a key; use client_ip (the default), header or route"),
+            );
+            None
+        }
+    };
+    let max_keys = match raw.max_keys {
+        None => Some(defaults::RATE_LIMIT_MAX_KEYS),
+        Some(n) => errors.check(
+            format!("{path}.max_keys"),
+            usize::try_from(n)
+                .ok()
+                .filter(|_| (1..=MAX_RATE_LIMIT_KEYS).contains(&n))
+                .ok_or_else(|| format!("must be between 1 and {MAX_RATE_LIMIT_KEYS} (got {n})")),
+        ),
+    };
+    if errors.0.len() > before {
+        return None;
+    }
+    Some(RateLimitConfig {
+        rate: rate?,
+        period: period?,
+        burst: burst?,
+        key: key?,
+        max_keys: max_keys?,
+        dry_run: raw.dry_run,
+    })
+}
+
+fn validate_circuit_breaker(
+    path: &str,
+    raw: &super::raw::RawCircuitBreaker,
+    errors: &mut Errors,
+) -> CircuitBreakerConfig {
+    let mut breaker = CircuitBreakerConfig::default();
+    if let Some(n) = raw.max_requests {
+        if let Some(n) = errors.check(
+            format!("{path}.max_requests"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    format!("must be between 1 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        ) {
+            breaker.max_requests = n;
+        }
+    }
+    if let Some(n) = raw.max_retries {
+        breaker.max_retries = errors.check(
+            format!("{path}.max_retries"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .ok_or_else(|| {
+                    format!("must be between 0 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        );
+    }
+    if let Some(queue) = &raw.queue {
+        let size = errors.check(
+            format!("{path}.queue.size"),
+            u32::try_from(queue.size)
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS_PER_INSTANCE).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "must be between 1 and {MAX_CONNECTIONS_PER_INSTANCE} (got {})",
+                        queue.size
+                    )
+                }),
+        );
+        let timeout = duration_field(
+            errors,
+            format!("{path}.queue.timeout"),
+            &queue.timeout,
+            defaults::QUEUE_TIMEOUT,
+            false,
+        );
+        breaker.queue = size.map(|size| QueueConfig { size, timeout });
+    }
+    breaker
 }
 
 fn validate_upstream_tls(

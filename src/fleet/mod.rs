@@ -85,6 +85,50 @@ pub struct NodeStatus {
     pub admin_address: Option<String>,
     /// When this record was written (RFC 3339).
     pub updated_at: String,
+    /// A token random per process: two running processes with the same
+    /// node name write different tokens under one key, which is how each
+    /// notices the other.
+    #[serde(default)]
+    pub process: String,
+    /// Set when another running process publishes under this node's name
+    /// (node names must be unique in a fleet): what is known about it.
+    #[serde(default)]
+    pub name_conflict: Option<String>,
+    /// Its traffic over the last [`TRAFFIC_SECONDS`], all services first,
+    /// then each service (from the stats window).
+    #[serde(default)]
+    pub traffic: Vec<TrafficFigures>,
+}
+
+/// The window of traffic a node publishes with its status.
+pub const TRAFFIC_SECONDS: u64 = 60;
+
+/// One scope's traffic over the published window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficFigures {
+    /// `all`, or a service name.
+    pub scope: String,
+    /// Requests finished.
+    pub requests: u64,
+    /// Of those, 5xx answers.
+    pub errors: u64,
+    /// Median latency in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile latency in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+impl TrafficFigures {
+    fn of(scope: &str, stats: crate::stats_window::WindowStats) -> TrafficFigures {
+        let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        TrafficFigures {
+            scope: scope.to_string(),
+            requests: stats.requests,
+            errors: stats.errors,
+            p50_ms: ms(stats.p50),
+            p99_ms: ms(stats.p99),
+        }
+    }
 }
 
 /// What the node writes to disk after each applied version, to boot from
@@ -179,6 +223,7 @@ impl Fleet {
             node: config.node.clone(),
             stale: true,
             updated_at: now(),
+            process: format!("{:016x}", fastrand::u64(..)),
             ..NodeStatus::default()
         };
         registry.metrics().fleet().stale.set(1);
@@ -215,6 +260,17 @@ impl Fleet {
     pub fn status(&self) -> NodeStatus {
         let mut status = self.lock().status.clone();
         status.updated_at = now();
+        let window = self.registry.metrics().window();
+        let to = crate::stats_window::unix_now() + 1;
+        let from = to.saturating_sub(TRAFFIC_SECONDS);
+        status.traffic = std::iter::once(TrafficFigures::of("all", window.window(None, from, to)))
+            .chain(
+                window
+                    .services()
+                    .iter()
+                    .map(|s| TrafficFigures::of(s, window.window(Some(s), from, to))),
+            )
+            .collect();
         status
     }
 
@@ -705,6 +761,7 @@ impl Fleet {
         let keys = store.keys();
         let (registrations, drains, current) =
             (keys.registrations(), keys.drains(), keys.current());
+        let own_status = keys.node(self.node());
         let mut current_changed = false;
         let mut registry_changed = false;
         let (mut put, mut removed) = (Vec::new(), Vec::new());
@@ -729,6 +786,8 @@ impl Fleet {
                 }
             } else if let Some((service, id)) = keys.instance_of(&key, &drains) {
                 self.mark_drained(&service, &id, is_put);
+            } else if is_put && key == own_status {
+                self.check_name_conflict(kv.value());
             }
         }
         self.registry.update_fleet_registrations(put, removed);
@@ -752,6 +811,37 @@ impl Fleet {
             }
         }
         None
+    }
+
+    /// A write to this node's status key seen by the watch. Only this
+    /// process writes it, and the watch starts after this process's first
+    /// read, so a value with another process token comes from another
+    /// running process with the same node name. Said once per such process,
+    /// as an error, in the log and in the published status.
+    fn check_name_conflict(&self, value: &[u8]) {
+        let Ok(theirs) = serde_json::from_slice::<NodeStatus>(value) else {
+            return;
+        };
+        let mut live = self.lock();
+        if theirs.process == live.status.process {
+            return;
+        }
+        let other = match &theirs.admin_address {
+            Some(address) => format!("a process with admin address {address}"),
+            None => "a process with no admin address".to_string(),
+        };
+        let conflict = format!(
+            "{other} also runs as node `{}` (process {}); node names must be unique in a fleet",
+            self.config.node, theirs.process
+        );
+        if live.status.name_conflict.as_deref() == Some(conflict.as_str()) {
+            return;
+        }
+        tracing::error!(node = %self.config.node, "two running nodes share one name: {conflict}");
+        self.registry.metrics().fleet().name_conflicts.inc();
+        live.status.name_conflict = Some(conflict);
+        drop(live);
+        self.status_changed.notify_one();
     }
 
     /// Keeps this node's status key up to date, under a lease renewed

@@ -21,6 +21,7 @@ use crate::access_log::Record;
 use crate::http1::body::{Io, PendingUpgrade};
 use crate::http1::head::RawHead;
 use crate::registry::InFlightGuard;
+use crate::stats_window::WindowCounters;
 use crate::upstream::{BoxError, Pool, ResponseBody, Sender};
 
 /// A response body: streamed from an upstream, or a message of our own.
@@ -96,11 +97,23 @@ impl Peeked {
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) _in_flight: InFlightGuard,
+    /// The request's place under the service's `max_requests`.
+    pub(crate) _slot: Option<crate::limits::breaker::RequestSlot>,
     pub(crate) connection: Option<(Sender, Arc<Pool>)>,
     pub(crate) log: Option<Box<Record>>,
-    /// The service's duration histogram and when the request started.
-    pub(crate) duration: Option<(Histogram, Instant)>,
+    /// The service's duration histogram and window series, when the
+    /// request started and the status it answered.
+    pub(crate) duration: Option<Timing>,
     pub(crate) bytes: u64,
+}
+
+/// What the end of a response records about its request.
+#[derive(Debug)]
+pub(crate) struct Timing {
+    pub(crate) histogram: Histogram,
+    pub(crate) window: Arc<WindowCounters>,
+    pub(crate) started: Instant,
+    pub(crate) status: u16,
 }
 
 impl Completion {
@@ -110,8 +123,10 @@ impl Completion {
                 pool.checkin(sender);
             }
         }
-        if let Some((histogram, started)) = self.duration.take() {
-            histogram.observe(started.elapsed().as_secs_f64());
+        if let Some(timing) = self.duration.take() {
+            let elapsed = timing.started.elapsed();
+            timing.histogram.observe(elapsed.as_secs_f64());
+            timing.window.record(elapsed, timing.status);
         }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, complete);

@@ -82,6 +82,17 @@ pub enum ProxyError {
         /// The limit.
         timeout: Duration,
     },
+    /// A rate limit refused the request.
+    #[error("too many requests (rate limit `{}`); try again in {} s", .0.policy, .0.retry_after)]
+    RateLimited(Box<crate::limits::Limited>),
+    /// The service's circuit breaker refused the request.
+    #[error("service `{service}` is at its limit of requests in progress ({})", which.as_str())]
+    Overflow {
+        /// The routed service.
+        service: ServiceName,
+        /// Which limit.
+        which: crate::limits::Overflow,
+    },
     /// The request cannot be forwarded as sent.
     #[error("bad request: {reason}")]
     BadRequest {
@@ -130,13 +141,41 @@ impl ProxyError {
         }
     }
 
+    /// Header fields the answer carries beside the status: `Retry-After`
+    /// and the RateLimit fields for a 429, `x-switchyard-overflow` for a
+    /// breaker's 503.
+    pub fn add_headers(&self, headers: &mut http::HeaderMap) {
+        match self {
+            ProxyError::RateLimited(limited) => {
+                headers.insert(http::header::RETRY_AFTER, limited.retry_after.into());
+                for (name, value) in [
+                    ("ratelimit-policy", limited.policy_header()),
+                    ("ratelimit", limited.limit_header()),
+                ] {
+                    // The policy name is printable ASCII by construction.
+                    if let Ok(value) = http::HeaderValue::try_from(value) {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            ProxyError::Overflow { which, .. } => {
+                headers.insert(
+                    "x-switchyard-overflow",
+                    http::HeaderValue::from_static(which.as_str()),
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoInstance { .. } | ProxyError::InstancesBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoInstance { .. }
+            | ProxyError::InstancesBusy { .. }
+            | ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ConnectFailed {
                 timed_out: true, ..
             }

@@ -7,6 +7,8 @@
 mod body;
 mod error;
 pub mod headers;
+mod limits;
+mod replay;
 mod target;
 
 use std::net::SocketAddr;
@@ -152,7 +154,12 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
-                completion.duration = service.map(|s| (s.metrics.duration.clone(), started));
+                completion.duration = service.map(|s| body::Timing {
+                    histogram: s.metrics.duration.clone(),
+                    window: Arc::clone(&s.metrics.window),
+                    started,
+                    status: parts.status.as_u16(),
+                });
                 if switching {
                     // The upstream connection becomes the tunnel's: never pooled.
                     completion.connection = None;
@@ -170,6 +177,9 @@ impl Proxy {
                         tracing::warn!(%detail, "response body failed before its first byte");
                         if let Some(log) = completion.log.as_mut() {
                             log.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(timing) = completion.duration.as_mut() {
+                            timing.status = StatusCode::BAD_GATEWAY.as_u16();
                         }
                         if let Some(service) = service {
                             service
@@ -215,16 +225,14 @@ impl Proxy {
             }
             Err(error) => {
                 log_request_error(&error, service.map(|s| s.name.as_str()), &request_id);
-                let response =
+                let mut response =
                     request_error_response(&error, snapshot.full_error_detail, &request_id);
+                error.add_headers(response.headers_mut());
                 let status = response.status().as_u16();
                 match service {
                     Some(service) => {
                         service.metrics.answered_by_proxy(status);
-                        service
-                            .metrics
-                            .duration
-                            .observe(started.elapsed().as_secs_f64());
+                        service.metrics.finished(started, status);
                     }
                     None => self.registry.metrics().unrouted(),
                 }
@@ -259,6 +267,9 @@ impl Proxy {
         // (as Host or :authority, and in X-Forwarded-Host).
         let host_value = host?;
         target::check_path(request.uri().path())?;
+        if let Some(limit) = &snapshot.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         let host = host_value.as_ref().map_or("", target::route_name);
         let Some(route) = snapshot.router.find(host, request.uri().path()) else {
             return Err(ProxyError::NoRoute {
@@ -268,6 +279,9 @@ impl Proxy {
         };
         let service = &snapshot.services[route.service];
         outcome.service = Some(route.service);
+        if let Some(limit) = &route.rate_limit {
+            limits::check(limit, client_ip, request.headers())?;
+        }
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
         // fields and the request goes on as an ordinary one.
@@ -284,7 +298,7 @@ impl Proxy {
         let raw_response = matches!(body, ClientBody::Owned(_));
         let mut raw_request = match &mut body {
             ClientBody::Owned(owned) => owned.take_head(),
-            ClientBody::Hyper(_) => None,
+            ClientBody::Hyper(_) | ClientBody::Buffered(..) => None,
         };
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -336,6 +350,8 @@ impl Proxy {
                 hash_ip(client_ip),
                 Some(lean),
                 client_body.as_deref(),
+                // Without a body there is nothing to read ahead for a retry.
+                None,
                 outcome,
             )
             .await;
@@ -355,6 +371,7 @@ impl Proxy {
                 .headers
                 .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
+        let upgrading = upgrade.is_some();
         if let Some(protocol) = upgrade {
             headers::set_upgrade(&mut parts.headers, protocol);
         }
@@ -389,8 +406,15 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
-        let (body, client_body) = RequestBody::new(body);
-        let request = Request::from_parts(parts, body);
+        let idempotent = idempotent_head(&parts.method, &parts.headers);
+        let (request, client_body, replay) =
+            if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
+                let replay = replay::read(service, &parts, body).await?;
+                (replay.request(), None, Some(replay))
+            } else {
+                let (body, client_body) = RequestBody::new(body);
+                (Request::from_parts(parts, body), client_body, None)
+            };
 
         send_with_retries(
             service,
@@ -401,6 +425,7 @@ impl Proxy {
                 request_head: None,
             }),
             client_body.as_deref(),
+            replay.as_ref(),
             outcome,
         )
         .await
@@ -439,10 +464,7 @@ impl Drop for Pending<'_> {
             .map(|index| &self.snapshot.services[index]);
         if let Some(service) = service {
             service.metrics.answered_by_proxy(status);
-            service
-                .metrics
-                .duration
-                .observe(self.started.elapsed().as_secs_f64());
+            service.metrics.finished(self.started, status);
         }
         if let Some(mut log) = self.log.take() {
             log.status = status;
@@ -477,13 +499,24 @@ async fn send_with_retries(
     client_hash: u64,
     mut lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
+    replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
 ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
     let attempts = service.max_attempts.get();
     let policy = service.retry;
     let idempotent = is_idempotent(&request);
+    let mut slot = Some(
+        service
+            .breaker
+            .admit()
+            .await
+            .map_err(|which| ProxyError::Overflow {
+                service: service.name.clone(),
+                which,
+            })?,
+    );
     let _active = GaugeGuard::new(&service.metrics.active_requests);
-    let mut retrying: Option<GaugeGuard<'_>> = None;
+    let mut retrying: Option<RetryHeld<'_>> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error: Option<ConnectError> = None;
     for attempt in 1..=attempts {
@@ -533,7 +566,11 @@ async fn send_with_retries(
                 let retry_status = status.is_server_error()
                     && (policy.server_error
                         || (policy.gateway_error && matches!(status.as_u16(), 502..=504)));
-                if let Some(again) = again.filter(|_| retry_status && idempotent) {
+                let again = match retry_status && idempotent {
+                    true => again.or_else(|| replay.map(replay::Replay::request)),
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::debug!(service = %service.name, instance = %instance.id, attempt, %status, "retrying on another instance");
                         instance.state.metrics.response(status.as_u16());
@@ -557,6 +594,7 @@ async fn send_with_retries(
                 );
                 let completion = Completion {
                     _in_flight: in_flight,
+                    _slot: slot.take(),
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),
                     log: None,
                     duration: None,
@@ -612,9 +650,17 @@ async fn send_with_retries(
                     timeout: service.request_timeout,
                 });
             }
-            Sent::Failed(error, again) => {
+            Sent::Failed(error, again, before_response) => {
                 service.record_outcome(instance, Some(&error));
-                if let Some(again) = again.filter(|_| policy.reset && idempotent) {
+                // A body read whole can go again whichever client sent it.
+                let again = match policy.reset && idempotent {
+                    true if before_response => {
+                        again.or_else(|| replay.map(replay::Replay::request))
+                    }
+                    true => again,
+                    false => None,
+                };
+                if let Some(again) = again {
                     if attempt < attempts && retry_allowed(service, &mut retrying) {
                         tracing::warn!(service = %service.name, instance = %instance.id, attempt, %error, "connection closed before the response; retrying on another instance");
                         tried.push(index);
@@ -663,10 +709,15 @@ async fn send_with_retries(
 /// Whether sending `request` twice has the effect of sending it once
 /// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
 fn is_idempotent<B>(request: &Request<B>) -> bool {
+    idempotent_head(request.method(), request.headers())
+}
+
+/// [`is_idempotent`] of a request's method and header fields.
+fn idempotent_head(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || request.headers().contains_key("idempotency-key")
+    ) || headers.contains_key("idempotency-key")
 }
 
 /// The wait before retry number `retry` (1, 2, ...): full jitter up to
@@ -686,7 +737,7 @@ fn backoff(retry: u32) -> Duration {
 /// request takes a slot it holds until it is done; a refusal is counted.
 /// (Re-sending after a connect failure, which cost the instances nothing,
 /// is bounded by `max_attempts` only.)
-fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<'a>>) -> bool {
+fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<RetryHeld<'a>>) -> bool {
     if slot.is_some() {
         return true;
     }
@@ -699,9 +750,17 @@ fn retry_allowed<'a>(service: &'a ServiceSnapshot, slot: &mut Option<GaugeGuard<
         metrics.retry_budget_exhausted.inc();
         return false;
     }
-    *slot = Some(GaugeGuard::new(&metrics.active_retries));
+    // `circuit_breaker.max_retries`, when set, on top of the budget.
+    let Some(breaker_slot) = service.breaker.retry() else {
+        return false;
+    };
+    *slot = Some((GaugeGuard::new(&metrics.active_retries), breaker_slot));
     true
 }
+
+/// What a retrying request holds until it is done: its place in the retry
+/// budget's gauge and under the breaker's `max_retries`.
+type RetryHeld<'a> = (GaugeGuard<'a>, Option<crate::limits::breaker::RetrySlot>);
 
 /// Counts one in a gauge while alive.
 struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -765,8 +824,9 @@ enum Sent {
     TimedOut,
     /// The request went out and the exchange failed; the request is given
     /// back when the connection closed or reset before any response head
-    /// (it may be sent again if it is idempotent).
-    Failed(String, Option<Request<RequestBody>>),
+    /// (it may be sent again if it is idempotent). The flag says whether
+    /// the failure was such a close or reset (not an invalid answer).
+    Failed(String, Option<Request<RequestBody>>, bool),
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns
@@ -793,7 +853,7 @@ async fn send_hyper(
                 // The lean client checks the same in its own parser.
                 let status = response.status();
                 if let Err(invalid) = framing::check_response_head(status, response.headers_mut()) {
-                    return Sent::Failed(format!("invalid response: {invalid}"), None);
+                    return Sent::Failed(format!("invalid response: {invalid}"), None, false);
                 }
                 return Sent::Answered {
                     response: response.map(ResponseBody::Hyper),
@@ -809,7 +869,11 @@ async fn send_hyper(
                     request = unsent;
                 }
                 Some(unsent) => return Sent::Unsent(unsent, error.error().to_string()),
-                None => return Sent::Failed(error.into_error().to_string(), None),
+                None => {
+                    let error = error.into_error();
+                    let closed = closed_before_response(&error);
+                    return Sent::Failed(error.to_string(), None, closed);
+                }
             },
         }
     }
@@ -855,10 +919,32 @@ async fn send_lean(
             }
             Ok(Err(failed)) => {
                 let again = failed.before_response.then_some(request);
-                return Sent::Failed(failed.error.to_string(), again);
+                return Sent::Failed(failed.error.to_string(), again, failed.before_response);
             }
         }
     }
+}
+
+/// Whether hyper's client failed because the connection closed or reset
+/// before the response head arrived (not for an answer it could not parse).
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {

@@ -287,6 +287,8 @@ impl Hasher for Fnv {
 
 struct RegistryState {
     config: Arc<Config>,
+    /// Rate limiters and breakers, kept across builds while unchanged.
+    limits: crate::limits::Limits,
     /// Registered through the API, by service and id.
     registered: BTreeMap<ServiceName, BTreeMap<InstanceId, Registered>>,
     /// Discovered in Consul, by service.
@@ -353,6 +355,7 @@ impl Registry {
             changes_published: 0,
             generation: 0,
             panicking: HashMap::new(),
+            limits: crate::limits::Limits::default(),
             indexes: HashMap::new(),
         };
         let (failures, failure_receiver) = mpsc::unbounded_channel();
@@ -969,6 +972,7 @@ fn build(
         for name in gone {
             state.built.remove(&name);
             state.panicking.remove(&name);
+            state.limits.remove_breaker(name.as_str());
             state.indexes.remove(&name);
             if let Some(counts) = state.counts.remove(&name) {
                 for (total, count) in state.totals.iter_mut().zip(counts) {
@@ -987,7 +991,7 @@ fn build(
         metrics.set_registry_size(source.as_str(), total);
     }
     let config = Arc::clone(&state.config);
-    let snapshot = Snapshot::assemble(generation, &config, services);
+    let snapshot = Snapshot::assemble(generation, &config, services, &mut state.limits, metrics);
     tracing::debug!(
         generation,
         services = names.len(),
@@ -1023,6 +1027,15 @@ fn build_service(
     let mut cursor = 0usize;
     // Previous instances the walk stepped over: gone, or found by id below.
     let mut skipped: Vec<&Arc<Instance>> = Vec::new();
+    // Services only registered through the API have the default breaker.
+    let breaker_config = state
+        .config
+        .services
+        .get(name)
+        .map_or_else(Default::default, |s| s.circuit_breaker);
+    let breaker = state
+        .limits
+        .breaker(name.as_str(), &breaker_config, metrics);
     let (settings, planned) = plan_service(state, name);
     let service: &ServiceConfig = &settings;
     let upstream_settings = upstream::Settings {
@@ -1175,6 +1188,7 @@ fn build_service(
         verdicts,
         failures.clone(),
         metrics,
+        breaker,
     );
     drop(settings);
     drop(previous);

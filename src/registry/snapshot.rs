@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub underscores_in_headers: bool,
     /// Error answers carry the whole detail (`error_detail: full`).
     pub full_error_detail: bool,
+    /// The rate limit every request passes first, if any.
+    pub rate_limit: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 /// One service as requests see it.
@@ -73,6 +75,8 @@ pub struct ServiceSnapshot {
     pub tls: bool,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Request and retry ceilings (shared with other snapshots).
+    pub breaker: Arc<crate::limits::Breaker>,
     failures: mpsc::UnboundedSender<FailureStreak>,
     /// For each of `all_instances`: whether it took traffic and its watch
     /// hash when last read, reused by the next build of the service.
@@ -192,6 +196,7 @@ impl ServiceSnapshot {
         verdicts: Vec<(bool, u64)>,
         failures: mpsc::UnboundedSender<FailureStreak>,
         metrics: &Metrics,
+        breaker: Arc<crate::limits::Breaker>,
     ) -> ServiceSnapshot {
         let healthy_count = verdicts.iter().filter(|(healthy, _)| *healthy).count();
         let panic = service.panic_threshold > 0
@@ -235,6 +240,7 @@ impl ServiceSnapshot {
             protocol: service.protocol,
             tls: service.tls.is_some(),
             metrics: metrics.service(name.as_str()),
+            breaker,
             failures,
             verdicts,
         }
@@ -247,10 +253,33 @@ impl Snapshot {
         generation: u64,
         config: &Config,
         services: Vec<Arc<ServiceSnapshot>>,
+        limits: &mut crate::limits::Limits,
+        metrics: &Metrics,
     ) -> Snapshot {
-        let router = Router::new(&config.routes, |name| {
-            services.iter().position(|s| &s.name == name)
-        });
+        let names: Vec<String> = config.routes.iter().map(route_limit_name).collect();
+        let route_limits: Vec<_> = config
+            .routes
+            .iter()
+            .zip(&names)
+            .map(|(route, name)| {
+                route
+                    .rate_limit
+                    .as_ref()
+                    .map(|limit| limits.rate_limiter(name, limit, metrics))
+            })
+            .collect();
+        let rate_limit = config
+            .rate_limit
+            .as_ref()
+            .map(|limit| limits.rate_limiter(GLOBAL_LIMIT, limit, metrics));
+        let mut kept: Vec<&str> = names.iter().map(String::as_str).collect();
+        kept.push(GLOBAL_LIMIT);
+        limits.retain_rate_limiters(&kept);
+        let router = Router::with_rate_limits(
+            &config.routes,
+            |name| services.iter().position(|s| &s.name == name),
+            |index| route_limits.get(index).cloned().flatten(),
+        );
         Snapshot {
             generation,
             router,
@@ -258,6 +287,17 @@ impl Snapshot {
             trusted_proxies: config.trusted_proxies.clone(),
             underscores_in_headers: config.underscores_in_headers,
             full_error_detail: config.error_detail == crate::config::ErrorDetail::Full,
+            rate_limit,
         }
     }
+}
+
+/// The name of the global rate limit (metrics, `RateLimit-Policy`).
+const GLOBAL_LIMIT: &str = "global";
+
+/// A route's limit is named by what it matches (`api.example.com/api`,
+/// `*/` for any host), which validation keeps unique; routes moving in
+/// the list keep their buckets.
+fn route_limit_name(route: &crate::config::RouteConfig) -> String {
+    format!("{}{}", route.host, route.path_prefix)
 }

@@ -290,6 +290,7 @@ impl Listeners {
         let scheme = if resolver.is_some() { "https" } else { "http" };
         let (limits, limits_receiver) = watch::channel(config.limits);
         let open = Arc::new(AtomicUsize::new(0));
+        let per_ip = Arc::new(crate::limits::ConnectionsPerIp::default());
         let redirect_https = config.redirect_https;
         tracing::info!(listener = %config.name, %address, scheme, workers = sockets.len(), "listening");
         let proxy = Arc::new(Proxy::new(
@@ -309,6 +310,7 @@ impl Listeners {
             let guard = Guard {
                 limits: limits_receiver.clone(),
                 open: Arc::clone(&open),
+                per_ip: Arc::clone(&per_ip),
                 pressure: Arc::clone(&self.pressure),
             };
             let task = move |listener: TcpListener| -> ServeFuture {
@@ -657,6 +659,9 @@ async fn launch(
         }
     }));
     background.extend(discovery::spawn(Arc::clone(&registry)));
+    background.push(tokio::spawn(
+        Arc::clone(registry.metrics().window()).run_sampler(),
+    ));
     let consul_self = Arc::new(tokio::sync::Mutex::new(None));
     if let (Some(consul), Some(listener)) = (&config.consul, listeners.bound().first()) {
         if let Some(registration) = &consul.register {
@@ -749,6 +754,7 @@ async fn launch(
     let admin_guard = Guard {
         limits: watch::channel(ListenerLimits::default()).1,
         open: Arc::new(AtomicUsize::new(0)),
+        per_ip: Arc::default(),
         pressure: Arc::clone(&listeners.pressure),
     };
     let admin_task = tokio::spawn(serve(
@@ -836,6 +842,8 @@ const SHED_MIN_AGE: Duration = Duration::from_secs(1);
 struct Guard {
     limits: watch::Receiver<ListenerLimits>,
     open: Arc<AtomicUsize>,
+    /// Open connections by client IP, over all workers.
+    per_ip: Arc<crate::limits::ConnectionsPerIp>,
     pressure: Arc<Pressure>,
 }
 
@@ -920,6 +928,20 @@ async fn serve<H, F>(
             // Dropped: closed at once, before a byte is read.
             continue;
         }
+        let ip_slot = match limits.max_connections_per_ip {
+            None => None,
+            Some(max) => match guard.per_ip.open(peer.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    guard.open.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(metrics) = &connections {
+                        metrics.rejected_per_ip.inc();
+                    }
+                    tracing::debug!(%peer, max_connections_per_ip = max, "connection refused: the client IP has its limit open");
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         if let Some(metrics) = &connections {
             metrics.accepted.inc();
@@ -937,6 +959,7 @@ async fn serve<H, F>(
             progress: Arc::new(Progress::default()),
             limits,
             accepted: tokio::time::Instant::now(),
+            _ip_slot: ip_slot,
         };
         let (builder, handler, tls) = (Arc::clone(&builder), handler.clone(), tls.clone());
         let handshake_timeout = TLS_HANDSHAKE_TIMEOUT.min(limits.header_read_timeout);
@@ -1140,6 +1163,8 @@ struct Connection {
     progress: Arc<Progress>,
     limits: ListenerLimits,
     accepted: tokio::time::Instant,
+    /// Its place under `max_connections_per_ip`, if limited.
+    _ip_slot: Option<crate::limits::connections::IpSlot>,
 }
 
 impl Drop for Connection {

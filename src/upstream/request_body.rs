@@ -25,6 +25,9 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// From the owned HTTP/1.1 server.
     Owned(OwnedBody),
+    /// Read whole already (to be sent again on a retry): the data, then
+    /// the trailers, each given once.
+    Buffered(Option<Bytes>, Option<Box<http::HeaderMap>>),
 }
 
 impl Body for ClientBody {
@@ -42,6 +45,12 @@ impl Body for ClientBody {
             ClientBody::Owned(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(Into::into))),
+            ClientBody::Buffered(data, trailers) => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
+                    .map(Ok),
+            ),
         }
     }
 
@@ -49,6 +58,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Owned(body) => body.is_end_stream(),
+            ClientBody::Buffered(data, trailers) => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -56,6 +66,9 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Owned(body) => body.size_hint(),
+            ClientBody::Buffered(data, _) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -122,6 +135,15 @@ impl RequestBody {
             watch: watch.clone(),
         };
         (body, watch)
+    }
+
+    /// A body read whole before, sent as it was read; nothing of it can
+    /// fail on the client's side any more.
+    pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> RequestBody {
+        RequestBody {
+            inner: ClientBody::Buffered((!data.is_empty()).then_some(data), trailers.map(Box::new)),
+            watch: None,
+        }
     }
 }
 

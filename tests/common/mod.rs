@@ -21,6 +21,19 @@ use hyper_util::server::conn::auto;
 use switchyard::server::Running;
 use tokio::net::TcpListener;
 
+/// Set by `.ci/run`: a test that needs an installed tool fails instead of
+/// skipping when the tool is missing, so a failed install cannot pass CI.
+pub const REQUIRE_TOOLS: &str = "SWITCHYARD_TEST_REQUIRE_TOOLS";
+
+/// Says loudly that a check is skipped because `tool` is not installed, or
+/// fails the test when [`REQUIRE_TOOLS`] is set.
+pub fn skip_without(tool: &str, install: &str) {
+    if std::env::var_os(REQUIRE_TOOLS).is_some() {
+        panic!("{tool} is required ({REQUIRE_TOOLS} is set) but not installed: {install}");
+    }
+    eprintln!("SKIPPED: {tool} is not installed ({install})");
+}
+
 /// An echo upstream (the demo's) named `name` on an OS-picked port.
 pub async fn echo(name: &str) -> SocketAddr {
     switchyard::demo::start_echo(name, "127.0.0.1:0".parse().unwrap())
@@ -216,10 +229,9 @@ where
 /// The admin API's view of service `name` (`GET /admin/services/NAME`).
 pub async fn service_view(running: &Running, name: &str) -> serde_json::Value {
     let path = format!("/admin/services/{name}");
-    let (_, body) =
-        switchyard::admin_client::call(running.admin_address(), http::Method::GET, &path)
-            .await
-            .expect("admin call");
+    let (_, body) = admin::call(running.admin_address(), http::Method::GET, &path)
+        .await
+        .expect("admin call");
     serde_json::from_str(&body).expect("a JSON view")
 }
 
@@ -247,7 +259,7 @@ pub async fn view_until(
 
 /// The Prometheus exposition of the proxy whose admin API is at `admin`.
 pub async fn scrape(admin: SocketAddr) -> String {
-    let (status, text) = switchyard::admin_client::call(admin, http::Method::GET, "/metrics")
+    let (status, text) = admin::call(admin, http::Method::GET, "/metrics")
         .await
         .expect("admin call");
     assert_eq!(status, 200, "{text}");
@@ -284,9 +296,11 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
 
 /// Shared handle to stop slow upstreams.
 pub type Flag = Arc<tokio::sync::Notify>;
+pub mod admin;
 pub mod binary;
 pub mod consul;
 pub mod dns;
 pub mod etcd;
 pub mod flippable;
+pub mod openapi;
 pub mod raw;
