@@ -131,6 +131,11 @@ impl RawHead {
         self.fields().chain(added)
     }
 
+    /// Whether `field` is called `name` (any case); the lengths first.
+    fn is(&self, field: &Field, name: &[u8]) -> bool {
+        field.name_len as usize == name.len() && self.name(field).eq_ignore_ascii_case(name)
+    }
+
     fn name(&self, field: &Field) -> &[u8] {
         let start = field.line as usize;
         &self.bytes[start..start + field.name_len as usize]
@@ -151,7 +156,7 @@ impl RawHead {
         let mut first = true;
         for i in 0..self.fields.len() {
             let field = self.fields[i];
-            if field.removed || !self.name(&field).eq_ignore_ascii_case(name.as_bytes()) {
+            if field.removed || !self.is(&field, name.as_bytes()) {
                 continue;
             }
             if first && self.replaced.len() < usize::from(u16::MAX) {
@@ -172,7 +177,7 @@ impl RawHead {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|f| !f.removed && self.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .find(|f| !f.removed && self.is(f, name.as_bytes()))
             .map(|f| self.value(f))
     }
 
@@ -196,7 +201,7 @@ impl RawHead {
         let mut found = false;
         for i in 0..self.fields.len() {
             let field = self.fields[i];
-            if !field.removed && self.name(&field).eq_ignore_ascii_case(name.as_bytes()) {
+            if !field.removed && self.is(&field, name.as_bytes()) {
                 self.fields[i].removed = true;
                 found = true;
             }

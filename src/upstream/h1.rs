@@ -374,16 +374,9 @@ impl Head {
         if lengths > 1 || (lengths == 1 && transfer_encoding) {
             return None;
         }
+        // httparse already refused what HeaderName and HeaderValue would:
+        // names are tokens, values have no control bytes but tab (nor DEL).
         let raw = RawHead::new(bytes, parsed.headers)?;
-        // What HeaderName and HeaderValue refuse is refused here too.
-        for field in parsed.headers.iter() {
-            if HeaderName::from_bytes(field.name.as_bytes()).is_err() {
-                return Some(Err(Error::Invalid("bad field name")));
-            }
-            if HeaderValue::from_bytes(field.value).is_err() {
-                return Some(Err(Error::Invalid("bad field value")));
-            }
-        }
         Some(status_and_version(parsed).map(|(status, version)| Head {
             status,
             version,
@@ -395,11 +388,14 @@ impl Head {
     /// The value of the last field called `name`.
     fn last(&self, name: &HeaderName) -> Option<&[u8]> {
         match &self.raw {
-            Some(raw) => raw
-                .fields()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
-                .map(|(_, v)| v)
-                .last(),
+            Some(raw) => {
+                // Looked up once: a standard name's text is a match each time.
+                let name = name.as_str().as_bytes();
+                raw.fields()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+                    .last()
+            }
             None => self
                 .headers
                 .get_all(name)
@@ -417,9 +413,11 @@ impl Head {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         };
         match &self.raw {
-            Some(raw) => raw
-                .fields()
-                .any(|(n, v)| n.eq_ignore_ascii_case(name.as_str().as_bytes()) && has(v)),
+            Some(raw) => {
+                let name = name.as_str().as_bytes();
+                raw.fields()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && has(v))
+            }
             None => self.headers.get_all(name).iter().any(|v| has(v.as_bytes())),
         }
     }
