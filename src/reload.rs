@@ -191,6 +191,9 @@ pub struct Reloader {
     health_checks: Arc<CustomChecks>,
     /// The running guard and the last verdicts.
     guards: guard::Guards,
+    /// Told after every applied change (the file watch then watches the
+    /// directories of files the new config names).
+    applied: tokio::sync::Notify,
 }
 
 impl Reloader {
@@ -236,6 +239,7 @@ impl Reloader {
             pipeline: tokio::sync::Mutex::new(()),
             health_checks,
             guards: guard::Guards::default(),
+            applied: tokio::sync::Notify::new(),
         }
     }
 
@@ -272,6 +276,7 @@ impl Reloader {
             pipeline: tokio::sync::Mutex::new(()),
             health_checks,
             guards: guard::Guards::default(),
+            applied: tokio::sync::Notify::new(),
         }
     }
 
@@ -704,6 +709,7 @@ impl Reloader {
                 version, changes, ..
             }) => {
                 status.applied += 1;
+                self.applied.notify_one();
                 if version.is_some() {
                     status.current_version = *version;
                 }
@@ -960,32 +966,50 @@ pub(crate) fn watch_file(reloader: Arc<Reloader>) -> notify::Result<JoinHandle<(
     watch_more(&mut watcher, &mut dirs, &files, &reloader)?;
     tracing::info!(file = %reloader.path().display(), "watching the config file and its certificates for changes");
     Ok(tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            if !reloader.path().exists() {
-                // Mid-rename, or deleted: the next event will tell.
-                continue;
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        break;
+                    }
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    if reloader.path().exists() {
+                        let cause = format!(
+                            "{} or a certificate changed on disk",
+                            reloader.path().display()
+                        );
+                        let _ = reloader.reload(ChangeSource::File, &cause).await;
+                    }
+                    // Else mid-rename, or deleted: the next event will tell.
+                }
+                // Any applied change (file, SIGHUP, API) may name new files.
+                () = reloader.applied.notified() => {}
             }
-            let cause = format!(
-                "{} or a certificate changed on disk",
-                reloader.path().display()
-            );
-            let _ = reloader.reload(ChangeSource::File, &cause).await;
-            if let Err(error) = watch_more(&mut watcher, &mut dirs, &files, &reloader) {
-                tracing::error!(%error, "cannot watch a new certificate directory; reload with SIGHUP or the API");
+            match watch_more(&mut watcher, &mut dirs, &files, &reloader) {
+                // A file in a directory watched only now may have changed
+                // before the watch began: look once.
+                Ok(true) => {
+                    let cause = "a certificate directory first named by the new config";
+                    let _ = reloader.reload(ChangeSource::File, cause).await;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(%error, "cannot watch a new certificate directory; reload with SIGHUP or the API")
+                }
             }
         }
     }))
 }
 
 /// Starts watching the directories of files the running config names that
-/// are not watched yet, and makes their names the ones that count.
+/// are not watched yet, and makes their names the ones that count; true
+/// when a directory was added.
 fn watch_more(
     watcher: &mut impl Watcher,
     dirs: &mut HashSet<PathBuf>,
     files: &Mutex<HashSet<PathBuf>>,
     reloader: &Reloader,
-) -> notify::Result<()> {
+) -> notify::Result<bool> {
     let config = reloader.registry.config();
     let certificates = config
         .listeners
@@ -999,6 +1023,7 @@ fn watch_more(
             ]
         });
     let mut wanted = HashSet::new();
+    let mut added = false;
     for file in std::iter::once(reloader.path()).chain(certificates) {
         let Some(name) = file.file_name() else {
             continue;
@@ -1012,10 +1037,11 @@ fn watch_more(
         if !dirs.contains(&dir) {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
             dirs.insert(dir);
+            added = true;
         }
     }
     *lock(files) = wanted;
-    Ok(())
+    Ok(added)
 }
 
 #[cfg(test)]

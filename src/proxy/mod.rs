@@ -8,6 +8,7 @@ mod body;
 mod error;
 pub mod headers;
 mod limits;
+mod mirror;
 mod replay;
 mod target;
 
@@ -58,6 +59,10 @@ struct Outcome {
     wants_upstream_time: bool,
     /// The client side of an upgrade the route allowed.
     client_upgrade: Option<ClientUpgrade>,
+    /// Index (in rotation) of the instance that answered.
+    answered_by: Option<usize>,
+    /// A sticky cookie to set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -149,6 +154,11 @@ impl Proxy {
                 headers::remove_hop_by_hop(&mut parts.headers);
                 if let Some(raw) = body.raw_head_mut() {
                     headers::remove_hop_by_hop_raw(raw);
+                }
+                if let Some(cookie) = outcome.set_cookie.take() {
+                    // Servers write these fields after a head kept as
+                    // received, too.
+                    parts.headers.append(http::header::SET_COOKIE, cookie);
                 }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
@@ -292,13 +302,18 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The instance a sticky cookie names, while it is in rotation.
+        let sticky = service
+            .sticky
+            .as_ref()
+            .map(|table| (table, table.find(request.headers())));
         let (mut parts, mut body) = request.into_parts();
         // The owned server writes a response head on as received, and
         // gives the request's head as received.
         let raw_response = matches!(body, ClientBody::Owned(_));
         let mut raw_request = match &mut body {
             ClientBody::Owned(owned) => owned.take_head(),
-            ClientBody::Hyper(_) | ClientBody::Buffered(..) => None,
+            ClientBody::Hyper(_) | ClientBody::Buffered(..) | ClientBody::Copied(_) => None,
         };
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
@@ -306,15 +321,18 @@ impl Proxy {
         }
         parts.version = Version::HTTP_11;
         // Requests without a body (most of them) can take the lean client.
-        let lean = upgrade.is_none() && body.is_end_stream();
-        if !lean || service.protocol != UpstreamProtocol::Http1 {
+        let upgrading = upgrade.is_some();
+        let lean = !upgrading && body.is_end_stream();
+        // A mirrored request is copied from the edited map.
+        if !lean || service.protocol != UpstreamProtocol::Http1 || route.mirror.is_some() {
             raw_request = None;
         }
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
         if let Some(head) = raw_request.as_mut() {
-            // The same edits as below, on the head as received: the lean
-            // client copies it with them, and hyper's client gets a map of
-            // it (see `send_with_retries`). The id first: a field the
+            // The same edits as on the map below, on the head as received:
+            // the lean client copies it with them, and hyper's client gets
+            // a map of it (see `send_with_retries`); the map keeps the
+            // fields as the client sent them. The id first: a field the
             // client's `Connection` names goes, as from the map.
             if let Some(id) = parts.headers.get(&headers::X_REQUEST_ID) {
                 if head
@@ -338,74 +356,64 @@ impl Proxy {
             if let Some(host) = &host_value {
                 head.set(HOST.as_str(), host.as_bytes());
             }
-            let (body, client_body) = RequestBody::new(body);
-            let request = Request::from_parts(parts, body);
-            let lean = Lean {
-                raw_response,
-                request_head: raw_request,
-            };
-            return send_with_retries(
-                service,
-                request,
-                hash_ip(client_ip),
-                Some(lean),
-                client_body.as_deref(),
-                // Without a body there is nothing to read ahead for a retry.
-                None,
-                outcome,
-            )
-            .await;
+        } else {
+            headers::remove_hop_by_hop(&mut parts.headers);
+            if !snapshot.underscores_in_headers {
+                headers::remove_underscored(&mut parts.headers);
+            }
+            if service.protocol == UpstreamProtocol::Http1
+                && !body.is_end_stream()
+                && !parts.headers.contains_key(CONTENT_LENGTH)
+            {
+                // A body of unknown length (chunked, or HTTP/2 DATA without
+                // content-length) is re-chunked. Said explicitly because
+                // hyper's client would otherwise send a GET, HEAD or
+                // CONNECT body as none.
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            if let Some(protocol) = upgrade {
+                headers::set_upgrade(&mut parts.headers, protocol);
+            }
+            headers::add_forwarded(
+                &mut parts.headers,
+                peer.ip(),
+                peer_trusted,
+                self.scheme,
+                host_value.as_ref(),
+            );
+            if service.protocol == UpstreamProtocol::Http2 {
+                // HTTP/2 carries the target as :scheme and :authority.
+                let scheme = if service.tls { "https" } else { "http" };
+                let authority = host_value
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost")
+                    .to_string();
+                let target = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                parts.uri =
+                    Uri::try_from(format!("{scheme}://{authority}{target}")).map_err(|_| {
+                        ProxyError::BadRequest {
+                            reason: "the request's host cannot be forwarded over HTTP/2",
+                        }
+                    })?;
+                parts.version = Version::HTTP_2;
+                // HTTP/2 forbids connection-specific fields; :authority has the host.
+                parts.headers.remove(HOST);
+            } else if let Some(host) = host_value {
+                parts.headers.insert(HOST, host);
+            }
         }
-        headers::remove_hop_by_hop(&mut parts.headers);
-        if !snapshot.underscores_in_headers {
-            headers::remove_underscored(&mut parts.headers);
-        }
-        if service.protocol == UpstreamProtocol::Http1
-            && !body.is_end_stream()
-            && !parts.headers.contains_key(CONTENT_LENGTH)
-        {
-            // A body of unknown length (chunked, or HTTP/2 DATA without
-            // content-length) is re-chunked. Said explicitly because hyper's
-            // client would otherwise send a GET, HEAD or CONNECT body as none.
-            parts
-                .headers
-                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
-        let upgrading = upgrade.is_some();
-        if let Some(protocol) = upgrade {
-            headers::set_upgrade(&mut parts.headers, protocol);
-        }
-        headers::add_forwarded(
-            &mut parts.headers,
-            peer.ip(),
-            peer_trusted,
-            self.scheme,
-            host_value.as_ref(),
-        );
-        if service.protocol == UpstreamProtocol::Http2 {
-            // HTTP/2 carries the target as :scheme and :authority.
-            let scheme = if service.tls { "https" } else { "http" };
-            let authority = host_value
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
-                .to_string();
-            let target = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            parts.uri = Uri::try_from(format!("{scheme}://{authority}{target}")).map_err(|_| {
-                ProxyError::BadRequest {
-                    reason: "the request's host cannot be forwarded over HTTP/2",
-                }
-            })?;
-            parts.version = Version::HTTP_2;
-            // HTTP/2 forbids connection-specific fields; :authority has the host.
-            parts.headers.remove(HOST);
-        } else if let Some(host) = host_value {
-            parts.headers.insert(HOST, host);
-        }
+        let client_hash = hash_ip(client_ip);
+        let body = match route.mirror.as_ref().filter(|_| !upgrading) {
+            Some(route_mirror) => mirror::start(snapshot, route_mirror, &parts, body, client_hash),
+            None => body,
+        };
         let idempotent = idempotent_head(&parts.method, &parts.headers);
         let (request, client_body, replay) =
             if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
@@ -416,19 +424,28 @@ impl Proxy {
                 (Request::from_parts(parts, body), client_body, None)
             };
 
-        send_with_retries(
+        let sent = send_with_retries(
             service,
             request,
-            hash_ip(client_ip),
+            client_hash,
+            sticky.and_then(|(_, named)| named),
             lean.then_some(Lean {
                 raw_response,
-                request_head: None,
+                request_head: raw_request,
             }),
             client_body.as_deref(),
             replay.as_ref(),
             outcome,
         )
-        .await
+        .await;
+        if let (Some((table, named)), Some(answered_by)) = (sticky, outcome.answered_by) {
+            // No cookie, or one naming an instance that did not answer
+            // (gone, out of rotation, or failed over): name this one.
+            if named != Some(answered_by) {
+                outcome.set_cookie = table.set_cookie(answered_by).cloned();
+            }
+        }
+        sent
     }
 }
 
@@ -492,11 +509,14 @@ struct Lean {
 /// closed before any response head (or the answer is a status `retry.on`
 /// names), and the retry budget allows; otherwise only when that
 /// connection had been closed by the upstream before it went out (see
-/// [`Sent`]).
+/// [`Sent`]). The first try goes to `sticky` (an index in rotation named
+/// by the client's sticky cookie) when given.
+#[allow(clippy::too_many_arguments)]
 async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
+    sticky: Option<usize>,
     mut lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
     replay: Option<&replay::Replay>,
@@ -523,10 +543,13 @@ async fn send_with_retries(
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let Some(index) = service
-            .balancer
-            .pick_excluding(client_hash, &service.instances, &tried)
-        else {
+        let picked = match sticky.filter(|_| tried.is_empty()) {
+            Some(index) => Some(index),
+            None => service
+                .balancer
+                .pick_excluding(client_hash, &service.instances, &tried),
+        };
+        let Some(index) = picked else {
             break;
         };
         let instance = &service.instances[index];
@@ -592,6 +615,7 @@ async fn send_with_retries(
                     instance,
                     server_error.then_some(&status as &dyn std::fmt::Display),
                 );
+                outcome.answered_by = Some(index);
                 let completion = Completion {
                     _in_flight: in_flight,
                     _slot: slot.take(),
