@@ -467,6 +467,18 @@ async fn every_endpoint_answers_as_documented() {
     // A second change while the guard runs is refused, then forced.
     std::fs::write(&config, yaml(upstream, &log, 6)).unwrap();
     api.expect(409, M::POST, "/admin/reload", t, None).await;
+    let next = yaml(upstream, &log, 7);
+    let next_body = Some(("application/yaml", next.as_str()));
+    api.expect(409, M::POST, "/admin/config", t, next_body)
+        .await;
+    api.expect(400, M::POST, "/admin/config?base=1", t, next_body)
+        .await;
+    api.expect(400, M::POST, "/admin/config?for=10s", t, next_body)
+        .await;
+    api.expect(400, M::POST, "/admin/config/rollback/1?guard=x", t, None)
+        .await;
+    let rollback = "/admin/config/rollback/1?force=maybe";
+    api.expect(400, M::POST, rollback, t, None).await;
     api.expect(400, M::POST, "/admin/config?guard=latency%3F", t, yaml_body)
         .await;
     api.expect(400, M::POST, "/admin/reload?for=soon", t, None)
@@ -540,6 +552,10 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     api.expect(404, M::POST, "/admin/config/rollback/1", None, None)
         .await;
+    api.expect(404, M::GET, "/admin/config/guard", None, None)
+        .await;
+    let body = Some(("application/yaml", "listeners: []"));
+    api.expect(422, M::POST, "/admin/config", None, body).await;
     bare.shutdown().await;
 
     fleet_mode(&mut api).await;

@@ -11,10 +11,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::admin::call;
 use common::binary::temp_dir;
 use common::*;
 use http::Method;
-use switchyard::admin_client::call;
 use switchyard::server::{start_live, LiveOptions, Running};
 
 /// `routes:` and `services:` for one service `svc` over echo upstreams
