@@ -298,32 +298,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # send a request, then, in a fresh process after the 256-connection load,
 # 10,000 keep-alive clients that send one, read the answer and sit idle.
 idle_connections() { # port pid send-request(0|1) -> "count rss-after KiB-each"
-  python3 - "$@" <<'PY'
-import resource, socket, sys, time
-port, pid, send_request = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
-count = min(10_000, min(hard, 20000) - 200)
-request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-
-def rss():
-    return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
-
-before, conns, deadline = rss(), [], time.time() + 120
-for _ in range(count):
-    if time.time() > deadline:
-        break
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    if send_request:
-        s.sendall(request)
-        s.recv(4096)
-    conns.append(s)
-time.sleep(1)
-after = rss()
-print(len(conns), after, f"{(after - before) / max(len(conns), 1):.1f}")
-for s in conns:
-    s.close()
-PY
+  python3 benches/idle_connections.py "$@"
 }
 start_switchyard switchyard "$SY_PORT" round_robin on
 read -r _ _ PER_SILENT_CONN < <(idle_connections "$SY_PORT" "${SY_PIDS[switchyard]}" 0)

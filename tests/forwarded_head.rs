@@ -203,3 +203,104 @@ async fn hypers_server_gets_the_same_fields_from_a_map() {
     assert!(answer.head.contains("x-request-id: from-client\r\n"));
     assert_eq!(answer.body, "hello");
 }
+
+/// A client request with hop-by-hop fields, a field its `Connection`
+/// names, an underscored name, forwarding fields of its own and a prefix
+/// the route strips.
+const CLIENT_REQUEST: &[u8] = b"GET /api/items?x=1 HTTP/1.1\r\n\
+Host: Example.Test\r\n\
+User-Agent: test/1\r\n\
+Connection: keep-alive, X-Hop\r\n\
+X-Hop: secret\r\n\
+Keep-Alive: timeout=5\r\n\
+X_Under: no\r\n\
+X-Forwarded-For: 10.0.0.1\r\n\
+X-Forwarded-Proto: https\r\n\
+X-Request-Id: rid-1\r\n\
+Accept: */*\r\n\
+\r\n";
+
+/// What the upstream receives for [`CLIENT_REQUEST`]: the peer is not a
+/// trusted proxy, so its X-Forwarded-For is kept with the peer appended,
+/// Proto and Host are this proxy's own; the prefix is gone from the target,
+/// the hop-by-hop fields, the one `Connection` names and the underscored
+/// one are gone, the rest keeps its order, case and spacing.
+const UPSTREAM_REQUEST: &str = "GET /items?x=1 HTTP/1.1\r\n\
+Host: Example.Test\r\n\
+User-Agent: test/1\r\n\
+X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\n\
+X-Forwarded-Proto: http\r\n\
+X-Request-Id: rid-1\r\n\
+Accept: */*\r\n\
+x-forwarded-host: Example.Test\r\n\
+\r\n";
+
+/// Sends [`CLIENT_REQUEST`] through a proxy with `server`, `times` times on
+/// one connection; what the upstream received each time.
+async fn forwarded_heads(server: &str, client_request: &[u8], times: usize) -> Vec<String> {
+    let (upstream, mut heads) =
+        canned_upstream(b"HTTP/1.1 204 No Content\r\nServer: canned\r\n\r\n").await;
+    let config = switchyard::config::parse(&format!(
+        "listeners: [{{address: 127.0.0.1:0, http1: {server}}}]\nadmin: {{address: 127.0.0.1:0}}\nroutes: [{{path_prefix: /api, strip_prefix: true, service: s}}]\nservices:\n  s: {{instances: [{{address: \"{upstream}\"}}]}}\n"
+    ))
+    .unwrap();
+    let proxy = switchyard::server::start(config).await.unwrap();
+    let mut stream = TcpStream::connect(proxy.listeners()[0].address)
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    for _ in 0..times {
+        stream.write_all(client_request).await.unwrap();
+        let answer = common::raw::read_response(&mut stream).await;
+        assert_eq!(answer.status, 204, "{server}: {}", answer.head);
+        let head = tokio::time::timeout(Duration::from_secs(10), heads.recv())
+            .await
+            .expect("the upstream got a request within 10 s")
+            .unwrap();
+        received.push(String::from_utf8(head).unwrap());
+    }
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_receives_the_request_head_with_only_the_needed_edits() {
+    // Twice: the second time over the pooled upstream connection.
+    for head in forwarded_heads("owned", CLIENT_REQUEST, 2).await {
+        assert_eq!(head, UPSTREAM_REQUEST);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_an_id_gets_one_in_its_forwarded_head() {
+    let request = b"GET /api/ HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n";
+    let heads = forwarded_heads("owned", request, 1).await;
+    let (before, id) = heads[0]
+        .split_once("x-request-id: ")
+        .expect("an id was added");
+    assert_eq!(before, "GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n");
+    let (id, rest) = id.split_once("\r\n").unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        rest,
+        "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: h\r\n\r\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hypers_server_forwards_the_same_fields_rebuilt() {
+    // The map path: the same fields, names in lower case, in its own order.
+    let heads = forwarded_heads("hyper", CLIENT_REQUEST, 1).await;
+    let lines = |text: &str| {
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|line| match line.split_once(": ") {
+                Some((name, value)) => format!("{}: {value}", name.to_ascii_lowercase()),
+                None => line.to_string(),
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(lines(&heads[0]), lines(UPSTREAM_REQUEST));
+}

@@ -11,6 +11,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::head::RawHead;
+
 /// Why a request body ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
@@ -33,6 +35,9 @@ pub struct RequestBody {
     /// client that waits for it, and starts reading.
     wanted: Option<Arc<Notify>>,
     ended: bool,
+    /// The request head as received, for the lean upstream client to
+    /// forward by editing it (see `proxy`).
+    head: Option<RawHead>,
 }
 
 /// The connection loop's end of a [`RequestBody`].
@@ -59,6 +64,7 @@ pub fn channel(length: Option<u64>) -> (BodySender, RequestBody) {
             remaining: length,
             wanted: Some(wanted),
             ended: false,
+            head: None,
         },
     )
 }
@@ -71,7 +77,19 @@ impl RequestBody {
             remaining: Some(0),
             wanted: None,
             ended: true,
+            head: None,
         }
+    }
+
+    /// Carries the request's head as received.
+    pub fn with_head(mut self, head: Option<RawHead>) -> RequestBody {
+        self.head = head;
+        self
+    }
+
+    /// Takes the request's head as received, if it came with one.
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        self.head.take()
     }
 }
 

@@ -20,6 +20,8 @@ struct Field {
     value_start: u32,
     value_len: u32,
     removed: bool,
+    /// Written with this value instead (an index into `replaced`).
+    replaced: Option<u16>,
 }
 
 /// A head's fields as received, with edits.
@@ -28,6 +30,8 @@ pub struct RawHead {
     /// The whole head, start line to the empty line.
     bytes: Bytes,
     fields: Vec<Field>,
+    /// New values of fields set in place.
+    replaced: Vec<Bytes>,
     /// Fields added, already as lines (`name: value\r\n`).
     added: Vec<u8>,
 }
@@ -38,6 +42,27 @@ impl RawHead {
     /// `None` when a line does not end in CRLF or a field is not a slice of
     /// `head`: such a message is rebuilt instead of copied.
     pub fn new(head: &[u8], fields: &[httparse::Header<'_>]) -> Option<RawHead> {
+        RawHead::index(head, fields, || Bytes::copy_from_slice(head))
+    }
+
+    /// [`RawHead::new`] for a head already in `shared` (`head` is its
+    /// bytes), without copying it again.
+    pub fn of_shared(
+        shared: &Bytes,
+        head: &[u8],
+        fields: &[httparse::Header<'_>],
+    ) -> Option<RawHead> {
+        if shared.len() != head.len() {
+            return None;
+        }
+        RawHead::index(head, fields, || shared.clone())
+    }
+
+    fn index(
+        head: &[u8],
+        fields: &[httparse::Header<'_>],
+        bytes: impl FnOnce() -> Bytes,
+    ) -> Option<RawHead> {
         if head.len() > u32::MAX as usize || !head.ends_with(b"\r\n\r\n") {
             return None;
         }
@@ -65,11 +90,13 @@ impl RawHead {
                 value_start: value_start as u32,
                 value_len: field.value.len() as u32,
                 removed: false,
+                replaced: None,
             });
         }
         Some(RawHead {
-            bytes: Bytes::copy_from_slice(head),
+            bytes: bytes(),
             fields: index,
+            replaced: Vec::new(),
             added: Vec::new(),
         })
     }
@@ -83,13 +110,30 @@ impl RawHead {
         &self.bytes[..end]
     }
 
-    /// The fields still in the head (received and not removed), in order,
-    /// as `(name, value)`; the added ones are not among them.
+    /// The received fields still in the head, in order, as `(name,
+    /// value)`, with the values set in place; the added ones are not among
+    /// them.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.fields
             .iter()
             .filter(|f| !f.removed)
             .map(|f| (self.name(f), self.value(f)))
+    }
+
+    /// Every field the head now has, received (as set) then added, as
+    /// `(name, value)`.
+    pub fn all_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let added = self.added.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        });
+        self.fields().chain(added)
+    }
+
+    /// Whether `field` is called `name` (any case); the lengths first.
+    fn is(&self, field: &Field, name: &[u8]) -> bool {
+        field.name_len as usize == name.len() && self.name(field).eq_ignore_ascii_case(name)
     }
 
     fn name(&self, field: &Field) -> &[u8] {
@@ -98,8 +142,34 @@ impl RawHead {
     }
 
     fn value(&self, field: &Field) -> &[u8] {
+        if let Some(i) = field.replaced {
+            return &self.replaced[usize::from(i)];
+        }
         let start = field.value_start as usize;
         &self.bytes[start..start + field.value_len as usize]
+    }
+
+    /// Gives the first received field called `name` the value `value`, in
+    /// its place (the name keeps its case), and removes the others; adds
+    /// the field when there is none. `value` is the caller's to keep valid.
+    pub fn set(&mut self, name: &str, value: &[u8]) {
+        let mut first = true;
+        for i in 0..self.fields.len() {
+            let field = self.fields[i];
+            if field.removed || !self.is(&field, name.as_bytes()) {
+                continue;
+            }
+            if first && self.replaced.len() < usize::from(u16::MAX) {
+                self.fields[i].replaced = Some(self.replaced.len() as u16);
+                self.replaced.push(Bytes::copy_from_slice(value));
+                first = false;
+            } else {
+                self.fields[i].removed = true;
+            }
+        }
+        if first {
+            self.append(name.as_bytes(), value);
+        }
     }
 
     /// The value of the first received field called `name` (any case)
@@ -107,7 +177,7 @@ impl RawHead {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|f| !f.removed && self.name(f).eq_ignore_ascii_case(name.as_bytes()))
+            .find(|f| !f.removed && self.is(f, name.as_bytes()))
             .map(|f| self.value(f))
     }
 
@@ -131,7 +201,7 @@ impl RawHead {
         let mut found = false;
         for i in 0..self.fields.len() {
             let field = self.fields[i];
-            if !field.removed && self.name(&field).eq_ignore_ascii_case(name.as_bytes()) {
+            if !field.removed && self.is(&field, name.as_bytes()) {
                 self.fields[i].removed = true;
                 found = true;
             }
@@ -160,6 +230,22 @@ impl RawHead {
         self.added.extend_from_slice(b"\r\n");
     }
 
+    /// The fields as a map, with every edit applied: for a path that needs
+    /// one after all (hyper's upstream client). Fields whose name or value
+    /// a map cannot hold are left out (the parsers refuse them before).
+    pub fn to_header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.fields.len() + 4);
+        for (name, value) in self.all_fields() {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+
     /// Writes the field lines: the kept received ones as they came, in
     /// runs, then the added ones. Neither the start line nor the empty line
     /// that ends the head.
@@ -168,13 +254,20 @@ impl RawHead {
         let mut run: Option<usize> = None;
         for field in &self.fields {
             let line = field.line as usize;
-            match (field.removed, run) {
-                (true, Some(start)) => {
+            let copied = !field.removed && field.replaced.is_none();
+            match (copied, run) {
+                (false, Some(start)) => {
                     out.extend_from_slice(&self.bytes[start..line]);
                     run = None;
                 }
-                (false, None) => run = Some(line),
+                (true, None) => run = Some(line),
                 _ => {}
+            }
+            if !field.removed && field.replaced.is_some() {
+                out.extend_from_slice(self.name(field));
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(self.value(field));
+                out.extend_from_slice(b"\r\n");
             }
         }
         if let Some(start) = run {
@@ -225,6 +318,39 @@ mod tests {
         assert_eq!(fields(&head), "x-three:3\r\nx-request-id: abc\r\n");
         let names: Vec<_> = head.fields().map(|(n, _)| n.to_vec()).collect();
         assert_eq!(names, [b"x-three".to_vec()]);
+        let all: Vec<_> = head
+            .all_fields()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                (b"x-three".to_vec(), b"3".to_vec()),
+                (b"x-request-id".to_vec(), b"abc".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn set_replaces_in_place_and_drops_repeats() {
+        let text = "HTTP/1.1 200 OK\r\nA: 1\r\nHost: old\r\nB: 2\r\nhost: again\r\nC: 3\r\n\r\n";
+        let mut head = raw(text).unwrap();
+        head.set("host", b"new.example");
+        assert_eq!(head.get("HOST"), Some(&b"new.example"[..]));
+        assert_eq!(
+            fields(&head),
+            "A: 1\r\nHost: new.example\r\nB: 2\r\nC: 3\r\n"
+        );
+        head.set("x-new", b"v");
+        assert_eq!(
+            fields(&head),
+            "A: 1\r\nHost: new.example\r\nB: 2\r\nC: 3\r\nx-new: v\r\n"
+        );
+        let shared = Bytes::from_static(text.as_bytes());
+        let mut fields_buf = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut fields_buf);
+        response.parse(&shared).unwrap();
+        assert!(RawHead::of_shared(&shared, &shared, response.headers).is_some());
     }
 
     #[test]

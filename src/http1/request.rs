@@ -10,6 +10,8 @@ use http::header::{
 };
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
+use super::head::RawHead;
+
 /// Longest request line accepted; a longer one gets 414, as nginx's
 /// default `large_client_header_buffers` has it.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
@@ -65,6 +67,9 @@ pub struct RequestHead {
     pub wants_upgrade: bool,
     /// Bytes of the buffer the head took.
     pub len: usize,
+    /// The head as received, to forward by editing (`None` when a line
+    /// did not end in CRLF).
+    pub raw: Option<RawHead>,
 }
 
 /// Why a request head is refused: the status to answer with before closing
@@ -157,6 +162,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
         expect_continue: false,
         wants_upgrade: false,
         len,
+        raw: None,
     };
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
@@ -201,6 +207,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
     if transfer_encoding && !chunked {
         return Err(Refusal::bad("Transfer-Encoding does not end in chunked"));
     }
+    head.raw = RawHead::of_shared(&shared, &buf[..len], request.headers);
     // Once any Connection field says close, a keep-alive cannot undo it.
     head.keep_alive &= !close;
     head.wants_upgrade = http11 && connection_upgrade && head.headers.contains_key(UPGRADE);

@@ -38,6 +38,23 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("http2-settings"),
 ];
 
+/// The names of [`HOP_BY_HOP`] as bytes, in the same order, for heads kept
+/// as received (a standard `HeaderName`'s text is a lookup each time).
+const HOP_BY_HOP_NAMES: [&[u8]; 10] = [
+    b"connection",
+    b"proxy-connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"http2-settings",
+];
+const TE_INDEX: usize = 3;
+const TRANSFER_ENCODING_INDEX: usize = 5;
+
 /// Removes hop-by-hop fields, including every field named in `Connection`.
 /// `TE: trailers` is kept: it is the one TE value HTTP/2 allows, and gRPC
 /// servers require it. A message that came with `Transfer-Encoding` also
@@ -94,14 +111,19 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// the others stay as they came.
 pub fn remove_hop_by_hop_raw(head: &mut RawHead) {
     let is_hop = |name: &[u8]| {
-        HOP_BY_HOP
+        HOP_BY_HOP_NAMES
             .iter()
-            .position(|hop| name.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+            .position(|hop| name.eq_ignore_ascii_case(hop))
     };
     let mut present = 0u16;
+    // Whether the first TE field says `trailers`, as `HeaderMap::get` sees it.
+    let mut trailers = false;
     let mut named: Vec<Vec<u8>> = Vec::new();
     for (name, value) in head.fields() {
         if let Some(i) = is_hop(name) {
+            if i == TE_INDEX && present & (1 << i) == 0 {
+                trailers = value.eq_ignore_ascii_case(b"trailers");
+            }
             present |= 1 << i;
             if i == 0 {
                 named.extend(
@@ -121,10 +143,7 @@ pub fn remove_hop_by_hop_raw(head: &mut RawHead) {
     if present == 0 {
         return;
     }
-    let trailers = head
-        .get("te")
-        .is_some_and(|te| te.eq_ignore_ascii_case(b"trailers"));
-    let framed_by_coding = head.get("transfer-encoding").is_some();
+    let framed_by_coding = present & (1 << TRANSFER_ENCODING_INDEX) != 0;
     head.remove_where(|name, _| {
         is_hop(name).is_some()
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
@@ -193,6 +212,42 @@ pub fn remove_underscored(headers: &mut HeaderMap) {
         .collect();
     for name in underscored {
         headers.remove(name);
+    }
+}
+
+/// [`remove_underscored`] on a head kept as received.
+pub fn remove_underscored_raw(head: &mut RawHead) {
+    head.remove_where(|name, _| name.contains(&b'_'));
+}
+
+/// [`add_forwarded`] on a head kept as received: the fields it sets are
+/// set in place (the first of a name keeps its position), or added.
+pub fn add_forwarded_raw(
+    head: &mut RawHead,
+    peer: IpAddr,
+    peer_trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    // What `HeaderValue::to_str` accepts.
+    let visible = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+    let existing = head
+        .get(X_FORWARDED_FOR.as_str())
+        .filter(|v| visible(v) && (peer_trusted || !v.is_empty()));
+    let mut forwarded_for = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + 39);
+    if let Some(existing) = existing {
+        forwarded_for.extend_from_slice(existing);
+        forwarded_for.extend_from_slice(b", ");
+    }
+    write_ip(peer, &mut forwarded_for);
+    head.set(X_FORWARDED_FOR.as_str(), &forwarded_for);
+    if !(peer_trusted && head.contains(X_FORWARDED_PROTO.as_str())) {
+        head.set(X_FORWARDED_PROTO.as_str(), proto.as_bytes());
+    }
+    if !(peer_trusted && head.contains(X_FORWARDED_HOST.as_str())) {
+        if let Some(host) = host {
+            head.set(X_FORWARDED_HOST.as_str(), host.as_bytes());
+        }
     }
 }
 
@@ -328,6 +383,14 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn the_raw_hop_by_hop_names_are_the_maps() {
+        let names: Vec<&[u8]> = HOP_BY_HOP.iter().map(|n| n.as_str().as_bytes()).collect();
+        assert_eq!(names, HOP_BY_HOP_NAMES);
+        assert_eq!(HOP_BY_HOP[TE_INDEX], TE);
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_INDEX], TRANSFER_ENCODING);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub use error::ProxyError;
 use crate::access_log::{AccessLog, Record};
 use crate::balance::{hash_ip, Balancer};
 use crate::config::{defaults, UpstreamProtocol};
+use crate::http1::head::RawHead;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::traffic::matcher::RequestFacts;
 use crate::traffic::{rewrite, Target, X_SWITCHYARD_BACKEND};
@@ -376,67 +377,109 @@ impl Proxy {
             .as_ref()
             .filter(|_| matches!(backend.target, Target::Service))
             .map(|table| (table, table.find(request.headers())));
-        // The owned server writes a response head on as received.
-        let raw = matches!(request.body(), ClientBody::Owned(_));
-        let (mut parts, body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        // The owned server writes a response head on as received, and
+        // gives the request's head as received.
+        let raw_response = matches!(body, ClientBody::Owned(_));
+        let mut raw_request = match &mut body {
+            ClientBody::Owned(owned) => owned.take_head(),
+            ClientBody::Hyper(_) | ClientBody::Buffered(..) | ClientBody::Copied(_) => None,
+        };
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
             parts.uri = origin_form(path, parts.uri.query())?;
         }
         parts.version = Version::HTTP_11;
-        headers::remove_hop_by_hop(&mut parts.headers);
-        if !snapshot.underscores_in_headers {
-            headers::remove_underscored(&mut parts.headers);
-        }
-        if service.protocol == UpstreamProtocol::Http1
-            && !body.is_end_stream()
-            && !parts.headers.contains_key(CONTENT_LENGTH)
-        {
-            // A body of unknown length (chunked, or HTTP/2 DATA without
-            // content-length) is re-chunked. Said explicitly because hyper's
-            // client would otherwise send a GET, HEAD or CONNECT body as none.
-            parts
-                .headers
-                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
         // Requests without a body (most of them) can take the lean client.
         let upgrading = upgrade.is_some();
         let lean = !upgrading && body.is_end_stream();
-        if let Some(protocol) = upgrade {
-            headers::set_upgrade(&mut parts.headers, protocol);
+        // A mirrored request is copied from the edited map.
+        if !lean || service.protocol != UpstreamProtocol::Http1 || route.mirror.is_some() {
+            raw_request = None;
         }
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
-        headers::add_forwarded(
-            &mut parts.headers,
-            peer.ip(),
-            peer_trusted,
-            self.scheme,
-            host_value.as_ref(),
-        );
-        rewrite::apply(&policy.request_headers, &mut parts.headers);
-        if service.protocol == UpstreamProtocol::Http2 {
-            // HTTP/2 carries the target as :scheme and :authority.
-            let scheme = if service.tls { "https" } else { "http" };
-            let authority = host_value
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
-                .to_string();
-            let target = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            parts.uri = Uri::try_from(format!("{scheme}://{authority}{target}")).map_err(|_| {
-                ProxyError::BadRequest {
-                    reason: "the request's host cannot be forwarded over HTTP/2",
+        if let Some(head) = raw_request.as_mut() {
+            // The same edits as on the map below, on the head as received:
+            // the lean client copies it with them, and hyper's client gets
+            // a map of it (see `send_with_retries`); the map keeps the
+            // fields as the client sent them. The id first: a field the
+            // client's `Connection` names goes, as from the map.
+            if let Some(id) = parts.headers.get(&headers::X_REQUEST_ID) {
+                if head
+                    .get(headers::X_REQUEST_ID.as_str())
+                    .is_none_or(<[u8]>::is_empty)
+                {
+                    head.set(headers::X_REQUEST_ID.as_str(), id.as_bytes());
                 }
-            })?;
-            parts.version = Version::HTTP_2;
-            // HTTP/2 forbids connection-specific fields; :authority has the host.
-            parts.headers.remove(HOST);
-        } else if let Some(host) = host_value {
-            parts.headers.insert(HOST, host);
+            }
+            headers::remove_hop_by_hop_raw(head);
+            if !snapshot.underscores_in_headers {
+                headers::remove_underscored_raw(head);
+            }
+            headers::add_forwarded_raw(
+                head,
+                peer.ip(),
+                peer_trusted,
+                self.scheme,
+                host_value.as_ref(),
+            );
+            if let Some(host) = &host_value {
+                head.set(HOST.as_str(), host.as_bytes());
+            }
+            rewrite::apply_raw(&policy.request_headers, head);
+        } else {
+            headers::remove_hop_by_hop(&mut parts.headers);
+            if !snapshot.underscores_in_headers {
+                headers::remove_underscored(&mut parts.headers);
+            }
+            if service.protocol == UpstreamProtocol::Http1
+                && !body.is_end_stream()
+                && !parts.headers.contains_key(CONTENT_LENGTH)
+            {
+                // A body of unknown length (chunked, or HTTP/2 DATA without
+                // content-length) is re-chunked. Said explicitly because
+                // hyper's client would otherwise send a GET, HEAD or
+                // CONNECT body as none.
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            if let Some(protocol) = upgrade {
+                headers::set_upgrade(&mut parts.headers, protocol);
+            }
+            headers::add_forwarded(
+                &mut parts.headers,
+                peer.ip(),
+                peer_trusted,
+                self.scheme,
+                host_value.as_ref(),
+            );
+            rewrite::apply(&policy.request_headers, &mut parts.headers);
+            if service.protocol == UpstreamProtocol::Http2 {
+                // HTTP/2 carries the target as :scheme and :authority.
+                let scheme = if service.tls { "https" } else { "http" };
+                let authority = host_value
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("localhost")
+                    .to_string();
+                let target = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                parts.uri =
+                    Uri::try_from(format!("{scheme}://{authority}{target}")).map_err(|_| {
+                        ProxyError::BadRequest {
+                            reason: "the request's host cannot be forwarded over HTTP/2",
+                        }
+                    })?;
+                parts.version = Version::HTTP_2;
+                // HTTP/2 forbids connection-specific fields; :authority has the host.
+                parts.headers.remove(HOST);
+            } else if let Some(host) = host_value {
+                parts.headers.insert(HOST, host);
+            }
         }
         let client_hash = hash_ip(client_ip);
         let body = match route.mirror.as_ref().filter(|_| !upgrading) {
@@ -458,7 +501,10 @@ impl Proxy {
             request,
             client_hash,
             sticky.and_then(|(_, named)| named),
-            lean.then_some(Lean { raw }),
+            lean.then_some(Lean {
+                raw_response,
+                request_head: raw_request,
+            }),
             client_body.as_deref(),
             replay.as_ref(),
             outcome,
@@ -519,10 +565,14 @@ impl Drop for Pending<'_> {
 }
 
 /// A request the lean HTTP/1.1 client may send.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Lean {
     /// Its response head may stay as received (see `upstream::h1`).
-    raw: bool,
+    raw_response: bool,
+    /// The request's head as received, edited for the upstream: what the
+    /// lean client writes instead of the request's map (which then still
+    /// holds the fields as the client sent them).
+    request_head: Option<RawHead>,
 }
 
 /// Tries instances until one answers, at most `max_attempts` times, each
@@ -539,7 +589,7 @@ async fn send_with_retries(
     mut request: Request<RequestBody>,
     client_hash: u64,
     sticky: Option<usize>,
-    lean: Option<Lean>,
+    mut lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
     replay: Option<&replay::Replay>,
     outcome: &mut Outcome,
@@ -585,7 +635,14 @@ async fn send_with_retries(
         let in_flight = instance.state.stats.start_request();
         let pool = &instance.state.pool;
         let started = outcome.wants_upstream_time.then(Instant::now);
-        let sent = if let Some(lean) = lean.filter(|_| pool.takes_lean()) {
+        let takes_lean = lean.is_some() && pool.takes_lean();
+        if !takes_lean {
+            // hyper's client sends the map: it gets the edited head.
+            if let Some(head) = lean.as_mut().and_then(|lean| lean.request_head.take()) {
+                *request.headers_mut() = head.to_header_map();
+            }
+        }
+        let sent = if let Some(lean) = lean.as_ref().filter(|_| takes_lean) {
             send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
@@ -854,6 +911,9 @@ fn client_fault(
 }
 
 /// How sending a request to one instance went.
+// Returned once per attempt and matched at once: boxing the answer to even
+// out the sizes would cost every request an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     /// A response head arrived; `connection` (hyper's) goes
     /// back to the pool when the body has been read.
@@ -933,7 +993,7 @@ async fn send_lean(
     service: &ServiceSnapshot,
     pool: &Arc<Pool>,
     request: Request<RequestBody>,
-    lean: Lean,
+    lean: &Lean,
 ) -> Sent {
     let mut stale = 0;
     loop {
@@ -943,7 +1003,13 @@ async fn send_lean(
         };
         let response = tokio::time::timeout(
             service.request_timeout,
-            conn.send(&request, reused, Arc::clone(pool), lean.raw),
+            conn.send(
+                &request,
+                lean.request_head.as_ref(),
+                reused,
+                Arc::clone(pool),
+                lean.raw_response,
+            ),
         )
         .await;
         match response {

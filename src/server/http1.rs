@@ -37,9 +37,10 @@ use super::watchdog::{Progress, Tracked};
 /// Room reserved in the read buffer per read once a request arrives.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// What the first read of an idle connection goes into (part of the
-/// connection task, not a heap buffer held while idle). Large enough for
-/// most request heads in one read.
+/// What the first read of an idle connection goes into: allocated for each
+/// poll of that read and freed when it finds nothing, so a connection
+/// waiting for a request holds no buffer. Large enough for most request
+/// heads in one read.
 const FIRST_READ: usize = 2 * 1024;
 
 /// The most of an unread request body thrown away to keep a connection,
@@ -128,13 +129,11 @@ where
                 }
                 // Asked to close while waiting here, the connection is
                 // dropped by the caller (it has no request in flight).
-                let mut chunk = [0u8; FIRST_READ];
-                let read = io.read(&mut chunk).await?;
+                let read =
+                    std::future::poll_fn(|cx| poll_first_read(&mut io, &mut buf, cx)).await?;
                 if read == 0 {
                     return Ok(Ended::Closed);
                 }
-                buf.reserve(READ_BUFFER.max(read));
-                buf.extend_from_slice(&chunk[..read]);
                 head_deadline = Some(tokio::time::Instant::now() + settings.header_read_timeout);
             } else {
                 buf.reserve(READ_BUFFER);
@@ -171,6 +170,33 @@ where
                 return Ok(Ended::Closed);
             }
             Next::Drop => return Ok(Ended::Closed),
+        }
+    }
+}
+
+/// The read of a connection waiting for a request: into a buffer that
+/// exists only during the poll, unless bytes came.
+fn poll_first_read<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<usize>> {
+    buf.resize(FIRST_READ, 0);
+    let mut read = tokio::io::ReadBuf::new(&mut buf[..]);
+    let polled = std::pin::Pin::new(io).poll_read(cx, &mut read);
+    let n = read.filled().len();
+    match polled {
+        std::task::Poll::Ready(Ok(())) => {
+            buf.truncate(n);
+            std::task::Poll::Ready(Ok(n))
+        }
+        std::task::Poll::Ready(Err(error)) => {
+            *buf = BytesMut::new();
+            std::task::Poll::Ready(Err(error))
+        }
+        std::task::Poll::Pending => {
+            *buf = BytesMut::new();
+            std::task::Poll::Pending
         }
     }
 }
@@ -379,7 +405,7 @@ async fn exchange<I, H, F>(
     io: &mut I,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
-    head: request::RequestHead,
+    mut head: request::RequestHead,
     peer: SocketAddr,
     handler: &H,
     progress: &Arc<Progress>,
@@ -390,7 +416,13 @@ where
     F: Future<Output = Response<ProxyBody>>,
 {
     let (body, sender, decoder) = match head.framing {
-        BodyFraming::Empty => (body::RequestBody::empty(), None, BodyDecoder::Length(0)),
+        // Only a request without a body or upgrade can take the lean
+        // upstream client, which forwards the head by editing it.
+        BodyFraming::Empty => (
+            body::RequestBody::empty().with_head(head.raw.take().filter(|_| !head.wants_upgrade)),
+            None,
+            BodyDecoder::Length(0),
+        ),
         BodyFraming::Length(n) => {
             let (sender, body) = body::channel(Some(n));
             (body, Some(sender), BodyDecoder::Length(n))

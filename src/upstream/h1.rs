@@ -125,11 +125,12 @@ impl Conn {
     pub async fn send<B>(
         mut self: Box<Self>,
         request: &Request<B>,
+        head: Option<&RawHead>,
         reused: bool,
         pool: Arc<Pool>,
         raw: bool,
     ) -> Result<Response<Body>, SendError> {
-        encode_head(request, &mut self.head);
+        encode_head(request, head, &mut self.head);
         if let Err(error) = self.io.write_all(&self.head).await {
             // A reused connection the upstream had closed: nothing arrived.
             let unsent = reused && is_closed_error(&error);
@@ -303,9 +304,10 @@ fn is_closed_error(error: &io::Error) -> bool {
     )
 }
 
-/// Writes the request line and fields. The target is already in origin
-/// form and `Host` is set (see `proxy`).
-fn encode_head<B>(request: &Request<B>, out: &mut Vec<u8>) {
+/// Writes the request line and fields: those of `head` (the request's head
+/// as received, edited) when given, else the request's map. The target is
+/// already in origin form and `Host` is set (see `proxy`).
+fn encode_head<B>(request: &Request<B>, head: Option<&RawHead>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
@@ -316,6 +318,11 @@ fn encode_head<B>(request: &Request<B>, out: &mut Vec<u8>) {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(head) = head {
+        head.write_fields(out);
+        out.extend_from_slice(b"\r\n");
+        return;
+    }
     for (name, value) in request.headers() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -367,16 +374,9 @@ impl Head {
         if lengths > 1 || (lengths == 1 && transfer_encoding) {
             return None;
         }
+        // httparse already refused what HeaderName and HeaderValue would:
+        // names are tokens, values have no control bytes but tab (nor DEL).
         let raw = RawHead::new(bytes, parsed.headers)?;
-        // What HeaderName and HeaderValue refuse is refused here too.
-        for field in parsed.headers.iter() {
-            if HeaderName::from_bytes(field.name.as_bytes()).is_err() {
-                return Some(Err(Error::Invalid("bad field name")));
-            }
-            if HeaderValue::from_bytes(field.value).is_err() {
-                return Some(Err(Error::Invalid("bad field value")));
-            }
-        }
         Some(status_and_version(parsed).map(|(status, version)| Head {
             status,
             version,
@@ -388,11 +388,14 @@ impl Head {
     /// The value of the last field called `name`.
     fn last(&self, name: &HeaderName) -> Option<&[u8]> {
         match &self.raw {
-            Some(raw) => raw
-                .fields()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
-                .map(|(_, v)| v)
-                .last(),
+            Some(raw) => {
+                // Looked up once: a standard name's text is a match each time.
+                let name = name.as_str().as_bytes();
+                raw.fields()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+                    .last()
+            }
             None => self
                 .headers
                 .get_all(name)
@@ -410,9 +413,11 @@ impl Head {
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         };
         match &self.raw {
-            Some(raw) => raw
-                .fields()
-                .any(|(n, v)| n.eq_ignore_ascii_case(name.as_str().as_bytes()) && has(v)),
+            Some(raw) => {
+                let name = name.as_str().as_bytes();
+                raw.fields()
+                    .any(|(n, v)| n.eq_ignore_ascii_case(name) && has(v))
+            }
             None => self.headers.get_all(name).iter().any(|v| has(v.as_bytes())),
         }
     }
@@ -768,7 +773,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        encode_head(&request, &mut out);
+        encode_head(&request, None, &mut out);
         assert_eq!(
             out,
             b"GET /a/b?c=d HTTP/1.1\r\nhost: example.com\r\nx-one: 1\r\n\r\n".to_vec()

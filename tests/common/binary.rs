@@ -16,6 +16,9 @@ pub fn temp_dir() -> PathBuf {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     ));
+    // Left by an earlier test process that had the same id (ids are
+    // reused): its files (a version history) would not be fresh.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
