@@ -5,6 +5,8 @@
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
 //!   [`config_api`]); `POST /admin/config` pushes a version to the fleet.
+//! - `GET /admin/stats`: recent traffic per service in time buckets (see
+//!   [`stats`]), for the dashboard's charts.
 //! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
 //! - `POST /admin/logs/reopen`: reopens the access-log file (for log
 //!   rotation; SIGUSR1 does the same).
@@ -19,6 +21,7 @@ mod dashboard;
 pub mod endpoints;
 mod fleet;
 mod services;
+mod stats;
 mod status;
 
 pub use services::INDEX_HEADER;
@@ -116,6 +119,12 @@ async fn route(
                 Err(message) if message.starts_with("no service") => {
                     text_response(StatusCode::NOT_FOUND, message)
                 }
+                Err(message) => bad_request(message),
+            }
+        }
+        (&Method::GET, ["admin", "stats"]) => {
+            match stats::stats(state, request.uri().query().unwrap_or("")) {
+                Ok(stats) => json_response(StatusCode::OK, &stats),
                 Err(message) => bad_request(message),
             }
         }
