@@ -493,6 +493,27 @@ fn the_dashboard_charts_traffic_shows_a_diff_and_rolls_back_in_a_real_browser() 
             .unwrap();
         assert_eq!(alpha["health"], "drained", "{alpha}");
         assert_eq!(alpha["health_history"][0]["to"], "drained", "{alpha}");
+
+        // A guarded change: the page shows the guard while it runs.
+        std::fs::write(&process.config_path, config(&slow, &failing, true)).unwrap();
+        let (status, text) = common::admin::call_with(
+            admin,
+            Method::POST,
+            "/admin/reload?guard=error_rate+%3C+90%25&for=60s",
+            Some(TOKEN),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{text}");
+        page.wait_for(
+            "!document.getElementById('guard-section').hidden \
+             && document.getElementById('guard-state').textContent.startsWith('Running: version 4') \
+             && document.getElementById('guard').innerText.includes('error_rate')",
+            Duration::from_secs(10),
+        )
+        .await;
+        page.screenshot("dashboard-guard.png").await;
     });
 
     // The page on a phone-sized screen, through Chromium's own screenshot.
