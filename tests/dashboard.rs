@@ -424,7 +424,19 @@ fn the_dashboard_charts_traffic_shows_a_diff_and_rolls_back_in_a_real_browser() 
             Duration::from_secs(5),
         )
         .await;
+        // A wrong token first: refused, the dialog stays open and says so.
         page.click("#token").await;
+        page.call("Input.insertText", json!({ "text": "not-the-token" }))
+            .await;
+        page.click("#confirm-ok").await;
+        page.wait_for(
+            "document.getElementById('confirm-error').textContent.includes('the admin token is wrong') \
+             && document.getElementById('confirm').open === true",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(versions(admin).await["current"], 2);
+        page.eval("document.getElementById('token').select()").await;
         page.call("Input.insertText", json!({ "text": TOKEN })).await;
         page.screenshot("dashboard-rollback-dialog.png").await;
         page.click("#confirm-ok").await;
