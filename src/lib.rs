@@ -27,4 +27,5 @@ pub mod server;
 pub mod stats_window;
 pub mod telemetry;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;

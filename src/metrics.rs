@@ -42,6 +42,12 @@ struct DnsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    service: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
     service: String,
     instance: String,
@@ -142,6 +148,8 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     breaker_overflow: Family<OverflowLabels, Counter>,
     access_log_dropped: Counter,
+    mirror_requests: Family<MirrorLabels, Counter>,
+    mirrors_in_flight: Family<ServiceLabels, Gauge>,
     guard_verdicts: Family<ResultLabels, Counter>,
     /// Fleet mode (etcd); zero when it is off.
     fleet: FleetMetrics,
@@ -210,6 +218,8 @@ impl Metrics {
             breaker_overflow: Family::default(),
             fleet: FleetMetrics::default(),
             access_log_dropped: Counter::default(),
+            mirror_requests: Family::default(),
+            mirrors_in_flight: Family::default(),
             guard_verdicts: Family::default(),
             window: std::sync::Arc::default(),
             registry: Registry::default(),
@@ -271,6 +281,16 @@ impl Metrics {
             "upstream_active_requests",
             "Requests being sent to a service's instances now (the retry budget's base), by service",
             m.active_requests.clone(),
+        );
+        registry.register(
+            "mirror_requests",
+            "Copies of requests for a mirror service, by service and result: sent (answered), failed, dropped (max_in_flight reached), skipped_body (body over max_body_bytes or not read to its end)",
+            m.mirror_requests.clone(),
+        );
+        registry.register(
+            "mirrors_in_flight",
+            "Copies of requests in flight to a mirror service",
+            m.mirrors_in_flight.clone(),
         );
         registry.register(
             "upstream_active_retries",
@@ -461,6 +481,21 @@ impl Metrics {
             retry_budget_exhausted: self.retry_budget_exhausted.get_or_create_owned(&labels),
             active_requests: self.active_requests.get_or_create_owned(&labels),
             active_retries: self.active_retries.get_or_create_owned(&labels),
+            mirror: MirrorMetrics {
+                sent: self
+                    .mirror_requests
+                    .get_or_create_owned(&mirror(service, "sent")),
+                failed: self
+                    .mirror_requests
+                    .get_or_create_owned(&mirror(service, "failed")),
+                dropped: self
+                    .mirror_requests
+                    .get_or_create_owned(&mirror(service, "dropped")),
+                skipped_body: self
+                    .mirror_requests
+                    .get_or_create_owned(&mirror(service, "skipped_body")),
+                in_flight: self.mirrors_in_flight.get_or_create_owned(&labels),
+            },
             answered_by_proxy: CLASSES.map(|class| {
                 self.requests
                     .get_or_create_owned(&request_labels(&none, class))
@@ -690,9 +725,36 @@ pub struct ServiceMetrics {
     pub active_requests: Gauge,
     /// Requests that have started retrying and not finished.
     pub active_retries: Gauge,
+    /// Copies of requests mirrored to this service.
+    pub mirror: MirrorMetrics,
     answered_by_proxy: [Counter; 5],
     /// The service's series in the per-second window.
     pub window: std::sync::Arc<crate::stats_window::WindowCounters>,
+}
+
+/// Handles of the `switchyard_mirror_*` metrics of one mirror service.
+/// `in_flight` is also the in-flight bound's counter: it is shared by
+/// every snapshot, so the bound holds across reloads.
+#[derive(Debug, Clone)]
+pub struct MirrorMetrics {
+    /// Copies the service answered (answers are discarded).
+    pub sent: Counter,
+    /// Copies that failed (connect, timeout, broken answer).
+    pub failed: Counter,
+    /// Copies not made: `max_in_flight` copies were in flight.
+    pub dropped: Counter,
+    /// Copies not made: the body was longer than `max_body_bytes` or was
+    /// not read to its end.
+    pub skipped_body: Counter,
+    /// Copies in flight now.
+    pub in_flight: Gauge,
+}
+
+fn mirror(service: &str, result: &'static str) -> MirrorLabels {
+    MirrorLabels {
+        service: service.to_string(),
+        result,
+    }
 }
 
 impl ServiceMetrics {

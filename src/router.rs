@@ -19,6 +19,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// The `Upgrade` protocols this route lets through (lower case).
     pub upgrades: Box<[Box<str>]>,
+    /// Where copies of its requests go, if anywhere.
+    pub mirror: Option<crate::traffic::mirror::MirrorRoute>,
     /// The route's rate limit, if it has one.
     pub rate_limit: Option<Arc<RateLimiter>>,
 }
@@ -86,6 +88,10 @@ impl Router {
                 path_prefix: config.path_prefix.as_str().into(),
                 strip_prefix: config.strip_prefix,
                 upgrades: config.upgrades.iter().map(|u| u.as_str().into()).collect(),
+                mirror: config.mirror.as_ref().and_then(|mirror| {
+                    let service = service_index(&mirror.service)?;
+                    Some(crate::traffic::mirror::MirrorRoute::new(mirror, service))
+                }),
                 rate_limit: rate_limit(index),
             };
             let list = match &config.host {
@@ -182,6 +188,7 @@ mod tests {
             upgrades: vec!["websocket".into()],
             rate_limit: None,
             service: ServiceName::from(service),
+            mirror: None,
         }
     }
 
@@ -235,6 +242,7 @@ mod tests {
                 path_prefix: prefix.into(),
                 strip_prefix: true,
                 upgrades: Box::default(),
+                mirror: None,
                 rate_limit: None,
             }
             .upstream_path(path)

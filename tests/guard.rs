@@ -528,3 +528,33 @@ async fn a_file_edit_is_guarded_by_the_default_in_proxy_yaml() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_guard_parameters() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let (running, path) = live(&yaml(&[(a, "a", 1)], ""), false).await;
+    let (status, json) = admin_json(
+        &running,
+        Method::POST,
+        "/admin/reload?guard=p99+%3C+fast&min_requests=0",
+    )
+    .await;
+    assert_eq!(status, 400, "{json}");
+    let errors = json["errors"].to_string();
+    assert!(errors.contains("guard `p99 < fast`"), "{errors}");
+    assert!(errors.contains("min_requests"), "{errors}");
+
+    std::fs::write(&path, yaml(&[(b, "b", 1)], "")).unwrap();
+    let (status, json) = admin_json(
+        &running,
+        Method::POST,
+        "/admin/reload?guard=error_rate+%3C+1%25&for=1s",
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["guard"]["checks"][0], "error_rate < 1%", "{json}");
+    let report = verdict(&running, Duration::from_secs(10)).await;
+    assert_eq!(report["state"], "not_enough_traffic", "{report}");
+    assert_eq!(report["version"], 2);
+    running.shutdown().await;
+}

@@ -293,7 +293,9 @@ async fn resets_on_traffic_eject_an_instance_which_returns_after_the_ejection_ti
     let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
     b.set(Mode::Reset);
     let proxy = proxy(&service_yaml(
-        "    outlier_detection: {consecutive_failures: 3, base_ejection_time: 600ms, max_ejection_percent: 50}\n",
+        // Long enough that the 40 requests below finish within it on a
+        // busy machine (b would otherwise be back and ejected again).
+        "    outlier_detection: {consecutive_failures: 3, base_ejection_time: 3s, max_ejection_percent: 50}\n",
         &[&a, &b],
     ))
     .await;

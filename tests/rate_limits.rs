@@ -231,6 +231,13 @@ fn bad_limits_are_refused_with_every_field_named() {
             "missing `{expected}` in:\n{errors}"
         );
     }
+    // A bucket that would take centuries to refill.
+    let slow = "listeners: [{address: 127.0.0.1:0}]\nrate_limit: {rate: 1, period: 24h, burst: 1000000000}\nroutes: []\n";
+    let errors = switchyard::config::parse(slow).unwrap_err().to_string();
+    assert!(
+        errors.contains("rate_limit.burst: 1000000000 tokens"),
+        "{errors}"
+    );
     // An unknown field is an error too.
     let unknown =
         "listeners: [{address: 127.0.0.1:0}]\nrate_limit: {rate: 1, burts: 2}\nroutes: []\n";

@@ -526,8 +526,9 @@ fn a_crash_during_reloads_leaves_the_history_intact() {
     let admin_address = process.admin;
     let path = process.config_path.clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let stop = Arc::clone(&stop);
+        let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             let mut weight = 2;
@@ -535,12 +536,28 @@ fn a_crash_during_reloads_leaves_the_history_intact() {
                 std::fs::write(&path, yaml(&[], "round_robin", &[(upstream, "a", weight)]))
                     .unwrap();
                 // The proxy may die mid-call; that is the point.
-                let _ = runtime.block_on(call(admin_address, Method::POST, "/admin/reload"));
+                if let Ok((status, _)) =
+                    runtime.block_on(call(admin_address, Method::POST, "/admin/reload"))
+                {
+                    if status == 200 {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 weight += 1;
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(400));
+    // Killed while reloads keep coming, once a few have been applied (on a
+    // busy machine that takes longer than on a quiet one).
+    let started = std::time::Instant::now();
+    while answered.load(Ordering::SeqCst) < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "fewer than 3 reloads applied in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     process.signal("KILL");
     process.wait_exit(Duration::from_secs(10)).unwrap();
     stop.store(true, Ordering::SeqCst);

@@ -10,9 +10,14 @@
 mod fleet_tests;
 pub mod guard;
 pub mod history;
+mod mirror;
 mod raw;
+mod sticky;
 mod validate;
 mod values;
+
+pub use mirror::{MirrorConfig, DEFAULT_MIRROR_BODY_BYTES, MAX_MIRROR_BODY_BYTES};
+pub use sticky::{SameSite, StickyConfig};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -399,6 +404,8 @@ pub struct RouteConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// The service that serves matching requests.
     pub service: ServiceName,
+    /// Copies of matching requests go to this service too, if set.
+    pub mirror: Option<MirrorConfig>,
 }
 
 /// A token-bucket rate limit (`rate_limit`): `rate` tokens per `period`,
@@ -494,6 +501,8 @@ pub struct ServiceConfig {
     pub protocol: UpstreamProtocol,
     /// TLS to the instances, if on.
     pub tls: Option<UpstreamTls>,
+    /// Sticky sessions by cookie, if on.
+    pub sticky: Option<StickyConfig>,
     /// The instances listed in the file.
     pub instances: Vec<InstanceConfig>,
     /// Instances listed in the file by host name: each resolved address
@@ -949,6 +958,7 @@ impl ServiceConfig {
             circuit_breaker: CircuitBreakerConfig::default(),
             protocol: UpstreamProtocol::Http1,
             tls: None,
+            sticky: None,
             instances: Vec::new(),
             named: Vec::new(),
         }

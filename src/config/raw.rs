@@ -261,6 +261,42 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) service: String,
+    #[serde(default)]
+    pub(crate) mirror: Option<RawMirror>,
+}
+
+/// `mirror:` of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMirror {
+    pub(crate) service: String,
+    #[serde(default)]
+    pub(crate) percent: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_body_bytes: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_in_flight: Option<i64>,
+}
+
+/// `sticky:` of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    pub(crate) cookie: String,
+    #[serde(default)]
+    pub(crate) max_age: Option<String>,
+    #[serde(default)]
+    pub(crate) secure: Option<bool>,
+    #[serde(default)]
+    pub(crate) http_only: Option<bool>,
+    #[serde(default)]
+    pub(crate) same_site: Option<String>,
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    #[serde(default)]
+    pub(crate) secret_file: Option<String>,
+    #[serde(default)]
+    pub(crate) secret_env: Option<String>,
 }
 
 /// `rate_limit:` globally or on a route: a token bucket per key.
@@ -329,6 +365,7 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub(crate) max_connections_per_instance: Option<i64>,
     #[serde(default)]
+    pub(crate) sticky: Option<RawSticky>,
     pub(crate) circuit_breaker: Option<RawCircuitBreaker>,
     #[serde(default)]
     pub(crate) instances: Vec<RawInstance>,

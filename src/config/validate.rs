@@ -405,6 +405,18 @@ fn validate_route(
             })
             .collect(),
     };
+    let mirror = match &route.mirror {
+        None => Some(None),
+        Some(mirror) => {
+            match super::mirror::validate(&format!("{path}.mirror"), mirror, &route.service, raw) {
+                Ok(mirror) => Some(Some(mirror)),
+                Err(problems) => {
+                    problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+                    None
+                }
+            }
+        }
+    };
     if !raw.services.contains_key(&route.service) {
         let known: Vec<&str> = raw.services.keys().map(String::as_str).collect();
         errors.push(
@@ -432,6 +444,7 @@ fn validate_route(
         upgrades,
         rate_limit,
         service: ServiceName::from(route.service.as_str()),
+        mirror: mirror?,
     })
 }
 
@@ -603,6 +616,20 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
             .map(Some),
     };
 
+    let sticky = raw.sticky.as_ref().map(|sticky| {
+        let path = format!("{path}.sticky");
+        let secret = secret_value(
+            errors,
+            &path,
+            "secret",
+            sticky.secret.as_deref(),
+            sticky.secret_file.as_deref(),
+            sticky.secret_env.as_deref(),
+        );
+        super::sticky::validate(&path, sticky, secret).map_err(|problems| {
+            problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+        })
+    });
     let circuit_breaker = raw
         .circuit_breaker
         .as_ref()
@@ -669,6 +696,7 @@ fn validate_service(path: &str, raw: &RawService, errors: &mut Errors) -> Option
         circuit_breaker,
         protocol: protocol?,
         tls: tls.flatten(),
+        sticky: sticky.and_then(Result::ok),
         instances,
         named,
     })
@@ -857,6 +885,17 @@ fn validate_rate_limit(
                 .ok_or_else(|| format!("must be between 1 and {MAX_RATE_LIMIT_KEYS} (got {n})")),
         ),
     };
+    if let (Some(rate), Some(period), Some(burst)) = (rate, period, burst) {
+        // A bucket is a time in nanoseconds: a full burst must fit in it
+        // with room to spare (2^62 ns is about 146 years).
+        let interval = period.as_nanos() / u128::from(rate.get());
+        if interval.saturating_mul(u128::from(burst.get())) > 1 << 62 {
+            errors.push(
+                format!("{path}.burst"),
+                format!("{burst} tokens of {period:?} / {rate} each take more than 146 years to refill; lower burst or raise rate"),
+            );
+        }
+    }
     if errors.0.len() > before {
         return None;
     }

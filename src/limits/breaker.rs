@@ -61,6 +61,15 @@ impl Drop for RetrySlot {
     }
 }
 
+/// A place in the queue, given back when dropped.
+struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Breaker {
     /// A breaker with `config`; `overflow` makes the counter of each
     /// [`Overflow`].
@@ -111,13 +120,15 @@ impl Breaker {
         };
         // Counted before the check, so two requests cannot both take the
         // last place.
+        // The place is given back when dropped, also when the wait is
+        // (the client went away).
+        let place = Queued(&self.queued);
         if self.queued.fetch_add(1, Ordering::AcqRel) >= queue.size {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Overflow::MaxRequests);
         }
         let waited =
             tokio::time::timeout(queue.timeout, Arc::clone(&self.requests).acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         match waited {
             Ok(Ok(permit)) => Ok(RequestSlot(permit)),
             // The semaphore is never closed.
@@ -193,6 +204,20 @@ mod tests {
         // Nobody lets go now: the wait runs out.
         let _held = b.admit().await.unwrap();
         assert_eq!(b.admit().await.unwrap_err(), Overflow::QueueTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_given_up_leaves_the_queue() {
+        let queue = QueueConfig {
+            size: 1,
+            timeout: Duration::from_secs(60),
+        };
+        let b = breaker(1, Some(queue));
+        let _held = b.admit().await.unwrap();
+        // The client goes away while waiting: its place is freed.
+        let gone = tokio::time::timeout(Duration::from_secs(1), b.admit()).await;
+        assert!(gone.is_err());
+        assert_eq!(b.queued.load(Ordering::Acquire), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod body;
 mod error;
 pub mod headers;
 mod limits;
+mod mirror;
 mod replay;
 mod target;
 
@@ -57,6 +58,10 @@ struct Outcome {
     wants_upstream_time: bool,
     /// The client side of an upgrade the route allowed.
     client_upgrade: Option<ClientUpgrade>,
+    /// Index (in rotation) of the instance that answered.
+    answered_by: Option<usize>,
+    /// A sticky cookie to set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -148,6 +153,11 @@ impl Proxy {
                 headers::remove_hop_by_hop(&mut parts.headers);
                 if let Some(raw) = body.raw_head_mut() {
                     headers::remove_hop_by_hop_raw(raw);
+                }
+                if let Some(cookie) = outcome.set_cookie.take() {
+                    // Servers write these fields after a head kept as
+                    // received, too.
+                    parts.headers.append(http::header::SET_COOKIE, cookie);
                 }
                 if let Some(mut log) = log {
                     log.status = parts.status.as_u16();
@@ -291,6 +301,11 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
+        // The instance a sticky cookie names, while it is in rotation.
+        let sticky = service
+            .sticky
+            .as_ref()
+            .map(|table| (table, table.find(request.headers())));
         // The owned server writes a response head on as received.
         let raw = matches!(request.body(), ClientBody::Owned(_));
         let (mut parts, body) = request.into_parts();
@@ -352,6 +367,11 @@ impl Proxy {
         } else if let Some(host) = host_value {
             parts.headers.insert(HOST, host);
         }
+        let client_hash = hash_ip(client_ip);
+        let body = match route.mirror.as_ref().filter(|_| !upgrading) {
+            Some(route_mirror) => mirror::start(snapshot, route_mirror, &parts, body, client_hash),
+            None => body,
+        };
         let idempotent = idempotent_head(&parts.method, &parts.headers);
         let (request, client_body, replay) =
             if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
@@ -362,16 +382,25 @@ impl Proxy {
                 (Request::from_parts(parts, body), client_body, None)
             };
 
-        send_with_retries(
+        let sent = send_with_retries(
             service,
             request,
-            hash_ip(client_ip),
+            client_hash,
+            sticky.and_then(|(_, named)| named),
             lean.then_some(Lean { raw }),
             client_body.as_deref(),
             replay.as_ref(),
             outcome,
         )
-        .await
+        .await;
+        if let (Some((table, named)), Some(answered_by)) = (sticky, outcome.answered_by) {
+            // No cookie, or one naming an instance that did not answer
+            // (gone, out of rotation, or failed over): name this one.
+            if named != Some(answered_by) {
+                outcome.set_cookie = table.set_cookie(answered_by).cloned();
+            }
+        }
+        sent
     }
 }
 
@@ -431,11 +460,14 @@ struct Lean {
 /// closed before any response head (or the answer is a status `retry.on`
 /// names), and the retry budget allows; otherwise only when that
 /// connection had been closed by the upstream before it went out (see
-/// [`Sent`]).
+/// [`Sent`]). The first try goes to `sticky` (an index in rotation named
+/// by the client's sticky cookie) when given.
+#[allow(clippy::too_many_arguments)]
 async fn send_with_retries(
     service: &ServiceSnapshot,
     mut request: Request<RequestBody>,
     client_hash: u64,
+    sticky: Option<usize>,
     lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
     replay: Option<&replay::Replay>,
@@ -462,10 +494,13 @@ async fn send_with_retries(
         if attempt > 1 {
             tokio::time::sleep(backoff(attempt - 1)).await;
         }
-        let Some(index) = service
-            .balancer
-            .pick_excluding(client_hash, &service.instances, &tried)
-        else {
+        let picked = match sticky.filter(|_| tried.is_empty()) {
+            Some(index) => Some(index),
+            None => service
+                .balancer
+                .pick_excluding(client_hash, &service.instances, &tried),
+        };
+        let Some(index) = picked else {
             break;
         };
         let instance = &service.instances[index];
@@ -524,6 +559,7 @@ async fn send_with_retries(
                     instance,
                     server_error.then_some(&status as &dyn std::fmt::Display),
                 );
+                outcome.answered_by = Some(index);
                 let completion = Completion {
                     _in_flight: in_flight,
                     _slot: slot.take(),

@@ -16,6 +16,7 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::router::Router;
+use crate::traffic::sticky::StickyTable;
 
 use super::{FailureStreak, InstanceState};
 
@@ -75,6 +76,8 @@ pub struct ServiceSnapshot {
     pub tls: bool,
     /// Metric handles.
     pub metrics: ServiceMetrics,
+    /// Sticky-cookie lookup over `instances`, if the service has one.
+    pub sticky: Option<StickyTable>,
     /// Request and retry ceilings (shared with other snapshots).
     pub breaker: Arc<crate::limits::Breaker>,
     failures: mpsc::UnboundedSender<FailureStreak>,
@@ -223,6 +226,10 @@ impl ServiceSnapshot {
             .collect();
         let balancer = Balancer::build(service.strategy, &members);
         drop(members);
+        let sticky = service
+            .sticky
+            .as_ref()
+            .map(|sticky| StickyTable::build(sticky, name, instances.iter().map(|i| &i.id)));
         ServiceSnapshot {
             name: name.clone(),
             strategy: service.strategy,
@@ -240,6 +247,7 @@ impl ServiceSnapshot {
             protocol: service.protocol,
             tls: service.tls.is_some(),
             metrics: metrics.service(name.as_str()),
+            sticky,
             breaker,
             failures,
             verdicts,

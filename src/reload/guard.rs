@@ -152,10 +152,10 @@ impl Guards {
         }
     }
 
-    /// The guard whose window is still open, which a new change would
-    /// disturb (a tripped guard restoring the previous version is not).
+    /// The guard a new change would disturb: one still watching, or one
+    /// that tripped and is restoring the previous version.
     pub(crate) fn watching(&self) -> Option<GuardReport> {
-        self.running().filter(|r| r.state == GuardState::Running)
+        self.running()
     }
 
     /// Ends the running guard of `version` (if it still runs) with

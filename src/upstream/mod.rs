@@ -17,6 +17,7 @@
 //! idle connection are pooled side by side.
 
 pub use crate::http1::framing;
+mod body_copy;
 pub mod h1;
 mod request_body;
 
@@ -37,6 +38,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::{UpstreamProtocol, UpstreamTls};
+pub use body_copy::BodyCopy;
 pub use request_body::{ClientBody, ClientBodyState, ClientBodyWatch, RequestBody};
 
 /// Idle connections kept per instance and worker. Sized for a few hundred

@@ -25,6 +25,8 @@ pub enum ClientBody {
     Hyper(Incoming),
     /// From the owned HTTP/1.1 server.
     Owned(OwnedBody),
+    /// Either, with a copy being taken for a mirror.
+    Copied(Box<super::body_copy::BodyCopy>),
     /// Read whole already (to be sent again on a retry): the data, then
     /// the trailers, each given once.
     Buffered(Option<Bytes>, Option<Box<http::HeaderMap>>),
@@ -45,6 +47,7 @@ impl Body for ClientBody {
             ClientBody::Owned(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map_err(Into::into))),
+            ClientBody::Copied(body) => Pin::new(body.as_mut()).poll_frame(cx),
             ClientBody::Buffered(data, trailers) => Poll::Ready(
                 data.take()
                     .map(Frame::data)
@@ -58,6 +61,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
             ClientBody::Owned(body) => body.is_end_stream(),
+            ClientBody::Copied(body) => body.is_end_stream(),
             ClientBody::Buffered(data, trailers) => data.is_none() && trailers.is_none(),
         }
     }
@@ -66,6 +70,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
             ClientBody::Owned(body) => body.size_hint(),
+            ClientBody::Copied(body) => body.size_hint(),
             ClientBody::Buffered(data, _) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

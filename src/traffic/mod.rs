@@ -1,0 +1,4 @@
+//! Traffic policy compiled into the snapshot: sticky sessions and mirrors.
+
+pub mod mirror;
+pub mod sticky;

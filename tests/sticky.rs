@@ -1,0 +1,429 @@
+//! Sticky sessions: the cookie keeps a client on one instance over many
+//! requests and across a reload, moves it (with a new cookie) when its
+//! instance is drained or removed, never shows the instance's address, carries the
+//! configured attributes, and a forged or garbled cookie is only
+//! re-balanced.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::binary::temp_dir;
+use common::*;
+use http::Method;
+use switchyard::admin_client::call;
+use switchyard::server::{start_live, LiveOptions, Running};
+
+/// `routes:` and `services:` for one service `svc` over echo upstreams
+/// `a`, `b`, `c` with `strategy` and the `sticky:` block `sticky`.
+fn services(upstreams: &[(SocketAddr, &str)], strategy: &str, sticky: &str) -> String {
+    let mut text = format!(
+        "routes:\n  - service: svc\nservices:\n  svc:\n    strategy: {strategy}\n    sticky: {sticky}\n    instances:\n"
+    );
+    for (address, id) in upstreams {
+        text.push_str(&format!("      - {{id: {id}, address: \"{address}\"}}\n"));
+    }
+    text
+}
+
+async fn three() -> Vec<(SocketAddr, &'static str)> {
+    vec![
+        (echo("a").await, "a"),
+        (echo("b").await, "b"),
+        (echo("c").await, "c"),
+    ]
+}
+
+/// The `Set-Cookie` headers of a response.
+fn set_cookies(got: &Got) -> Vec<String> {
+    got.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `name=value` part of the one sticky cookie a response sets.
+fn sticky_pair(got: &Got) -> String {
+    let cookies = set_cookies(got);
+    assert_eq!(cookies.len(), 1, "one Set-Cookie: {cookies:?}");
+    cookies[0].split(';').next().unwrap().to_string()
+}
+
+async fn get_with_cookie(url: &str, cookie: &str) -> Got {
+    let headers: &[(&str, &str)] = if cookie.is_empty() {
+        &[]
+    } else {
+        &[("cookie", cookie)]
+    };
+    let got = get(&client(), url, headers).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    got
+}
+
+#[tokio::test]
+async fn the_cookie_holds_a_client_on_one_instance_and_never_names_its_address() {
+    let upstreams = three().await;
+    let running = proxy(&services(&upstreams, "round_robin", "{cookie: sy}")).await;
+    let url = format!("{}/", base(&running));
+
+    // Without a cookie, round-robin spreads requests over all three, and
+    // every answer sets a cookie naming the instance that served it.
+    let mut pairs = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let got = get_with_cookie(&url, "").await;
+        pairs.insert(got.served_by(), sticky_pair(&got));
+    }
+    assert_eq!(pairs.len(), 3, "{pairs:?}");
+
+    for (served_by, pair) in &pairs {
+        let value = pair.strip_prefix("sy=").unwrap();
+        assert_eq!(value.len(), 32, "{pair}");
+        assert!(value.bytes().all(|b| b.is_ascii_hexdigit()), "{pair}");
+        for (address, _) in &upstreams {
+            assert!(!pair.contains(&address.to_string()), "{pair}");
+            assert!(!pair.contains(&address.port().to_string()), "{pair}");
+            assert!(!pair.contains(&hex(&address.to_string())), "{pair}");
+        }
+        assert!(!pair.contains("127.0.0.1"), "{pair}");
+
+        // 100 requests carrying it all go to its instance, and the
+        // cookie is not set again.
+        for i in 0..100 {
+            let got = get_with_cookie(&url, &format!("theme=dark; {pair}")).await;
+            assert_eq!(&got.served_by(), served_by, "request {i}");
+            assert!(set_cookies(&got).is_empty(), "request {i}");
+        }
+    }
+    running.shutdown().await;
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn admin(running: &Running, method: Method, path: &str) -> (u16, String) {
+    let (status, body) = call(running.admin_address(), method, path).await.unwrap();
+    (status.as_u16(), body)
+}
+
+#[tokio::test]
+async fn the_cookie_survives_a_reload_and_moves_when_its_instance_is_drained_or_removed() {
+    let upstreams = three().await;
+    let head = "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n";
+    let text = format!(
+        "{head}{}",
+        services(&upstreams, "round_robin", "{cookie: sy, max_age: 1h}")
+    );
+    let path = temp_dir().join("proxy.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let mut options = LiveOptions::new(&path);
+    options.watch = false;
+    let running = start_live(options).await.unwrap();
+    let url = format!("{}/", base(&running));
+
+    let first = get_with_cookie(&url, "").await;
+    let home = first.served_by();
+    let pair = sticky_pair(&first);
+
+    // An unrelated edit (another service), applied by a reload.
+    let generation = running.registry().snapshot().generation;
+    let edited = format!(
+        "{text}  other:\n    instances:\n      - address: \"{}\"\n",
+        upstreams[0].0
+    );
+    std::fs::write(&path, edited).unwrap();
+    let (status, answer) = admin(&running, Method::POST, "/admin/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("applied"), "{answer}");
+    assert!(running.registry().snapshot().generation > generation);
+    for i in 0..20 {
+        let got = get_with_cookie(&url, &pair).await;
+        assert_eq!(got.served_by(), home, "request {i} after the reload");
+        assert!(set_cookies(&got).is_empty(), "request {i} after the reload");
+    }
+
+    // Draining its instance sends the client elsewhere, with a new cookie
+    // that holds it there.
+    let (status, answer) = admin(
+        &running,
+        Method::PUT,
+        &format!("/admin/services/svc/instances/{home}/drain"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let moved = get_with_cookie(&url, &pair).await;
+    let new_home = moved.served_by();
+    assert_ne!(new_home, home);
+    let new_pair = sticky_pair(&moved);
+    assert_ne!(new_pair, pair);
+    for i in 0..20 {
+        let got = get_with_cookie(&url, &new_pair).await;
+        assert_eq!(got.served_by(), new_home, "request {i} after the drain");
+        assert!(set_cookies(&got).is_empty(), "request {i} after the drain");
+    }
+    // The old cookie names an instance out of rotation: re-balanced each
+    // time, never to it.
+    for i in 0..6 {
+        let got = get_with_cookie(&url, &pair).await;
+        assert_ne!(got.served_by(), home, "request {i}");
+        assert_eq!(set_cookies(&got).len(), 1, "request {i}");
+    }
+
+    // Back in rotation, the old cookie finds it again.
+    let (status, answer) = admin(
+        &running,
+        Method::PUT,
+        &format!("/admin/services/svc/instances/{home}/undrain"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = get_with_cookie(&url, &pair).await;
+        if got.served_by() == home {
+            assert!(set_cookies(&got).is_empty());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the undrained instance never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Removed from the config by a reload: the client moves, with a new
+    // cookie.
+    let removed: String = text
+        .lines()
+        .filter(|line| !line.contains(&format!("{{id: {home},")))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_ne!(removed, text);
+    std::fs::write(&path, removed).unwrap();
+    let (status, answer) = admin(&running, Method::POST, "/admin/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    let moved = get_with_cookie(&url, &pair).await;
+    assert_ne!(moved.served_by(), home);
+    let pair = sticky_pair(&moved);
+    let got = get_with_cookie(&url, &pair).await;
+    assert_eq!(got.served_by(), moved.served_by());
+    assert!(set_cookies(&got).is_empty());
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_cookie_carries_the_configured_attributes() {
+    let upstreams = three().await;
+    let cases = [
+        ("{cookie: sy}", "; Path=/; HttpOnly"),
+        (
+            "{cookie: cart-id, max_age: 2h, secure: true, http_only: false, same_site: strict}",
+            "; Path=/; Max-Age=7200; Secure; SameSite=Strict",
+        ),
+        (
+            "{cookie: s, max_age: 30s, secure: true, same_site: None}",
+            "; Path=/; Max-Age=30; Secure; HttpOnly; SameSite=None",
+        ),
+        (
+            "{cookie: s, same_site: lax}",
+            "; Path=/; HttpOnly; SameSite=Lax",
+        ),
+    ];
+    for (sticky, attributes) in cases {
+        let running = proxy(&services(&upstreams, "round_robin", sticky)).await;
+        let got = get_with_cookie(&format!("{}/", base(&running)), "").await;
+        let cookies = set_cookies(&got);
+        assert_eq!(cookies.len(), 1, "{sticky}: {cookies:?}");
+        let (pair, rest) = cookies[0].split_at(cookies[0].find(';').unwrap());
+        assert_eq!(rest, attributes, "{sticky}");
+        let name = sticky.split([' ', ',', '}']).nth(1).unwrap();
+        assert!(pair.starts_with(&format!("{name}=")), "{sticky}: {pair}");
+        running.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn forged_and_garbled_cookies_are_re_balanced_never_refused() {
+    let upstreams = three().await;
+    let running = proxy(&services(&upstreams, "round_robin", "{cookie: sy}")).await;
+    let url = format!("{}/", base(&running));
+    let good = sticky_pair(&get_with_cookie(&url, "").await);
+    let value = good.strip_prefix("sy=").unwrap();
+    let flipped = format!(
+        "sy={}{}",
+        &value[..31],
+        if value.ends_with('0') { '1' } else { '0' }
+    );
+    let garbage = [
+        "sy=".to_string(),
+        "sy".to_string(),
+        "sy=../../etc/passwd".to_string(),
+        "sy=127.0.0.1:8080".to_string(),
+        format!("sy={}", "f".repeat(32)),
+        format!("sy={}", "z".repeat(32)),
+        format!("sy={value}{value}"),
+        flipped,
+        format!("sy=\"{value}\""),
+        ";;;=;=".to_string(),
+        "sy==%00%ff".to_string(),
+    ];
+    let mut served = std::collections::HashSet::new();
+    for cookie in &garbage {
+        let got = get(&client(), &url, &[("cookie", cookie.as_str())]).await;
+        assert_eq!(got.status, 200, "{cookie}: {}", got.body);
+        served.insert(got.served_by());
+        let pair = sticky_pair(&got);
+        assert_ne!(&pair, cookie, "a new cookie replaces {cookie}");
+        // The new cookie holds.
+        let again = get_with_cookie(&url, &pair).await;
+        assert_eq!(again.served_by(), got.served_by(), "{cookie}");
+    }
+    assert_eq!(
+        served.len(),
+        3,
+        "re-balanced over every instance: {served:?}"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_strategy_honours_the_cookie_and_a_shared_secret_works_on_every_node() {
+    let upstreams = three().await;
+    let sticky = "{cookie: sy, secret: correct-horse-battery}";
+    // One cookie per instance, from a first node.
+    let first = proxy(&services(&upstreams, "round_robin", sticky)).await;
+    let mut cookies = Vec::new();
+    for _ in 0..3 {
+        let got = get_with_cookie(&format!("{}/", base(&first)), "").await;
+        cookies.push((got.served_by(), sticky_pair(&got)));
+    }
+    first.shutdown().await;
+    let ids: std::collections::HashSet<_> = cookies.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 3, "{cookies:?}");
+
+    // Other nodes with the same secret, one per strategy, honour them.
+    for strategy in [
+        "round_robin",
+        "random",
+        "weighted_round_robin",
+        "least_connections",
+        "ip_hash",
+    ] {
+        let node = proxy(&services(&upstreams, strategy, sticky)).await;
+        let url = format!("{}/", base(&node));
+        for (id, pair) in &cookies {
+            for i in 0..10 {
+                let got = get_with_cookie(&url, pair).await;
+                assert_eq!(&got.served_by(), id, "{strategy} request {i}");
+                assert!(set_cookies(&got).is_empty(), "{strategy} request {i}");
+            }
+        }
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unhealthy_instance_loses_its_clients_with_a_new_cookie() {
+    use common::flippable::{Flippable, Mode};
+    let (a, b) = (Flippable::start("a").await, Flippable::start("b").await);
+    let running = proxy(&format!(
+        "routes:\n  - service: svc\nservices:\n  svc:\n    sticky: {{cookie: sy}}\n    health_check: {{path: /healthz, interval: 50ms, timeout: 40ms, jitter: 0ms, unhealthy_threshold: 2, healthy_threshold: 1, initial: healthy}}\n    instances:\n      - {{id: a, address: \"{}\"}}\n      - {{id: b, address: \"{}\"}}\n",
+        a.address, b.address
+    ))
+    .await;
+    let url = format!("{}/", base(&running));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pair = loop {
+        let got = get_with_cookie(&url, "").await;
+        if got.served_by() == "a" {
+            break sticky_pair(&got);
+        }
+        assert!(Instant::now() < deadline, "a never served");
+    };
+    a.set(Mode::Status(500));
+    view_until(&running, "svc", "a out of rotation", |view| {
+        view["instances"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|i| i["id"] == "a" && i["health"] == "unhealthy")
+        })
+    })
+    .await;
+    let moved = get_with_cookie(&url, &pair).await;
+    assert_eq!(moved.served_by(), "b");
+    let new_pair = sticky_pair(&moved);
+    assert_ne!(new_pair, pair);
+    for i in 0..10 {
+        let got = get_with_cookie(&url, &new_pair).await;
+        assert_eq!(got.served_by(), "b", "request {i}");
+        assert!(set_cookies(&got).is_empty(), "request {i}");
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_owned_http1_server_sets_and_honours_the_cookie_too() {
+    let upstreams = three().await;
+    let text = format!(
+        "listeners:\n  - {{address: 127.0.0.1:0, http1: owned}}\nadmin:\n  address: 127.0.0.1:0\n{}",
+        services(&upstreams, "round_robin", "{cookie: sy, same_site: strict}")
+    );
+    let running = switchyard::server::start(switchyard::config::parse(&text).unwrap())
+        .await
+        .unwrap();
+    let url = format!("{}/", base(&running));
+    let first = get_with_cookie(&url, "").await;
+    let cookies = set_cookies(&first);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert!(
+        cookies[0].ends_with("; Path=/; HttpOnly; SameSite=Strict"),
+        "{cookies:?}"
+    );
+    let pair = sticky_pair(&first);
+    for i in 0..20 {
+        let got = get_with_cookie(&url, &pair).await;
+        assert_eq!(got.served_by(), first.served_by(), "request {i}");
+        assert!(set_cookies(&got).is_empty(), "request {i}");
+    }
+    // A body goes through the other client; the cookie works the same.
+    let post = http::Request::post(&url)
+        .header("cookie", &pair)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+        .unwrap();
+    let got = send(&client(), post).await;
+    assert_eq!((got.status, got.served_by()), (200, first.served_by()));
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_fails_over_gets_the_cookie_of_the_instance_that_answered() {
+    let sticky = "{cookie: sy, secret: shared}";
+    let alive = vec![(echo("a").await, "a"), (echo("b").await, "b")];
+    // A cookie naming `a`, from a node where `a` answers.
+    let first = proxy(&services(&alive, "round_robin", sticky)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pair = loop {
+        let got = get_with_cookie(&format!("{}/", base(&first)), "").await;
+        if got.served_by() == "a" {
+            break sticky_pair(&got);
+        }
+        assert!(Instant::now() < deadline, "a never served");
+    };
+    first.shutdown().await;
+    // On a node where `a` refuses connections (no health checks, so it
+    // stays in rotation), the retry's instance answers and is named.
+    let refusing = vec![(dead_address().await, "a"), (alive[1].0, "b")];
+    let node = proxy(&services(&refusing, "round_robin", sticky)).await;
+    let url = format!("{}/", base(&node));
+    let got = get_with_cookie(&url, &pair).await;
+    assert_eq!(got.served_by(), "b");
+    let moved = sticky_pair(&got);
+    assert_ne!(moved, pair);
+    let again = get_with_cookie(&url, &moved).await;
+    assert_eq!(again.served_by(), "b");
+    assert!(set_cookies(&again).is_empty());
+    node.shutdown().await;
+}
