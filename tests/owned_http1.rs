@@ -284,3 +284,89 @@ async fn the_server_is_chosen_per_listener() {
     assert!(error.contains("listeners[0].http1"), "{error}");
     assert!(error.contains("`hyper` or `owned`"), "{error}");
 }
+
+/// A proxy whose admin API wants a token: a POST without one is answered
+/// 401 before its body is read.
+async fn token_proxy() -> (switchyard::server::Running, SocketAddr) {
+    let config = switchyard::config::parse(
+        "listeners: [{address: 127.0.0.1:0}]\nadmin: {address: 127.0.0.1:0, token: s3cret}\nroutes: [{service: s}]\nservices:\n  s: {instances: []}\n",
+    )
+    .unwrap();
+    let proxy = switchyard::server::start(config).await.unwrap();
+    let admin = proxy.admin_address();
+    (proxy, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_nobody_read_is_discarded_and_the_connection_kept() {
+    let (_proxy, admin) = token_proxy().await;
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let body = "{\"address\": \"127.0.0.1:9\"}";
+    stream
+        .write_all(
+            format!(
+                "POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let first = read_response(&mut stream).await;
+    assert_eq!(first.status, 401, "{first:?}");
+    assert!(
+        !first
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{first:?}"
+    );
+    // The body was not taken for the next request, and the connection
+    // was not closed under a client that could reuse it.
+    stream
+        .write_all(b"GET /admin/health HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response(&mut stream).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    assert_eq!(second.body, "ok\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_unread_body_or_an_unanswered_expect_is_announced_as_a_close() {
+    let (_proxy, admin) = token_proxy().await;
+    // 10 MB announced, a little sent: too much to read and throw away.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 10000000\r\n\r\n{\"address\":")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "a client must not reuse this connection: {answer:?}"
+    );
+    assert!(closed(&mut stream).await);
+
+    // The client waits for 100 Continue, which never comes: its body may
+    // follow later or never, so the connection ends with the answer.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{answer:?}"
+    );
+    assert!(closed(&mut stream).await);
+}

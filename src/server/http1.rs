@@ -42,6 +42,11 @@ const READ_BUFFER: usize = 8 * 1024;
 /// most request heads in one read.
 const FIRST_READ: usize = 2 * 1024;
 
+/// The most of an unread request body thrown away to keep a connection,
+/// and how long that may wait for it (nginx discards unread bodies too).
+const DISCARD_LIMIT: u64 = 64 * 1024;
+const DISCARD_WAIT: Duration = Duration::from_secs(1);
+
 /// Response bytes gathered before they are written.
 const WRITE_BATCH: usize = 16 * 1024;
 
@@ -289,6 +294,57 @@ impl Pump {
         }
     }
 
+    /// Whether the proxy still holds the body (it may read on while the
+    /// response goes out).
+    fn still_read(&self) -> bool {
+        self.sender
+            .as_ref()
+            .is_some_and(|sender| !sender.frames.is_closed())
+    }
+
+    /// Reads and drops the rest of a body nobody reads, when it is at most
+    /// [`DISCARD_LIMIT`] bytes and arrives within [`DISCARD_WAIT`]; true
+    /// when it reached its end (the next bytes are a request head again).
+    /// A client still waiting for `100 Continue` may never send its body,
+    /// so then nothing is read.
+    async fn discard<I: AsyncRead + Unpin>(&mut self, io: &mut I, buf: &mut BytesMut) -> bool {
+        self.sender = None;
+        if self.expect_continue {
+            return false;
+        }
+        if let BodyDecoder::Length(left) = self.decoder {
+            if left > DISCARD_LIMIT {
+                return false;
+            }
+        }
+        let mut dropped: u64 = 0;
+        let deadline = tokio::time::Instant::now() + DISCARD_WAIT;
+        loop {
+            match self.decoder.decode(buf) {
+                Ok(Decoded::Data(data)) => {
+                    dropped = dropped.saturating_add(data.len() as u64);
+                    if self.decoder.is_done() {
+                        break;
+                    }
+                    if dropped > DISCARD_LIMIT {
+                        return false;
+                    }
+                    continue;
+                }
+                Ok(Decoded::Done) => break,
+                Ok(Decoded::NeedMore) => {}
+                Err(_) => return false,
+            }
+            buf.reserve(READ_BUFFER);
+            match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        self.complete = true;
+        true
+    }
+
     fn end(&mut self, error: Option<body::BodyError>) {
         if let (Some(sender), Some(error)) = (self.sender.take(), error) {
             let _ = sender.frames.try_send(Err(error));
@@ -415,6 +471,13 @@ where
     if !bodyless && length.is_none() && !chunked {
         // An HTTP/1.0 client without a length: the body ends at the close.
         keep_alive = false;
+    }
+    if keep_alive && !pump.complete && !pump.still_read() {
+        // Nobody will read the rest of the body. The connection stays only
+        // if the rest is small enough to throw away now; otherwise the
+        // answer says it closes, so that no client sends another request
+        // on a connection about to end.
+        keep_alive = pump.discard(io, buf).await;
     }
     if !switching {
         fields.remove(&CONNECTION);
