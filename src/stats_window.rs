@@ -201,6 +201,28 @@ impl Ring {
         }
     }
 
+    /// Adds the slots of seconds in `from..from + step × buckets.len()`
+    /// to the bucket each second falls in, one pass over the ring.
+    fn sum_buckets(&self, from: u64, step: u64, buckets: &mut [Totals]) {
+        for (slot, &second) in self.seconds.iter().enumerate() {
+            if second == 0 || second < from {
+                continue;
+            }
+            let Some(bucket) = usize::try_from((second - from) / step)
+                .ok()
+                .and_then(|i| buckets.get_mut(i))
+            else {
+                continue;
+            };
+            bucket.requests += u64::from(self.requests[slot]);
+            bucket.errors += u64::from(self.errors[slot]);
+            let latency = &self.latency[slot * LATENCY_BUCKETS..(slot + 1) * LATENCY_BUCKETS];
+            for (sum, &n) in bucket.latency.iter_mut().zip(latency) {
+                *sum += u64::from(n);
+            }
+        }
+    }
+
     fn newest(&self) -> u64 {
         self.seconds
             .iter()
@@ -398,6 +420,45 @@ impl StatsWindow {
         WindowStats::of(&totals)
     }
 
+    /// What `service` (None: every service) saw in `count` consecutive
+    /// buckets of `step` seconds each, the first starting at the Unix
+    /// second `from`. Like [`StatsWindow::window`], what is not sampled
+    /// yet counts as the present second (in the bucket holding it).
+    pub fn series(
+        &self,
+        service: Option<&str>,
+        from: u64,
+        step: u64,
+        count: usize,
+    ) -> Vec<WindowStats> {
+        let step = step.max(1);
+        let mut buckets = vec![Totals::default(); count];
+        let inner = self.lock();
+        let now = unix_now();
+        let present = usize::try_from(now.saturating_sub(from) / step)
+            .ok()
+            .filter(|_| now >= from);
+        let mut live = Totals::default();
+        match service {
+            None => {
+                inner.overall.sum_buckets(from, step, &mut buckets);
+                for series in inner.services.values() {
+                    live.add(&series.counters.totals().minus(&series.sampled));
+                }
+            }
+            Some(name) => {
+                if let Some(series) = inner.services.get(name) {
+                    series.ring.sum_buckets(from, step, &mut buckets);
+                    live.add(&series.counters.totals().minus(&series.sampled));
+                }
+            }
+        }
+        if let Some(bucket) = present.and_then(|i| buckets.get_mut(i)) {
+            bucket.add(&live);
+        }
+        buckets.iter().map(WindowStats::of).collect()
+    }
+
     /// The services that have a series, in name order.
     pub fn services(&self) -> Vec<String> {
         self.lock().services.keys().cloned().collect()
@@ -472,6 +533,36 @@ mod tests {
         assert_eq!(past.requests, 1);
         assert_eq!(window.window(Some("nope"), 0, u64::MAX).requests, 0);
         assert_eq!(window.window(None, 500, 900).p99, None);
+    }
+
+    #[test]
+    fn series_puts_each_second_in_its_bucket() {
+        let window = StatsWindow::new();
+        let web = window.counters("web");
+        for _ in 0..3 {
+            web.record(Duration::from_millis(2), 200);
+        }
+        window.sample(1000);
+        web.record(Duration::from_millis(50), 500);
+        window.sample(1009);
+        web.record(Duration::from_millis(8), 200);
+        window.sample(1010);
+        let points = window.series(Some("web"), 1000, 10, 3);
+        assert_eq!(points.len(), 3);
+        assert_eq!((points[0].requests, points[0].errors), (4, 1));
+        assert_eq!((points[1].requests, points[1].errors), (1, 0));
+        assert_eq!(points[2].requests, 0);
+        let p99 = points[0].p99.unwrap().as_secs_f64();
+        assert!((0.044..0.056).contains(&p99), "{p99}");
+        // Second 1000 is before this range; 1009 and 1010 are in it.
+        assert_eq!(window.series(Some("web"), 1001, 10, 1)[0].requests, 2);
+        let overall = window.series(None, 1000, 10, 2);
+        assert_eq!((overall[0].requests, overall[1].requests), (4, 1));
+        // Not sampled yet: in the bucket of the present second.
+        web.record(Duration::from_millis(1), 200);
+        let now = unix_now();
+        let live = window.series(Some("web"), now - 5, 10, 1);
+        assert_eq!(live[0].requests, 1);
     }
 
     #[test]

@@ -290,6 +290,21 @@ async fn every_endpoint_answers_as_documented() {
         .await;
     api.expect(404, M::GET, "/admin/status?service=nope", None, None)
         .await;
+    // The dashboard's series, with some traffic in them.
+    let client = common::client();
+    for _ in 0..3 {
+        common::get(&client, &format!("{}/", common::base(&running)), &[]).await;
+    }
+    let stats = api.expect(200, M::GET, "/admin/stats", None, None).await;
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["step"], 10);
+    assert_eq!(stats["services"][0]["points"].as_array().unwrap().len(), 90);
+    api.expect(200, M::GET, "/admin/stats?seconds=60&step=1", None, None)
+        .await;
+    api.expect(400, M::GET, "/admin/stats?seconds=0", None, None)
+        .await;
+    api.expect(400, M::GET, "/admin/stats?bogus=1", None, None)
+        .await;
     api.expect(200, M::GET, "/admin/services?healthy=true", None, None)
         .await;
     api.expect(400, M::GET, "/admin/services?bogus=1", None, None)

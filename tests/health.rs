@@ -323,6 +323,19 @@ async fn resets_on_traffic_eject_an_instance_which_returns_after_the_ejection_ti
         (10, 10),
         "b is back: {seen:?}"
     );
+    // Both changes are in b's health history, newest first.
+    let history = instance_status(&proxy, "b").await["health_history"].clone();
+    assert_eq!(history[0]["from"], "ejected", "{history}");
+    assert_eq!(history[0]["to"], "healthy", "{history}");
+    assert_eq!(history[0]["reason"], "ejection time is over", "{history}");
+    assert_eq!(history[1]["to"], "ejected", "{history}");
+    assert!(
+        history[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 consecutive failed requests:"),
+        "{history}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

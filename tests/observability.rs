@@ -321,6 +321,11 @@ fn the_dashboard_shows_services_and_instances_in_a_real_browser() {
         "{beta}"
     );
     assert!(beta.contains("status 503, expected 200-399"), "{beta}");
+    // Alpha's first pass is a change of state, in its health history.
+    assert!(
+        alpha.contains("unhealthy → healthy: passed its first check at start-up"),
+        "{alpha}"
+    );
     assert!(
         dom.contains("shop — least_connections, 1 of 2 in rotation"),
         "{dom}"

@@ -42,6 +42,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         methods: &["GET"],
     },
     Endpoint {
+        path: "/admin/stats",
+        methods: &["GET"],
+    },
+    Endpoint {
         path: "/admin/health",
         methods: &["GET"],
     },

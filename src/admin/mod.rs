@@ -5,6 +5,8 @@
 //! - `/admin/services…`: the registry API (see [`services`]).
 //! - `/admin/reload`, `/admin/config/…`: live config and its history (see
 //!   [`config_api`]); `POST /admin/config` pushes a version to the fleet.
+//! - `GET /admin/stats`: recent traffic per service in time buckets (see
+//!   [`stats`]), for the dashboard's charts.
 //! - `GET /admin/fleet`: every fleet node's status (see [`fleet`]).
 //! - `POST /admin/logs/reopen`: reopens the access-log file (for log
 //!   rotation; SIGUSR1 does the same).
@@ -19,6 +21,7 @@ mod dashboard;
 pub mod endpoints;
 mod fleet;
 mod services;
+mod stats;
 mod status;
 
 pub use services::INDEX_HEADER;
@@ -116,6 +119,13 @@ async fn route(
                 Err(message) if message.starts_with("no service") => {
                     text_response(StatusCode::NOT_FOUND, message)
                 }
+                Err(message) => bad_request(message),
+            }
+        }
+        (&Method::GET, ["admin", "stats"]) => {
+            match stats::stats(state, request.uri().query().unwrap_or("")) {
+                // Compact: the dashboard polls it, 90 points per series.
+                Ok(stats) => compact_json_response(&stats),
                 Err(message) => bad_request(message),
             }
         }
@@ -334,6 +344,25 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ProxyBo
             body.push(b'\n');
             let mut response = Response::new(ProxyBody::message(body));
             *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {error}\n"),
+        ),
+    }
+}
+
+/// A 200 JSON answer without the pretty-printing (for large, polled
+/// answers).
+fn compact_json_response(value: &impl Serialize) -> Response<ProxyBody> {
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut response = Response::new(ProxyBody::message(body));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -172,6 +172,16 @@ pub(super) struct InstanceView {
     registered_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<LeaseView>,
+    /// The last changes of health state, newest first.
+    health_history: Vec<HealthChangeView>,
+}
+
+#[derive(Serialize)]
+struct HealthChangeView {
+    at: String,
+    from: &'static str,
+    to: &'static str,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -281,6 +291,17 @@ fn instance_view(
             ttl_ms: millis(ttl),
             remaining_ms: millis(left),
         }),
+        health_history: health
+            .history
+            .changes()
+            .rev()
+            .map(|change| HealthChangeView {
+                at: humantime::format_rfc3339_millis(change.at).to_string(),
+                from: change.from,
+                to: change.to,
+                reason: change.reason.clone(),
+            })
+            .collect(),
     }
 }
 

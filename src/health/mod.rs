@@ -264,6 +264,15 @@ async fn probe_loop(
             // A pass ends an outlier ejection (Envoy does the same by
             // default): the instance answers its checks, so try it again.
             let lifted = passed && health.ejection.lift(Instant::now());
+            if let Some(t) = &transition {
+                health.history.record(t.from, t.to, t.reason.clone());
+            }
+            if lifted {
+                let now_state = health.state_word(Instant::now());
+                health
+                    .history
+                    .record("ejected", now_state, "passed an active health check");
+            }
             (
                 transition,
                 lifted.then(|| health.state_word(Instant::now())),
@@ -410,6 +419,7 @@ async fn eject_on_streaks(
                 outlier.max_ejection_time,
                 reason.clone(),
             );
+            health.history.record("healthy", "ejected", reason.clone());
             (duration, health.ejection.until)
         };
         tracing::warn!(
@@ -431,12 +441,16 @@ async fn eject_on_streaks(
         tokio::spawn(async move {
             tokio::time::sleep(duration).await;
             let (now_state, _) = {
-                let health = instance.health();
+                let mut health = instance.health();
                 if health.ejection.until != until {
                     // Lifted early by a passing check, or ejected anew (whose
                     // own timer reports its end).
                     return;
                 }
+                let now_state = health.state_word(Instant::now());
+                health
+                    .history
+                    .record("ejected", now_state, "ejection time is over");
                 health.describe(Instant::now())
             };
             log_change(

@@ -195,6 +195,8 @@ pub struct InstanceHealth {
     pub ejection: Ejection,
     /// Taken out of rotation by hand (registry API).
     pub drained: bool,
+    /// The last changes of state, for the admin API.
+    pub history: super::health_history::HealthHistory,
 }
 
 impl InstanceHealth {

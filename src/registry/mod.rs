@@ -8,6 +8,7 @@
 //! lock: they `load` the current snapshot once and keep it.
 
 pub mod health;
+pub mod health_history;
 mod snapshot;
 
 use std::borrow::Cow;
@@ -651,8 +652,19 @@ impl Registry {
                 },
             );
         };
-        if std::mem::replace(&mut instance.health().drained, drained) == drained {
-            return Ok(());
+        {
+            let mut health = instance.health();
+            let before = health.state_word(tokio::time::Instant::now());
+            if std::mem::replace(&mut health.drained, drained) == drained {
+                return Ok(());
+            }
+            let after = health.state_word(tokio::time::Instant::now());
+            let why = if drained {
+                "drained through the API"
+            } else {
+                "undrained through the API"
+            };
+            health.history.record(before, after, why);
         }
         tracing::info!(service = %service, instance = %id, drained, "instance drain changed through the API");
         // A verdict changed: read them all again (as for health events).
