@@ -694,3 +694,44 @@ async fn no_request_fails_while_reloads_churn() {
     eprintln!("{total} requests during 50 reloads, none failed; {checked} checked against the config in force");
     assert!(total > 500, "the load ran: {total}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_versions_and_diffs_do_not_show_secrets_to_readers() {
+    // Reads need no token here, so a reader must not learn it (nor the
+    // sticky-cookie secret) from the config text.
+    let upstream = echo("a").await;
+    let text = |token: &str| {
+        format!(
+            "listeners: [{{address: 127.0.0.1:0}}]\nadmin: {{address: 127.0.0.1:0, token: {token}}}\nroutes: [{{service: s}}]\nservices:\n  s:\n    sticky: {{cookie: sy, secret: cookie-key-4711}}\n    instances: [{{address: \"{upstream}\"}}]\n"
+        )
+    };
+    let (running, path) = live(&text("first-token-0815"), false).await;
+    std::fs::write(&path, text("second-token-0816")).unwrap();
+    let (status, answer) = common::admin::call_with(
+        running.admin_address(),
+        Method::POST,
+        "/admin/reload",
+        Some("first-token-0815"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    for path in [
+        "/admin/config/versions/1",
+        "/admin/config/versions/2",
+        "/admin/config/diff?from=1&to=2",
+    ] {
+        let (status, shown) = call(running.admin_address(), Method::GET, path)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{path}: {shown}");
+        for secret in ["first-token-0815", "second-token-0816", "cookie-key-4711"] {
+            assert!(!shown.contains(secret), "{path} shows {secret}: {shown}");
+        }
+        if !path.contains("diff") {
+            assert!(shown.contains("token: <redacted>"), "{path}: {shown}");
+            assert!(shown.contains("cookie: sy"), "the rest stays: {shown}");
+        }
+    }
+}

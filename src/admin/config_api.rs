@@ -16,6 +16,7 @@ use super::{
 };
 use crate::config::guard::{self, GuardSpec};
 use crate::config::history::{ChangeSource, ConfigVersion, HistoryError};
+use crate::config::redact_secrets;
 use crate::fleet::FleetError;
 use crate::proxy::{text_response, ProxyBody};
 use crate::reload::{ReloadError, ReloadOutcome, Reloader};
@@ -89,7 +90,7 @@ pub(super) async fn handle(
         (&Method::GET, ["config", "versions", number]) => match parse_version(number) {
             Ok(version) => match reloader.version_text(version).await {
                 Ok(text) => with_type(
-                    text_response(StatusCode::OK, text),
+                    text_response(StatusCode::OK, redact_secrets(&text)),
                     "application/yaml; charset=utf-8",
                 ),
                 Err(error) => error_response(&error),
@@ -159,6 +160,9 @@ async fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
     };
     match texts {
         Ok((a, b)) => {
+            // Secrets are not shown, and a changed secret shows as an
+            // unchanged line: readers of the admin API may not hold them.
+            let (a, b) = (redact_secrets(&a), redact_secrets(&b));
             let text = similar::TextDiff::from_lines(&a, &b)
                 .unified_diff()
                 .context_radius(3)

@@ -12,6 +12,8 @@ pub mod guard;
 pub mod history;
 mod mirror;
 mod raw;
+#[cfg(test)]
+mod redact_tests;
 mod sticky;
 mod traffic;
 mod validate;
@@ -1048,6 +1050,49 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     check_size(text.len())?;
     let raw = parse_raw(text).map_err(|e| ConfigErrors(vec![e]))?;
     validate::validate(raw)
+}
+
+/// What stands in for a secret in config text shown by the admin API.
+pub const REDACTED: &str = "<redacted>";
+
+/// `text` with every secret written in it (`admin.token`,
+/// `fleet.etcd.password`, `services.*.sticky.secret`) replaced by
+/// [`REDACTED`], for showing a stored version to readers of the admin API,
+/// who may not hold the token themselves. The values are found by parsing
+/// the text, then replaced where they stand, so the rest of the text (and a
+/// diff of two versions) is unchanged. Text that does not parse is shown
+/// with whatever follows `token:`, `password:` or `secret:` on a line
+/// blanked instead.
+pub fn redact_secrets(text: &str) -> String {
+    let Ok(raw) = parse_raw(text) else {
+        return text
+            .lines()
+            .map(|line| {
+                let key = ["token:", "password:", "secret:"]
+                    .iter()
+                    .filter_map(|k| line.find(k).map(|at| at + k.len()))
+                    .min();
+                match key {
+                    Some(end) => format!("{} {REDACTED}\n", &line[..end]),
+                    None => format!("{line}\n"),
+                }
+            })
+            .collect();
+    };
+    let mut secrets: Vec<String> = Vec::new();
+    secrets.extend(raw.admin.and_then(|a| a.token));
+    secrets.extend(raw.fleet.and_then(|f| f.etcd.password));
+    for service in raw.services.into_values() {
+        secrets.extend(service.sticky.and_then(|s| s.secret));
+    }
+    // Longest first, so a secret inside another goes with it.
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut shown = text.to_string();
+    for secret in secrets {
+        shown = shown.replace(&secret, REDACTED);
+    }
+    shown
 }
 
 /// Reads a config file without blocking the runtime, as [`load`] reads it.
