@@ -545,22 +545,8 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<ExitCo
     };
     match &args.action {
         ConfigAction::Push { file, base } => {
-            let text =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let path = match base {
-                Some(base) => format!("/admin/config?base={base}"),
-                None => "/admin/config".to_string(),
-            };
-            let body = admin_call(
-                admin,
-                token.as_deref(),
-                Method::POST,
-                &path,
-                Some(("application/yaml", text.into())),
-            )
-            .await?;
-            let json: serde_json::Value =
-                serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+            let query: Vec<String> = base.iter().map(|b| format!("base={b}")).collect();
+            let json = post_config(admin, token.as_deref(), file, &query).await?;
             match json["version"].as_u64() {
                 Some(version) => println!(
                     "pushed {} as version {version}; every node applies it",
@@ -596,8 +582,6 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<ExitCo
             min_requests,
             force,
         } => {
-            let text =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
             let mut query: Vec<String> = guards
                 .iter()
                 .map(|g| format!("guard={}", url_encode(g)))
@@ -611,25 +595,35 @@ async fn config_command(path: &Path, args: &ConfigArgs) -> anyhow::Result<ExitCo
             if *force {
                 query.push("force=true".into());
             }
-            let path = if query.is_empty() {
-                "/admin/config".to_string()
-            } else {
-                format!("/admin/config?{}", query.join("&"))
-            };
-            let body = admin_call(
-                admin,
-                token.as_deref(),
-                Method::POST,
-                &path,
-                Some(("application/yaml", text.into())),
-            )
-            .await?;
-            let json: serde_json::Value =
-                serde_json::from_str(&body).context("unexpected answer from the admin API")?;
+            let json = post_config(admin, token.as_deref(), file, &query).await?;
             return apply_verdict(admin, token.as_deref(), file, &json).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `POST /admin/config?QUERY` with `file` as the body; the JSON answer.
+async fn post_config(
+    admin: SocketAddr,
+    token: Option<&str>,
+    file: &Path,
+    query: &[String],
+) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let path = if query.is_empty() {
+        "/admin/config".to_string()
+    } else {
+        format!("/admin/config?{}", query.join("&"))
+    };
+    let body = admin_call(
+        admin,
+        token,
+        Method::POST,
+        &path,
+        Some(("application/yaml", text.into())),
+    )
+    .await?;
+    serde_json::from_str(&body).context("unexpected answer from the admin API")
 }
 
 /// Exit code of `config apply` when a guard rolled the change back.

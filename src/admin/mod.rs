@@ -339,30 +339,24 @@ fn bad_request(message: String) -> Response<ProxyBody> {
 }
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ProxyBody> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(mut body) => {
-            body.push(b'\n');
-            let mut response = Response::new(ProxyBody::message(body));
-            *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
-        Err(error) => text_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the answer: {error}\n"),
-        ),
-    }
+    json_answer(status, serde_json::to_vec_pretty(value))
 }
 
 /// A 200 JSON answer without the pretty-printing (for large, polled
 /// answers).
 fn compact_json_response(value: &impl Serialize) -> Response<ProxyBody> {
-    match serde_json::to_vec(value) {
+    json_answer(StatusCode::OK, serde_json::to_vec(value))
+}
+
+fn json_answer(
+    status: StatusCode,
+    encoded: Result<Vec<u8>, serde_json::Error>,
+) -> Response<ProxyBody> {
+    match encoded {
         Ok(mut body) => {
             body.push(b'\n');
             let mut response = Response::new(ProxyBody::message(body));
+            *response.status_mut() = status;
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
