@@ -734,4 +734,16 @@ async fn stored_versions_and_diffs_do_not_show_secrets_to_readers() {
             assert!(shown.contains("cookie: sy"), "the rest stays: {shown}");
         }
     }
+    // The holder of the token sees the text as stored (e.g. for a backup).
+    let (status, stored) = common::admin::call_with(
+        running.admin_address(),
+        Method::GET,
+        "/admin/config/versions/2",
+        Some("second-token-0816"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(stored, text("second-token-0816"));
 }

@@ -28,12 +28,19 @@ pub(super) async fn handle(
     segments: &[&str],
     query: Option<&str>,
     peer: SocketAddr,
+    shows_secrets: bool,
 ) -> Response<ProxyBody> {
     let Some(reloader) = state.reloader.as_ref() else {
         return text_response(
             StatusCode::NOT_FOUND,
             "this proxy was started without a config file; there is nothing to reload\n",
         );
+    };
+    // Stored texts hold secrets (the admin token among them); a reader
+    // without the token sees them redacted.
+    let shown = |text: String| match shows_secrets {
+        true => text,
+        false => redact_secrets(&text),
     };
     match (method, segments) {
         (&Method::POST, ["reload"]) => {
@@ -90,14 +97,14 @@ pub(super) async fn handle(
         (&Method::GET, ["config", "versions", number]) => match parse_version(number) {
             Ok(version) => match reloader.version_text(version).await {
                 Ok(text) => with_type(
-                    text_response(StatusCode::OK, redact_secrets(&text)),
+                    text_response(StatusCode::OK, shown(text)),
                     "application/yaml; charset=utf-8",
                 ),
                 Err(error) => error_response(&error),
             },
             Err(message) => bad_request(message),
         },
-        (&Method::GET, ["config", "diff"]) => diff(reloader, query.unwrap_or("")).await,
+        (&Method::GET, ["config", "diff"]) => diff(reloader, query.unwrap_or(""), shown).await,
         (&Method::POST, ["config", "rollback", number]) => match parse_version(number) {
             Ok(version) => {
                 let force = match GuardParams::parse(query, &[]) {
@@ -129,7 +136,11 @@ fn with_type(mut response: Response<ProxyBody>, content_type: &'static str) -> R
     response
 }
 
-async fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
+async fn diff(
+    reloader: &Reloader,
+    query: &str,
+    shown: impl Fn(String) -> String,
+) -> Response<ProxyBody> {
     let mut from = None;
     let mut to = reloader.status().current_version;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -160,9 +171,8 @@ async fn diff(reloader: &Reloader, query: &str) -> Response<ProxyBody> {
     };
     match texts {
         Ok((a, b)) => {
-            // Secrets are not shown, and a changed secret shows as an
-            // unchanged line: readers of the admin API may not hold them.
-            let (a, b) = (redact_secrets(&a), redact_secrets(&b));
+            // Redacted, a changed secret shows as an unchanged line.
+            let (a, b) = (shown(a), shown(b));
             let text = similar::TextDiff::from_lines(&a, &b)
                 .unified_diff()
                 .context_radius(3)

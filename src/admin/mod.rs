@@ -145,7 +145,16 @@ async fn route(
         (&Method::GET, ["admin", "fleet"]) => fleet::status(state).await,
         (_, ["admin", "fleet"]) => method_not_allowed(&method, &path),
         (_, ["admin", "reload"] | ["admin", "config", ..]) => {
-            config_api::handle(state, &method, &segments[1..], request.uri().query(), peer).await
+            let shows_secrets = holds_token(state, &request);
+            config_api::handle(
+                state,
+                &method,
+                &segments[1..],
+                request.uri().query(),
+                peer,
+                shows_secrets,
+            )
+            .await
         }
         (&Method::POST, ["admin", "logs", "reopen"]) => reopen_logs(state, peer).await,
         (_, ["admin", "status" | "health"] | ["admin", "logs", "reopen"]) => {
@@ -202,6 +211,21 @@ fn metrics(state: &AdminState, request: &Request<ClientBody>) -> Response<ProxyB
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Whether the request carries the configured admin token (such a caller
+/// may see the secrets written in stored config texts).
+fn holds_token(state: &AdminState, request: &Request<ClientBody>) -> bool {
+    let config = state.registry.config();
+    let Some(token) = config.admin.token.as_ref() else {
+        return false;
+    };
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .is_some_and(|given| same_secret(given.trim(), &token.0))
 }
 
 /// Checks the bearer token; returns the refusal, if any.
