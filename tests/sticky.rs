@@ -427,3 +427,45 @@ async fn a_request_that_fails_over_gets_the_cookie_of_the_instance_that_answered
     assert!(set_cookies(&again).is_empty());
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_split_decision_is_sticky_too() {
+    // 50/50 over two services, each with two instances: without a cookie
+    // the smooth split alternates; with one, the client stays on the
+    // backend and the instance its cookie names.
+    let (v1a, v1b, v2a, v2b) = (
+        echo("v1-a").await,
+        echo("v1-b").await,
+        echo("v2-a").await,
+        echo("v2-b").await,
+    );
+    let running = proxy(&format!(
+        "routes:\n  - backends: [{{service: v1, weight: 1}}, {{service: v2, weight: 1}}]\nservices:\n  v1:\n    sticky: {{cookie: sy}}\n    instances: [{{id: a, address: \"{v1a}\"}}, {{id: b, address: \"{v1b}\"}}]\n  v2:\n    sticky: {{cookie: sy}}\n    instances: [{{id: a, address: \"{v2a}\"}}, {{id: b, address: \"{v2b}\"}}]\n"
+    ))
+    .await;
+    let url = format!("{}/", base(&running));
+    let served = |got: &Got| {
+        got.headers
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut without = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        without.insert(served(&get_with_cookie(&url, "").await));
+    }
+    assert!(
+        without.iter().any(|s| s.starts_with("v1")) && without.iter().any(|s| s.starts_with("v2")),
+        "without a cookie both backends serve: {without:?}"
+    );
+    for _ in 0..2 {
+        let first = get_with_cookie(&url, "").await;
+        let (pair, by) = (sticky_pair(&first), served(&first));
+        for i in 0..40 {
+            let got = get_with_cookie(&url, &pair).await;
+            assert_eq!(served(&got), by, "request {i} with {pair}");
+            assert!(set_cookies(&got).is_empty(), "the cookie stands");
+        }
+    }
+}

@@ -330,8 +330,25 @@ impl Proxy {
         let Some(policy) = snapshot.traffic.get(route.policy) else {
             return Err(no_route());
         };
-        // The split decision, then the backend's instances.
-        let chosen = policy.choose(policy.split_key(request.headers(), client_ip));
+        // The split decision, then the backend's instances. A sticky cookie
+        // naming an instance of one of the backends keeps the client on that
+        // backend too (the cookie's value is keyed by service, so it names
+        // at most one).
+        let stuck = (policy.backends.len() > 1)
+            .then(|| {
+                policy.backends.iter().position(|backend| {
+                    matches!(backend.target, Target::Service)
+                        && snapshot.services[backend.service]
+                            .sticky
+                            .as_ref()
+                            .is_some_and(|table| table.find(request.headers()).is_some())
+                })
+            })
+            .flatten();
+        let chosen = match stuck {
+            Some(index) => index,
+            None => policy.choose(policy.split_key(request.headers(), client_ip)),
+        };
         let Some(backend) = policy.backends.get(chosen) else {
             return Err(no_route());
         };
