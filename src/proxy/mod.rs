@@ -32,7 +32,7 @@ use crate::config::{defaults, UpstreamProtocol};
 use crate::http1::head::RawHead;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::traffic::matcher::RequestFacts;
-use crate::traffic::{rewrite, Target, X_SWITCHYARD_BACKEND};
+use crate::traffic::{rewrite, CompiledBackend, Target, X_SWITCHYARD_BACKEND};
 use crate::upstream::{
     framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
     ResponseBody, Sender,
@@ -331,23 +331,27 @@ impl Proxy {
             return Err(no_route());
         };
         // The split decision, then the backend's instances. A sticky cookie
-        // naming an instance of one of the backends keeps the client on that
-        // backend too (the cookie's value is keyed by service, so it names
-        // at most one).
-        let stuck = (policy.backends.len() > 1)
-            .then(|| {
-                policy.backends.iter().position(|backend| {
-                    matches!(backend.target, Target::Service)
-                        && snapshot.services[backend.service]
-                            .sticky
-                            .as_ref()
-                            .is_some_and(|table| table.find(request.headers()).is_some())
-                })
-            })
-            .flatten();
-        let chosen = match stuck {
-            Some(index) => index,
-            None => policy.choose(policy.split_key(request.headers(), client_ip)),
+        // naming an instance (in rotation) of one backend's service keeps
+        // the client on that backend and instance: its value is keyed by
+        // service, so it names at most one. The sticky table indexes the
+        // whole service, so a backend limited to a subset goes without it.
+        let sticky_table = |backend: &CompiledBackend| {
+            snapshot.services[backend.service]
+                .sticky
+                .as_ref()
+                .filter(|_| matches!(backend.target, Target::Service))
+        };
+        let named = policy.backends.iter().enumerate().find_map(|(i, backend)| {
+            let table = sticky_table(backend)?;
+            Some((i, table, table.find(request.headers())?))
+        });
+        let (chosen, sticky) = match named {
+            Some((i, table, instance)) => (i, Some((table, Some(instance)))),
+            None => {
+                let i = policy.choose(policy.split_key(request.headers(), client_ip));
+                let table = policy.backends.get(i).and_then(sticky_table);
+                (i, table.map(|table| (table, None)))
+            }
         };
         let Some(backend) = policy.backends.get(chosen) else {
             return Err(no_route());
@@ -386,14 +390,6 @@ impl Proxy {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
-        // The instance a sticky cookie names, while it is in rotation. The
-        // table indexes the whole service, so a backend limited to a subset
-        // is balanced without it.
-        let sticky = service
-            .sticky
-            .as_ref()
-            .filter(|_| matches!(backend.target, Target::Service))
-            .map(|table| (table, table.find(request.headers())));
         let (mut parts, mut body) = request.into_parts();
         // The owned server writes a response head on as received, and
         // gives the request's head as received.
