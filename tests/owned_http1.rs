@@ -330,6 +330,22 @@ async fn a_small_body_nobody_read_is_discarded_and_the_connection_kept() {
     let second = read_response(&mut stream).await;
     assert_eq!(second.status, 200, "{second:?}");
     assert_eq!(second.body, "ok\n");
+    // A chunked body nobody read goes the same way.
+    stream
+        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let third = read_response(&mut stream).await;
+    assert_eq!(third.status, 401, "{third:?}");
+    assert!(!third
+        .head
+        .to_ascii_lowercase()
+        .contains("connection: close"));
+    stream
+        .write_all(b"GET /admin/health HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,6 +365,24 @@ async fn a_large_unread_body_or_an_unanswered_expect_is_announced_as_a_close() {
             .to_ascii_lowercase()
             .contains("connection: close"),
         "a client must not reuse this connection: {answer:?}"
+    );
+    assert!(closed(&mut stream).await);
+
+    // A small body that stops coming: thrown away for a second at most,
+    // then the connection ends with the answer.
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{answer:?}"
     );
     assert!(closed(&mut stream).await);
 
