@@ -12,6 +12,14 @@ need_tools() { # command...
   fi
 }
 
+# BIN, or this checkout's release build (built if needed).
+switchyard_binary() {
+  if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet --bin switchyard
+    BIN=$PWD/target/release/switchyard
+  fi
+}
+
 # A scratch directory, and every process put in PIDS stopped on exit.
 WORK=$(mktemp -d)
 PIDS=()

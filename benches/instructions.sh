@@ -30,10 +30,7 @@ cd "$(dirname "$0")/.."
 BASE_PORT=${BASE_PORT:-19080}
 source benches/common.sh
 need_tools nginx wrk valgrind
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet --bin switchyard
-  BIN=$PWD/target/release/switchyard
-fi
+switchyard_binary
 
 UPSTREAM=$BASE_PORT PROXY=$((BASE_PORT + 1)) ADMIN=$((BASE_PORT + 2))
 BODY='{"service":"bench","instance":"upstream","message":"hello from the upstream behind the proxy!!"}'

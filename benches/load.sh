@@ -45,10 +45,7 @@ BASE_PORT=${BASE_PORT:-18080}
 
 source benches/common.sh
 need_tools nginx haproxy wrk
-if [ -z "${BIN:-}" ]; then   # BIN=path/to/switchyard: another build
-  cargo build --release --quiet --bin switchyard
-  BIN=$PWD/target/release/switchyard
-fi
+switchyard_binary   # BIN=path/to/switchyard: another build
 
 UP1=$((BASE_PORT + 1)) UP2=$((BASE_PORT + 2)) UP3=$((BASE_PORT + 3))
 NGINX_PORT=$((BASE_PORT + 10)) HAPROXY_PORT=$((BASE_PORT + 11))
