@@ -306,6 +306,50 @@ impl WindowStats {
     }
 }
 
+/// The counts of a time range: requests, errors and the latency
+/// histogram (the fixed buckets above). Histograms of several ranges, or
+/// of several proxies, merge by adding, and the percentiles of the sum are
+/// real percentiles of the merged traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Requests finished.
+    pub requests: u64,
+    /// Of those, 5xx answers.
+    pub errors: u64,
+    /// Requests per latency bucket.
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            requests: 0,
+            errors: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl Histogram {
+    /// Adds `count` requests of latency bucket `index` (ignored when there
+    /// is no such bucket).
+    pub fn add_latency(&mut self, index: usize, count: u64) {
+        if let Some(n) = self.latency.get_mut(index) {
+            *n = n.saturating_add(count);
+        }
+    }
+
+    /// The requests, errors and percentiles.
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            requests: self.requests,
+            errors: self.errors,
+            p50: percentile(&self.latency, 0.50),
+            p99: percentile(&self.latency, 0.99),
+        }
+    }
+}
+
 /// The bucket value below which a fraction `q` of the counts fall.
 fn percentile(latency: &[u64; LATENCY_BUCKETS], q: f64) -> Option<Duration> {
     let total: u64 = latency.iter().sum();
@@ -431,6 +475,33 @@ impl StatsWindow {
         step: u64,
         count: usize,
     ) -> Vec<WindowStats> {
+        self.buckets(service, from, step, count)
+            .iter()
+            .map(WindowStats::of)
+            .collect()
+    }
+
+    /// Like [`StatsWindow::series`], but each bucket's counts and latency
+    /// histogram rather than its percentiles: histograms of several
+    /// ranges (or of several proxies) merge by adding.
+    pub fn histograms(
+        &self,
+        service: Option<&str>,
+        from: u64,
+        step: u64,
+        count: usize,
+    ) -> Vec<Histogram> {
+        self.buckets(service, from, step, count)
+            .into_iter()
+            .map(|t| Histogram {
+                requests: t.requests,
+                errors: t.errors,
+                latency: t.latency,
+            })
+            .collect()
+    }
+
+    fn buckets(&self, service: Option<&str>, from: u64, step: u64, count: usize) -> Vec<Totals> {
         let step = step.max(1);
         let mut buckets = vec![Totals::default(); count];
         let inner = self.lock();
@@ -456,7 +527,7 @@ impl StatsWindow {
         if let Some(bucket) = present.and_then(|i| buckets.get_mut(i)) {
             bucket.add(&live);
         }
-        buckets.iter().map(WindowStats::of).collect()
+        buckets
     }
 
     /// The services that have a series, in name order.
