@@ -89,6 +89,14 @@ pub enum ReloadError {
         /// Seconds left of its window.
         remaining: u64,
     },
+    /// Another fleet node's guard is watching a version it pushed.
+    #[error("node {node} is watching version {version} with a config guard (GET /admin/config/guard on that node shows it); wait for its verdict, or pass --force (force=true) to push anyway, which ends that guard, keeping version {version}")]
+    GuardElsewhere {
+        /// The judging node.
+        node: String,
+        /// The version it watches.
+        version: ConfigVersion,
+    },
     /// A guard cannot be used as asked.
     #[error("{0}")]
     BadGuard(String),
@@ -110,6 +118,7 @@ impl ReloadError {
                 | ReloadError::FleetMode
                 | ReloadError::NotFleet
                 | ReloadError::GuardRunning { .. }
+                | ReloadError::GuardElsewhere { .. }
                 | ReloadError::BadGuard(_)
         )
     }
@@ -575,6 +584,9 @@ impl Reloader {
                 if self.guards.end_by_force(cause).is_some() {
                     self.registry.metrics().guard_verdict("ended_by_force");
                 }
+            }
+            if let Some((node, version)) = fleet.guard_elsewhere().filter(|_| !force) {
+                return Err(ReloadError::GuardElsewhere { node, version });
             }
             // A rollback is a push of the old text as a new version.
             let text = self.version_text(version).await?;

@@ -387,6 +387,27 @@ async fn a_harmless_guarded_push_is_kept_over_the_merged_figures_of_both_nodes()
             .contains("version 2 is being watched"),
         "{refused}"
     );
+    // So is one through another node, naming the judging node (once that
+    // node has seen the guard's record).
+    let fleet_b = b.running().reloader().and_then(|r| r.fleet()).unwrap();
+    let seen = Instant::now();
+    while fleet_b.guard_elsewhere().is_none() {
+        assert!(seen.elapsed() < EVENTUALLY, "b never saw a's guard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fleet_b.guard_elsewhere(),
+        Some(("a".to_string(), ConfigVersion(2)))
+    );
+    let (status, refused) = push(&b, "", &shared(good, 3)).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("node a is watching version 2 with a config guard"),
+        "{refused}"
+    );
     // Every node publishes its per-second figures meanwhile.
     let (status, fleet) = admin(&b, Method::GET, "/admin/fleet", None).await;
     assert_eq!(status, 200, "{fleet}");

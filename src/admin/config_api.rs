@@ -329,7 +329,9 @@ fn error_response(error: &ReloadError) -> Response<ProxyBody> {
         ReloadError::Fleet(FleetError::Etcd(_) | FleetError::Timeout(_)) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ReloadError::Bind(_) | ReloadError::GuardRunning { .. } => StatusCode::CONFLICT,
+        ReloadError::Bind(_)
+        | ReloadError::GuardRunning { .. }
+        | ReloadError::GuardElsewhere { .. } => StatusCode::CONFLICT,
         error if error.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -204,6 +204,9 @@ struct Live {
     serving: Option<StoredVersion>,
     /// Until when the status is refreshed every second (a guard runs).
     closely_until: Option<Instant>,
+    /// A guard another node runs: its node, version, and when its record
+    /// was last rewritten.
+    guard_elsewhere: Option<(String, ConfigVersion, Instant)>,
 }
 
 /// This node's membership of a fleet.
@@ -254,6 +257,7 @@ impl Fleet {
                 drained: HashSet::new(),
                 serving: None,
                 closely_until: None,
+                guard_elsewhere: None,
             }),
             versions: watch::channel(None).0,
             status_changed: Notify::new(),
@@ -303,6 +307,15 @@ impl Fleet {
         if faster {
             self.status_changed.notify_one();
         }
+    }
+
+    /// The node and version of a guard running on another node, as its
+    /// record says (a record not rewritten for a while belongs to a node
+    /// that stopped: no longer counted).
+    pub fn guard_elsewhere(&self) -> Option<(String, ConfigVersion)> {
+        let live = self.lock();
+        let (node, version, seen) = live.guard_elsewhere.as_ref()?;
+        (seen.elapsed() < GUARD_NOTICE).then(|| (node.clone(), *version))
     }
 
     fn closely(&self) -> bool {
@@ -829,9 +842,28 @@ impl Fleet {
                 // A guard running on some node judges every node's recent
                 // traffic: publish it every second while it runs.
                 let running = is_put
-                    && serde_json::from_slice::<StoredGuard>(kv.value())
-                        .is_ok_and(|g| g.state == "running");
-                self.watch_closely(running.then_some(GUARD_NOTICE));
+                    .then(|| serde_json::from_slice::<StoredGuard>(kv.value()).ok())
+                    .flatten()
+                    .filter(|g| g.state == "running");
+                self.watch_closely(running.is_some().then_some(GUARD_NOTICE));
+                let mut live = self.lock();
+                match running {
+                    Some(guard) if guard.node != self.config.node => {
+                        live.guard_elsewhere = Some((guard.node, guard.version, Instant::now()));
+                    }
+                    _ => {
+                        let version = key
+                            .strip_prefix(&keys.guards())
+                            .and_then(|n| n.parse::<u64>().ok());
+                        if live
+                            .guard_elsewhere
+                            .as_ref()
+                            .is_some_and(|(_, v, _)| Some(v.0) == version)
+                        {
+                            live.guard_elsewhere = None;
+                        }
+                    }
+                }
             }
         }
         self.registry.update_fleet_registrations(put, removed);

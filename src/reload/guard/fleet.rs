@@ -97,6 +97,11 @@ impl Reloader {
                 self.registry.metrics().guard_verdict("ended_by_force");
             }
         }
+        if let Some(fleet) = self.fleet() {
+            if let Some((node, version)) = fleet.guard_elsewhere().filter(|_| !force) {
+                return Err(ReloadError::GuardElsewhere { node, version });
+            }
+        }
         let Some(spec) = guard else {
             return self.push(text, cause, base).await;
         };
