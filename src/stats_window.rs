@@ -637,6 +637,38 @@ mod tests {
     }
 
     #[test]
+    fn histograms_add_up_to_the_window() {
+        let window = StatsWindow::new();
+        let web = window.counters("web");
+        let api = window.counters("api");
+        for _ in 0..90 {
+            web.record(Duration::from_millis(2), 200);
+        }
+        window.sample(1000);
+        for _ in 0..10 {
+            api.record(Duration::from_millis(400), 503);
+        }
+        window.sample(1001);
+        let seconds = window.histograms(None, 1000, 1, 2);
+        assert_eq!((seconds[0].requests, seconds[1].requests), (90, 10));
+        let mut merged = Histogram::default();
+        for second in &seconds {
+            merged.requests += second.requests;
+            merged.errors += second.errors;
+            for (i, n) in second.latency.iter().enumerate() {
+                merged.add_latency(i, *n);
+            }
+        }
+        // Added up, the seconds say what the whole range says.
+        assert_eq!(merged.stats(), window.window(None, 1000, 1002));
+        assert_eq!(merged.stats().errors, 10);
+        let p99 = merged.stats().p99.unwrap().as_secs_f64();
+        assert!((0.36..0.44).contains(&p99), "{p99}");
+        merged.add_latency(LATENCY_BUCKETS, 5);
+        assert_eq!(merged.latency.iter().sum::<u64>(), 100);
+    }
+
+    #[test]
     fn old_seconds_are_overwritten_and_gone_services_dropped() {
         let window = StatsWindow::new();
         let web = window.counters("web");
