@@ -411,6 +411,14 @@ async fn a_harmless_guarded_push_is_kept_over_the_merged_figures_of_both_nodes()
     // Every node publishes its per-second figures meanwhile.
     let (status, fleet) = admin(&b, Method::GET, "/admin/fleet", None).await;
     assert_eq!(status, 200, "{fleet}");
+    let listed = fleet["nodes"].as_array().unwrap();
+    let own = listed.iter().find(|n| n["node"] == "b").unwrap();
+    assert_eq!(own["recent"]["scopes"][0]["scope"], "all", "{own}");
+    println!(
+        "node b's status value with its recent traffic: {} bytes ({} bytes of it the per-second figures)",
+        own.to_string().len(),
+        own["recent"].to_string().len()
+    );
 
     let report = verdict(&a, EVENTUALLY).await;
     let sent_on_a = on_a.count() - sent_on_a;

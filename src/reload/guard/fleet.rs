@@ -10,8 +10,10 @@
 //! seconds (a later read replaces the seconds it covers), and merges the
 //! nodes still publishing: the window is the seconds since the push, the
 //! baseline the seconds before it (as long as the window, at most
-//! [`BASELINE_MAX`]). A node whose status stops changing is left out of
-//! both and named in the verdict.
+//! [`BASELINE_MAX`]). There is no verdict before every node has published
+//! since the push or is left out: a node whose status stops changing (or
+//! does not change within [`SILENT_AFTER`] of the push) is left out of
+//! window and baseline alike and named in the verdict.
 //!
 //! If the pushing node dies mid-guard, nobody takes over: the change
 //! stays, and the record goes with the node's lease.
@@ -325,6 +327,9 @@ impl FleetWatch {
             let now = stats_window::unix_now();
             traffic.absorb(&own, &traffic::recent(&window, now));
             let scope = classify(&own, &seen, began.elapsed());
+            // Nodes that have not published since the push yet (and are
+            // not late enough to be left out): no verdict without them.
+            let pending = (seen.len() + 1).saturating_sub(scope.nodes.len() + scope.left_out.len());
             let included: Vec<&str> = scope.nodes.iter().map(String::as_str).collect();
             let to = (self.start + length).min(now + 1);
             let figures: Vec<ScopeFigures> = std::iter::once(ALL.to_string())
@@ -352,6 +357,7 @@ impl FleetWatch {
                 .update(self.version, elapsed.as_secs().min(length), figures);
             self.reloader.guards.set_fleet(self.version, scope.clone());
             match verdict {
+                _ if pending > 0 => {}
                 Judgement::Tripped(cause) => {
                     let cause = format!("{cause} ({})", nodes_note(&scope));
                     self.trip(cause).await;
@@ -590,7 +596,8 @@ impl FleetWatch {
 /// Which nodes' figures count: this node always; another once it has
 /// published since the push, as long as it keeps publishing. A node that
 /// stopped (or never published since the push, [`SILENT_AFTER`] into the
-/// window) is left out.
+/// window) is left out; until then it is pending, and the judge waits
+/// for it.
 fn classify(own: &str, seen: &BTreeMap<String, Seen>, elapsed: Duration) -> FleetScope {
     let mut scope = FleetScope {
         nodes: vec![own.to_string()],
@@ -627,7 +634,7 @@ mod tests {
         seen.insert("d".to_string(), node(ago(0), false));
         let early = classify("a", &seen, Duration::from_secs(1));
         assert_eq!(early.nodes, ["a", "b"]);
-        // d has not published since the push yet: not judged, not named.
+        // d has not published since the push yet: pending, not named.
         assert_eq!(early.left_out, ["c"]);
         let late = classify("a", &seen, Duration::from_secs(6));
         assert_eq!(late.left_out, ["c", "d"]);
