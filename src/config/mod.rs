@@ -467,6 +467,12 @@ pub struct CircuitBreakerConfig {
     pub max_retries: Option<u32>,
     /// Requests over `max_requests` wait here, if set.
     pub queue: Option<QueueConfig>,
+    /// Upstream connections open to the service at once, over all its
+    /// instances and workers (on top of `max_connections_per_instance`).
+    pub max_connections: NonZeroU32,
+    /// Requests waiting at once for an upstream connection (none idle, and
+    /// a connection limit reached); more get 503 at once.
+    pub max_pending: u32,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -475,6 +481,8 @@ impl Default for CircuitBreakerConfig {
             max_requests: defaults::BREAKER_MAX_REQUESTS,
             max_retries: None,
             queue: None,
+            max_connections: defaults::BREAKER_MAX_CONNECTIONS,
+            max_pending: defaults::BREAKER_MAX_PENDING,
         }
     }
 }
@@ -764,6 +772,14 @@ pub mod defaults {
         Some(n) => n,
         None => std::num::NonZeroU32::MIN,
     };
+    /// Envoy's default `max_connections` of a cluster's circuit breaker.
+    pub const BREAKER_MAX_CONNECTIONS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(1024)
+    {
+        Some(n) => n,
+        None => std::num::NonZeroU32::MIN,
+    };
+    /// Envoy's default `max_pending_requests`.
+    pub const BREAKER_MAX_PENDING: u32 = 1024;
     /// Default wait of a queued request (HAProxy's `timeout queue`
     /// defaults to the connect timeout; a fixed value is clearer).
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);

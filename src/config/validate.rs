@@ -966,6 +966,33 @@ fn validate_circuit_breaker(
         );
         breaker.queue = size.map(|size| QueueConfig { size, timeout });
     }
+    if let Some(n) = raw.max_connections {
+        if let Some(n) = errors.check(
+            format!("{path}.max_connections"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    format!("must be between 1 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        ) {
+            breaker.max_connections = n;
+        }
+    }
+    if let Some(n) = raw.max_pending {
+        if let Some(n) = errors.check(
+            format!("{path}.max_pending"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .ok_or_else(|| {
+                    format!("must be between 0 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        ) {
+            breaker.max_pending = n;
+        }
+    }
     breaker
 }
 
@@ -1930,6 +1957,44 @@ services:
         assert!(errors[2]
             .starts_with("services.api.instances[1].address: `localhost` is not an IP address"));
         assert!(errors[3].starts_with("routes[1].service: no service named `nope`"));
+    }
+
+    #[test]
+    fn breaker_connection_limits_have_envoys_defaults_and_checked_bounds() {
+        let api = parse(GOOD)
+            .unwrap()
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert_eq!(api.circuit_breaker.max_connections.get(), 1024);
+        assert_eq!(api.circuit_breaker.max_pending, 1024);
+        let text = GOOD.replace(
+            "strategy: weighted_round_robin",
+            "strategy: weighted_round_robin\n    circuit_breaker: {max_connections: 0, max_pending: -1}",
+        );
+        let errors = messages(&text);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with(
+            "services.api.circuit_breaker.max_connections: must be between 1 and 1000000 (got 0)"
+        ));
+        assert!(errors[1].starts_with(
+            "services.api.circuit_breaker.max_pending: must be between 0 and 1000000 (got -1)"
+        ));
+        let text = GOOD.replace(
+            "strategy: weighted_round_robin",
+            "strategy: weighted_round_robin\n    circuit_breaker: {max_connections: 2, max_pending: 0}",
+        );
+        let api = parse(&text)
+            .unwrap()
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert_eq!(api.circuit_breaker.max_connections.get(), 2);
+        assert_eq!(api.circuit_breaker.max_pending, 0);
     }
 
     #[test]

@@ -1064,6 +1064,9 @@ fn build_service(
         protocol: service.protocol,
         tls: service.tls.clone(),
         max_connections: service.max_connections_per_instance,
+        service: Some(upstream::SharedServiceConnections(Arc::clone(
+            breaker.connections(),
+        ))),
     };
     let mut counts = [0usize; 3];
     let mut all_instances = Vec::with_capacity(planned.len());
