@@ -108,7 +108,7 @@ pub(super) async fn handle(
                     )
                 }
             };
-            let id = instance.id.clone();
+            let id = instance.id().clone();
             let registered = match fleet_of(state) {
                 Some(fleet) => match registry.check_registration(&name, &instance) {
                     Ok(()) => fleet

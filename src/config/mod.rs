@@ -44,6 +44,12 @@ pub fn check_version(version: &str) -> Result<(), String> {
     values::check_name(version)
 }
 
+/// `host` as an instance host name (lowercase, without a trailing dot),
+/// or the reason it cannot be one.
+pub fn host_name(host: &str) -> Result<String, String> {
+    validate::check_host_name(host)
+}
+
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -576,6 +582,48 @@ impl NamedInstance {
     }
 }
 
+/// An instance as a registration or a Consul entry gives it: by address,
+/// or by host name (each resolved address then becomes an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEntry {
+    /// `IP:port`: the instance itself.
+    Address(InstanceConfig),
+    /// `host:port`: resolved in the background like the file's names.
+    Named(NamedInstance),
+}
+
+impl From<InstanceConfig> for InstanceEntry {
+    fn from(instance: InstanceConfig) -> InstanceEntry {
+        InstanceEntry::Address(instance)
+    }
+}
+
+impl InstanceEntry {
+    /// The id the entry is registered (and deregistered) under; for a
+    /// name, the base of its resolved instances' ids.
+    pub fn id(&self) -> &InstanceId {
+        match self {
+            InstanceEntry::Address(instance) => &instance.id,
+            InstanceEntry::Named(named) => &named.id,
+        }
+    }
+
+    /// The address as given: `IP:port` or `host:port`.
+    pub fn address_text(&self) -> String {
+        match self {
+            InstanceEntry::Address(instance) => instance.address.to_string(),
+            InstanceEntry::Named(named) => named.host_port(),
+        }
+    }
+}
+
+impl NamedInstance {
+    /// `host:port`.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
 /// Resolution of instances given by host name (Envoy's STRICT_DNS: every
 /// record is an instance).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -957,7 +1005,7 @@ pub struct Registration {
     /// Id within the service (default: the address).
     #[serde(default)]
     pub id: Option<String>,
-    /// `IP:port`.
+    /// `IP:port`, or `host:port` (resolved by DNS).
     pub address: String,
     /// 1..=1000, default 1.
     #[serde(default)]
@@ -978,8 +1026,8 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Checks every field; the instance and its lease time.
-    pub fn validate(&self) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+    /// Checks every field; the instance (or host name) and its lease time.
+    pub fn validate(&self) -> Result<(InstanceEntry, Option<Duration>), ConfigErrors> {
         validate::validate_registration(self)
     }
 }

@@ -1702,7 +1702,7 @@ fn named_address(text: &str) -> Option<(&str, &str)> {
 
 /// A host name as DNS allows it: labels of 1-63 letters, digits and `-`
 /// (not at either end), at most 253 characters; one trailing dot allowed.
-fn check_host_name(host: &str) -> Result<String, String> {
+pub(super) fn check_host_name(host: &str) -> Result<String, String> {
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.is_empty() || name.len() > 253 {
         return Err(format!("`{host}` is not a host name (1-253 characters)"));
@@ -1857,7 +1857,7 @@ fn instance_version(path: &str, raw: &RawInstance, errors: &mut Errors) -> Optio
 /// the JSON field names.
 pub(super) fn validate_registration(
     registration: &super::Registration,
-) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+) -> Result<(super::InstanceEntry, Option<Duration>), ConfigErrors> {
     let mut errors = Errors::default();
     let raw = RawInstance {
         id: registration.id.clone(),
@@ -1867,7 +1867,12 @@ pub(super) fn validate_registration(
         metadata: registration.metadata.clone(),
         version: registration.version.clone(),
     };
-    let instance = validate_instance("", &raw, &mut errors);
+    let instance = match named_address(&raw.address) {
+        Some(host_port) => {
+            validate_named("", &raw, host_port, &mut errors).map(super::InstanceEntry::Named)
+        }
+        None => validate_instance("", &raw, &mut errors).map(super::InstanceEntry::Address),
+    };
     let ttl = registration
         .ttl
         .as_ref()

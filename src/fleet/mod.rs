@@ -29,7 +29,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::history::{self, ChangeSource, ConfigVersion};
-use crate::config::{FleetConfig, InstanceConfig, InstanceId, ServiceName};
+use crate::config::{FleetConfig, InstanceEntry, InstanceId, ServiceName};
 use crate::registry::Registry;
 pub use store::{FleetError, PushOutcome, Store, StoredVersion};
 use store::{FleetState, StoredRegistration};
@@ -167,14 +167,14 @@ impl Snapshot {
     }
 
     /// The registrations, validated.
-    pub fn instances(&self) -> BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> {
-        let mut all: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> = BTreeMap::new();
+    pub fn instances(&self) -> BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>> {
+        let mut all: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>> = BTreeMap::new();
         for (service, list) in &self.registrations {
             for stored in list {
                 if let Ok(instance) = stored.instance() {
                     all.entry(ServiceName::from(service.as_str()))
                         .or_default()
-                        .insert(instance.id.clone(), instance);
+                        .insert(instance.id().clone(), instance);
                 }
             }
         }
@@ -378,7 +378,7 @@ impl Fleet {
     pub async fn register(
         &self,
         service: &ServiceName,
-        instance: InstanceConfig,
+        instance: InstanceEntry,
         ttl: Option<Duration>,
     ) -> Result<bool, FleetError> {
         let store = self.store().await?;

@@ -22,7 +22,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::history::{sha256_hex, ChangeSource, ConfigVersion, VersionInfo};
-use crate::config::{FleetConfig, InstanceConfig, InstanceId, Registration, ServiceName};
+use crate::config::{FleetConfig, InstanceEntry, InstanceId, Registration, ServiceName};
 
 /// Why a fleet store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ pub struct StoredVersion {
 pub struct StoredRegistration {
     /// Id (always set: the address when the registrant gave none).
     pub id: String,
-    /// `IP:port`.
+    /// `IP:port`, or `host:port` (resolved by each node).
     pub address: String,
     /// Weight.
     pub weight: u32,
@@ -89,7 +89,7 @@ pub struct StoredRegistration {
 
 impl StoredRegistration {
     /// The instance, validated like an API registration.
-    pub fn instance(&self) -> Result<InstanceConfig, String> {
+    pub fn instance(&self) -> Result<InstanceEntry, String> {
         let registration = Registration {
             id: Some(self.id.clone()),
             address: self.address.clone(),
@@ -130,7 +130,7 @@ pub struct FleetState {
     /// The current version, if any was pushed.
     pub current: Option<StoredVersion>,
     /// Registrations by service and id.
-    pub registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>>,
+    pub registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>>,
     /// Drained instances.
     pub drained: Vec<(ServiceName, InstanceId)>,
     /// The revision of the read.
@@ -585,7 +585,7 @@ impl Store {
                         .registrations
                         .entry(service)
                         .or_default()
-                        .insert(instance.id.clone(), instance);
+                        .insert(instance.id().clone(), instance);
                 }
                 Err(problem) => state.refused.push((key, problem)),
             }
@@ -611,7 +611,7 @@ impl Store {
         &self,
         key: &str,
         value: &[u8],
-    ) -> Result<(ServiceName, InstanceConfig), String> {
+    ) -> Result<(ServiceName, InstanceEntry), String> {
         let (service, id) = self
             .keys
             .instance_of(key, &self.keys.registrations())
@@ -619,10 +619,10 @@ impl Store {
         let stored: StoredRegistration =
             serde_json::from_slice(value).map_err(|e| format!("not a registration: {e}"))?;
         let instance = stored.instance()?;
-        if instance.id != id {
+        if *instance.id() != id {
             return Err(format!(
                 "the key says id `{id}`, the value says `{}`",
-                instance.id
+                instance.id()
             ));
         }
         Ok((service, instance))
@@ -633,16 +633,20 @@ impl Store {
     pub async fn register(
         &self,
         service: &ServiceName,
-        instance: &InstanceConfig,
+        instance: &InstanceEntry,
         ttl: Option<Duration>,
     ) -> Result<bool, FleetError> {
+        let (weight, tags, metadata, version) = match instance {
+            InstanceEntry::Address(i) => (i.weight, &i.tags, &i.metadata, &i.version),
+            InstanceEntry::Named(n) => (n.weight, &n.tags, &n.metadata, &n.version),
+        };
         let stored = StoredRegistration {
-            id: instance.id.to_string(),
-            address: instance.address.to_string(),
-            weight: instance.weight.get(),
-            tags: instance.tags.clone(),
-            metadata: instance.metadata.clone(),
-            version: instance.version.clone(),
+            id: instance.id().to_string(),
+            address: instance.address_text(),
+            weight: weight.get(),
+            tags: tags.clone(),
+            metadata: metadata.clone(),
+            version: version.clone(),
             ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
             node: self.node.clone(),
         };
@@ -654,7 +658,7 @@ impl Store {
                 .max(1);
             options = options.with_lease(self.grant(seconds).await?);
         }
-        let key = self.keys.registration(service, &instance.id);
+        let key = self.keys.registration(service, instance.id());
         let response = self
             .call(|mut c| {
                 let (key, value, options) = (key.clone(), value.clone(), options.clone());
