@@ -885,6 +885,13 @@ impl Registry {
     }
 
     fn remove_registered(state: &mut RegistryState, service: &ServiceName, id: &InstanceId) {
+        // A name registered again later starts without the old answer.
+        if let Some(answers) = state.answers.get_mut(service) {
+            answers.remove(&NameKey {
+                source: Source::Api,
+                id: id.clone(),
+            });
+        }
         if let Some(instances) = state.registered.get_mut(service) {
             instances.remove(id);
             // A service the file does not define goes with its last instance.
