@@ -922,25 +922,12 @@ impl Fleet {
 
     fn snapshot(&self) -> Snapshot {
         let mut registrations: BTreeMap<String, Vec<StoredRegistration>> = BTreeMap::new();
-        for service in &self.registry.snapshot().services {
-            for instance in &service.all_instances {
-                if instance.state.source != crate::registry::Source::Api {
-                    continue;
-                }
-                registrations
-                    .entry(service.name.to_string())
-                    .or_default()
-                    .push(StoredRegistration {
-                        id: instance.id.to_string(),
-                        address: instance.address.to_string(),
-                        weight: instance.weight.get(),
-                        tags: instance.tags.clone(),
-                        metadata: instance.metadata.clone(),
-                        version: instance.version.clone(),
-                        ttl: None,
-                        node: String::new(),
-                    });
-            }
+        // As registered: a host name stays a name, resolved again at boot.
+        for (service, instance) in self.registry.registrations() {
+            registrations
+                .entry(service.to_string())
+                .or_default()
+                .push(StoredRegistration::of(&instance, None, ""));
         }
         let live = self.lock();
         Snapshot {

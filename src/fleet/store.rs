@@ -88,6 +88,25 @@ pub struct StoredRegistration {
 }
 
 impl StoredRegistration {
+    /// What is stored for `instance` (an address or a host name, as
+    /// registered), registered through `node`.
+    pub fn of(instance: &InstanceEntry, ttl: Option<Duration>, node: &str) -> StoredRegistration {
+        let (weight, tags, metadata, version) = match instance {
+            InstanceEntry::Address(i) => (i.weight, &i.tags, &i.metadata, &i.version),
+            InstanceEntry::Named(n) => (n.weight, &n.tags, &n.metadata, &n.version),
+        };
+        StoredRegistration {
+            id: instance.id().to_string(),
+            address: instance.address_text(),
+            weight: weight.get(),
+            tags: tags.clone(),
+            metadata: metadata.clone(),
+            version: version.clone(),
+            ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
+            node: node.to_string(),
+        }
+    }
+
     /// The instance, validated like an API registration.
     pub fn instance(&self) -> Result<InstanceEntry, String> {
         let registration = Registration {
@@ -636,20 +655,7 @@ impl Store {
         instance: &InstanceEntry,
         ttl: Option<Duration>,
     ) -> Result<bool, FleetError> {
-        let (weight, tags, metadata, version) = match instance {
-            InstanceEntry::Address(i) => (i.weight, &i.tags, &i.metadata, &i.version),
-            InstanceEntry::Named(n) => (n.weight, &n.tags, &n.metadata, &n.version),
-        };
-        let stored = StoredRegistration {
-            id: instance.id().to_string(),
-            address: instance.address_text(),
-            weight: weight.get(),
-            tags: tags.clone(),
-            metadata: metadata.clone(),
-            version: version.clone(),
-            ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
-            node: self.node.clone(),
-        };
+        let stored = StoredRegistration::of(instance, ttl, &self.node);
         let value = serde_json::to_vec(&stored).map_err(|e| FleetError::Etcd(e.to_string()))?;
         let mut options = PutOptions::new().with_prev_key();
         if let Some(ttl) = ttl {

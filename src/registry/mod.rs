@@ -641,6 +641,19 @@ impl Registry {
         Ok(created)
     }
 
+    /// Every API (or fleet) registration as registered, by service.
+    pub fn registrations(&self) -> Vec<(ServiceName, InstanceEntry)> {
+        self.lock()
+            .registered
+            .iter()
+            .flat_map(|(service, instances)| {
+                instances
+                    .values()
+                    .map(move |r| (service.clone(), r.instance.clone()))
+            })
+            .collect()
+    }
+
     /// Renews an instance's lease.
     pub fn heartbeat(&self, service: &ServiceName, id: &InstanceId) -> Result<(), RegistryError> {
         let mut state = self.lock();
