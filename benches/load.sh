@@ -9,6 +9,8 @@
 #   WRK_THREADS="1 2" benches/load.sh   # wrk -t1 and -t2 (the default)
 #   VARIANTS=0 benches/load.sh      # skip the least_connections / ip_hash /
 #                                   # rate-limit / metrics-and-logs variants
+#   VARIANTS=0 RATE_LIMIT=on benches/load.sh   # only the rate-limit variant
+#                                   # (RATE_LIMIT=off drops it from VARIANTS=1)
 #   BIN=/path/to/switchyard benches/load.sh      # another build
 #   MONOLAKE=/path/to/monolake benches/load.sh   # default: where
 #                                   # monolake-build.sh leaves it
@@ -41,6 +43,9 @@ CONNECTIONS=${CONNECTIONS:-"64 256"}
 WRK_THREADS=${WRK_THREADS:-"1 2"}
 MONOLAKE=${MONOLAKE:-${TMPDIR:-/tmp}/monolake-build/target/release/monolake}
 VARIANTS=${VARIANTS:-1}
+# The rate-limit variant runs with the others unless told otherwise.
+if [ "$VARIANTS" = 1 ]; then RATE_LIMIT=${RATE_LIMIT:-on}; else RATE_LIMIT=${RATE_LIMIT:-off}; fi
+case "$RATE_LIMIT" in on|off) ;; *) echo "RATE_LIMIT must be on or off (got $RATE_LIMIT)" >&2; exit 2;; esac
 BASE_PORT=${BASE_PORT:-18080}
 
 source benches/common.sh
@@ -216,7 +221,10 @@ start_switchyard switchyard/log-off $((BASE_PORT + 17)) round_robin off
 if [ "$VARIANTS" = 1 ]; then
   start_switchyard switchyard/least_connections $((BASE_PORT + 15)) least_connections off
   start_switchyard switchyard/ip_hash $((BASE_PORT + 16)) ip_hash off
-  # A rate limit per client IP that is never reached: what the check costs.
+fi
+if [ "$RATE_LIMIT" = on ]; then
+  # A global rate limit per client IP that is never reached: what the check
+  # costs (compared with switchyard/log-off below).
   start_switchyard switchyard/rate-limit $((BASE_PORT + 19)) round_robin off \
     "rate_limit: {rate: 1000000000, burst: 1000000000}"
 fi
@@ -364,6 +372,12 @@ for load in sorted({c for _, c in rows}):
         pairs = [a[0] / b[0] for a, b in zip(rows[("switchyard", load)], rows[("switchyard/log-off", load)]) if b[0]]
         each = ", ".join(f"{p:.3f}" for p in pairs)
         print(f"\nswitchyard as shipped / log off: {on[0] / off[0]:.3f} (median req/s; round by round {each})")
+    limited = med.get("switchyard/rate-limit")
+    if limited and off and off[0]:
+        pairs = [a[0] / b[0] for a, b in zip(rows[("switchyard/rate-limit", load)], rows[("switchyard/log-off", load)]) if b[0]]
+        each = ", ".join(f"{p:.3f}" for p in pairs)
+        cost = (1 - limited[0] / off[0]) * 100
+        print(f"switchyard rate limit (never reached) / log off: {limited[0] / off[0]:.3f}, a cost of {cost:.1f}% (median req/s; round by round {each})")
 EOF
 echo
 cat "$WORK/memory.txt"

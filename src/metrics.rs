@@ -129,6 +129,7 @@ pub struct Metrics {
     retry_budget_exhausted: Family<ServiceLabels, Counter>,
     active_requests: Family<ServiceLabels, Gauge>,
     active_retries: Family<ServiceLabels, Gauge>,
+    upstream_pending: Family<ServiceLabels, Gauge>,
     in_flight: Family<InstanceLabels, Gauge>,
     healthy: Family<InstanceLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
@@ -197,6 +198,7 @@ impl Metrics {
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             active_requests: Family::default(),
+            upstream_pending: Family::default(),
             active_retries: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
@@ -264,7 +266,7 @@ impl Metrics {
         );
         registry.register(
             "circuit_breaker_overflow",
-            "Requests refused by a service's circuit breaker (503), by service and which limit (max_requests, queue_timeout, max_retries; a refused retry returns the failure instead)",
+            "Requests refused by a service's circuit breaker (503), by service and which limit (max_requests, queue_timeout, max_retries, max_connections, max_pending; a refused retry returns the failure instead)",
             m.breaker_overflow.clone(),
         );
         registry.register(
@@ -291,6 +293,11 @@ impl Metrics {
             "mirrors_in_flight",
             "Copies of requests in flight to a mirror service",
             m.mirrors_in_flight.clone(),
+        );
+        registry.register(
+            "upstream_pending",
+            "Requests waiting for an upstream connection now (none idle, and a connection limit reached), by service",
+            m.upstream_pending.clone(),
         );
         registry.register(
             "upstream_active_retries",
@@ -515,6 +522,14 @@ impl Metrics {
             self.rate_limited.get_or_create_owned(&labels("enforced")),
             self.rate_limited.get_or_create_owned(&labels("dry_run")),
         )
+    }
+
+    /// The gauge of requests of `service` waiting for an upstream
+    /// connection.
+    pub fn upstream_pending(&self, service: &str) -> Gauge {
+        self.upstream_pending.get_or_create_owned(&ServiceLabels {
+            service: service.to_string(),
+        })
     }
 
     /// The overflow counter of `service`'s circuit breaker for `which`.

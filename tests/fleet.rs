@@ -407,6 +407,53 @@ async fn a_registration_on_one_node_is_served_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_by_host_name_is_resolved_and_served_by_every_node() {
+    need_etcd!();
+    let etcd = Etcd::start().await;
+    let upstream = common::echo("web").await;
+    let registered = common::echo("reg-dns").await;
+    let dns = common::dns::FakeDns::start().await;
+    dns.set(
+        "reg.test",
+        common::dns::Answer::Records(vec!["127.0.0.1".parse().unwrap()], 1),
+    );
+    let p = prefix("registry-dns");
+    let [a, b] = nodes(&etcd, &p, ["a", "b"]).await;
+    let text = format!(
+        "dns: {{resolvers: [\"{}\"], refresh: 100ms}}\n{}",
+        dns.address,
+        shared(upstream, 1)
+    );
+    let version = push_ok(&a, &text).await;
+    all_apply([&a, &b], version).await;
+
+    let port = registered.port();
+    register(
+        &a,
+        format!(r#"{{"id": "reg-dns", "address": "reg.test:{port}"}}"#),
+    )
+    .await;
+    // Node b gets the name from etcd and resolves it itself.
+    eventually_served(EVENTUALLY, &format!("{}/reg", b.traffic()), "reg-dns").await;
+    assert!(has_instance(&b, "reg", "reg-dns:127.0.0.1"));
+    assert!(has_instance(&a, "reg", "reg-dns:127.0.0.1"));
+
+    let (status, _) = admin(
+        &b,
+        Method::DELETE,
+        "/admin/services/reg/instances/reg-dns",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually(EVENTUALLY, "both nodes drop the name's instance", || {
+        !has_instance(&a, "reg", "reg-dns:127.0.0.1")
+            && !has_instance(&b, "reg", "reg-dns:127.0.0.1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_push_is_refused_by_every_node_and_the_old_config_serves() {
     need_etcd!();
     let etcd = Etcd::start().await;

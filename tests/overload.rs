@@ -204,3 +204,226 @@ async fn a_client_ip_gets_no_more_connections_than_max_connections_per_ip() {
         "{metrics}"
     );
 }
+
+/// A slow upstream like [`Held`] that also counts the TCP connections it
+/// accepted.
+struct Counted {
+    held: Held,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    async fn start() -> Counted {
+        let held = Held::start().await;
+        // A front that counts accepts and pipes each connection to `held`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        let behind = held.address;
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = TcpStream::connect(behind).await {
+                        let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                    }
+                });
+            }
+        });
+        Counted {
+            held: Held {
+                address: front,
+                ..held
+            },
+            accepted,
+        }
+    }
+}
+
+async fn services_proxy(instances: &[SocketAddr], service: &str) -> switchyard::server::Running {
+    let list: Vec<String> = instances
+        .iter()
+        .map(|a| format!("{{address: \"{a}\"}}"))
+        .collect();
+    proxy(&format!(
+        "routes: [{{service: s}}]\nservices:\n  s:\n    request_timeout: 30s\n{service}    instances: [{}]\n",
+        list.join(", ")
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_2_opens_two_connections_and_the_rest_wait_up_to_max_pending() {
+    let a = Counted::start().await;
+    let proxy = services_proxy(
+        &[a.held.address],
+        "    connect_timeout: 10s\n    circuit_breaker: {max_connections: 2, max_pending: 1}\n",
+    )
+    .await;
+    let url = format!("{}/", base(&proxy));
+    let first = spawn_get(&url);
+    let second = spawn_get(&url);
+    a.held.until_arrived(2).await;
+    // The third waits for a connection: it is pending.
+    let third = spawn_get(&url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        proxy.admin_address(),
+        "switchyard_upstream_pending{service=\"s\"}",
+    )
+    .await
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "the third request never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The fourth finds the one pending place taken.
+    let fourth = get(&client(), &url, &[]).await;
+    assert_eq!(fourth.status, 503, "{}", fourth.body);
+    assert_eq!(
+        fourth.headers.get("x-switchyard-overflow").unwrap(),
+        "max_pending"
+    );
+    assert!(fourth.body.contains("max_pending"), "{}", fourth.body);
+    assert!(!third.is_finished());
+    assert_eq!(a.held.arrived.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        2,
+        "upstream connections opened"
+    );
+    a.held.release.send(true).unwrap();
+    for request in [first, second, third] {
+        let got = request.await.unwrap();
+        assert_eq!(got.status, 200, "{}", got.body);
+    }
+    // The third goes on a connection the first two give back, or, when
+    // that one went back to another worker's idle list, on a new one
+    // opened after closing it: never more than two open at once.
+    assert!(a.accepted.load(Ordering::SeqCst) <= 3);
+    let text = scrape(proxy.admin_address()).await;
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_circuit_breaker_overflow_total{service=\"s\",which=\"max_pending\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "switchyard_upstream_pending{service=\"s\"}"),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_counts_the_connections_to_all_instances_of_the_service() {
+    let (a, b, c) = (
+        Counted::start().await,
+        Counted::start().await,
+        Counted::start().await,
+    );
+    let proxy = services_proxy(
+        &[a.held.address, b.held.address, c.held.address],
+        "    connect_timeout: 10s\n    circuit_breaker: {max_connections: 2, max_pending: 0}\n",
+    )
+    .await;
+    let url = format!("{}/", base(&proxy));
+    let first = spawn_get(&url);
+    let second = spawn_get(&url);
+    let arrived = || {
+        [&a, &b, &c]
+            .iter()
+            .map(|u| u.held.arrived.load(Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrived() < 2 {
+        assert!(Instant::now() < deadline, "the first two never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Whichever instance the third is sent to, the service has its two
+    // connections open, and no request may wait.
+    let third = get(&client(), &url, &[]).await;
+    assert_eq!(third.status, 503, "{}", third.body);
+    assert_eq!(
+        third.headers.get("x-switchyard-overflow").unwrap(),
+        "max_pending"
+    );
+    for u in [&a, &b, &c] {
+        u.held.release.send(true).unwrap();
+    }
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(second.await.unwrap().status, 200);
+    let accepted: usize = [&a, &b, &c]
+        .iter()
+        .map(|u| u.accepted.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(accepted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_connection_past_the_connect_timeout_gets_503_max_connections() {
+    let a = Counted::start().await;
+    let proxy = services_proxy(
+        &[a.held.address],
+        "    connect_timeout: 500ms\n    circuit_breaker: {max_connections: 1}\n",
+    )
+    .await;
+    let url = format!("{}/", base(&proxy));
+    let first = spawn_get(&url);
+    a.held.until_arrived(1).await;
+    let started = Instant::now();
+    let waited = get(&client(), &url, &[]).await;
+    let elapsed = started.elapsed();
+    assert_eq!(waited.status, 503, "{}", waited.body);
+    assert_eq!(
+        waited.headers.get("x-switchyard-overflow").unwrap(),
+        "max_connections"
+    );
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    a.held.release.send(true).unwrap();
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        metric(
+            proxy.admin_address(),
+            "switchyard_circuit_breaker_overflow_total{service=\"s\",which=\"max_connections\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_of_another_instance_makes_room_under_max_connections() {
+    let instances = [echo("a").await, echo("b").await, echo("c").await];
+    let proxy = services_proxy(
+        &instances,
+        "    connect_timeout: 5s\n    circuit_breaker: {max_connections: 2}\n",
+    )
+    .await;
+    let url = format!("{}/", base(&proxy));
+    let client = client();
+    // Round robin over three instances with room for two connections:
+    // each request after the second needs an idle one elsewhere closed.
+    let started = Instant::now();
+    let mut served = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let got = get(&client, &url, &[]).await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        served.insert(got.served_by());
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+    // No request waited for the connect timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -21,7 +21,7 @@ use super::{
 };
 use std::sync::Arc;
 
-use crate::config::{parse_duration, InstanceId, Registration, ServiceName};
+use crate::config::{parse_duration, InstanceEntry, InstanceId, Registration, ServiceName};
 use crate::fleet::{Fleet, FleetError};
 use crate::proxy::ProxyBody;
 use crate::registry::RegistryError;
@@ -108,7 +108,8 @@ pub(super) async fn handle(
                     )
                 }
             };
-            let id = instance.id.clone();
+            let id = instance.id().clone();
+            let named = matches!(instance, InstanceEntry::Named(_));
             let registered = match fleet_of(state) {
                 Some(fleet) => match registry.check_registration(&name, &instance) {
                     Ok(()) => fleet
@@ -128,10 +129,14 @@ pub(super) async fn handle(
                     } else {
                         StatusCode::OK
                     };
-                    json_response(
-                        status,
-                        &serde_json::json!({ "service": name.as_str(), "id": id.as_str(), "created": created }),
-                    )
+                    let mut answer = serde_json::json!({ "service": name.as_str(), "id": id.as_str(), "created": created });
+                    if named {
+                        let view = first_answer(registry, &name, &id).await;
+                        if let (Some(view), Some(fields)) = (view, answer.as_object_mut()) {
+                            fields.insert("dns_name".into(), view);
+                        }
+                    }
+                    json_response(status, &answer)
                 }
                 Err(response) => response,
             }
@@ -176,6 +181,36 @@ pub(super) async fn handle(
             }
         }
         _ => method_not_allowed(&method, &path),
+    }
+}
+
+/// How long a registration by host name waits for the resolver's first
+/// answer before it is answered without it (the instances appear when it
+/// comes).
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// The view of the host-name registration `id` once the resolver has
+/// answered for it (or [`FIRST_ANSWER_WAIT`] ran out).
+async fn first_answer(
+    registry: &crate::registry::Registry,
+    service: &ServiceName,
+    id: &InstanceId,
+) -> Option<serde_json::Value> {
+    let mut changes = registry.subscribe();
+    let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
+    loop {
+        let view = super::status::dns_names(registry, service)
+            .into_iter()
+            .find(|view| view.is_registration(id));
+        let resolved = view.as_ref().is_some_and(|v| v.is_resolved());
+        let waited = resolved
+            || !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            );
+        if waited {
+            return view.and_then(|v| serde_json::to_value(v).ok());
+        }
     }
 }
 

@@ -79,7 +79,69 @@ pub(super) struct ServiceView {
     /// Instances per health state (`?instances=summary` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     states: Option<BTreeMap<&'static str, usize>>,
+    /// Entries naming instances by host name, with what they resolved to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dns_names: Vec<DnsNameView>,
     pub(super) instances: Vec<InstanceView>,
+}
+
+/// A host-name entry (of the file, a registration or Consul) and the
+/// instances its addresses became.
+#[derive(Serialize)]
+pub(super) struct DnsNameView {
+    /// The entry's id: the base of its instances' ids.
+    id: String,
+    /// `host:port`.
+    name: String,
+    source: &'static str,
+    /// Whether the resolver answered since the entry was listed.
+    resolved: bool,
+    addresses: Vec<String>,
+    /// The ids of the instances the addresses became.
+    instances: Vec<String>,
+    /// While resolving fails: the last error (the last known addresses
+    /// stay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+}
+
+impl DnsNameView {
+    /// Whether this is the view of the API registration `id`.
+    pub(super) fn is_registration(&self, id: &crate::config::InstanceId) -> bool {
+        self.source == crate::registry::Source::Api.as_str() && self.id == id.as_str()
+    }
+
+    /// Whether the resolver answered for it.
+    pub(super) fn is_resolved(&self) -> bool {
+        self.resolved
+    }
+}
+
+/// The host-name entries of `service` as the admin API shows them.
+pub(super) fn dns_names(registry: &Registry, service: &ServiceName) -> Vec<DnsNameView> {
+    registry
+        .name_statuses(service)
+        .into_iter()
+        .map(|status| {
+            let addresses = status
+                .answer
+                .as_ref()
+                .map(|a| a.addresses.clone())
+                .unwrap_or_default();
+            DnsNameView {
+                id: status.entry.id.to_string(),
+                name: status.entry.host_port(),
+                source: status.key.source.as_str(),
+                resolved: status.answer.is_some(),
+                instances: addresses
+                    .iter()
+                    .map(|ip| status.entry.resolved(*ip).id.to_string())
+                    .collect(),
+                addresses: addresses.iter().map(ToString::to_string).collect(),
+                last_error: status.answer.and_then(|a| a.error),
+            }
+        })
+        .collect()
 }
 
 /// Instances listed per service by `GET /admin/status` unless `limit` says
@@ -241,6 +303,7 @@ fn service_page(
         instances_total: total,
         next_offset: (!page.summary && end < total).then_some(end),
         states,
+        dns_names: dns_names(registry, &service.name),
         instances: service.all_instances[offset..end]
             .iter()
             .zip(&service.in_rotation[offset..end])

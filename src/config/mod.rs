@@ -44,6 +44,12 @@ pub fn check_version(version: &str) -> Result<(), String> {
     values::check_name(version)
 }
 
+/// `host` as an instance host name (lowercase, without a trailing dot),
+/// or the reason it cannot be one.
+pub fn host_name(host: &str) -> Result<String, String> {
+    validate::check_host_name(host)
+}
+
 /// Admin listener address when the config names none: loopback only, so
 /// the admin API is never exposed by accident.
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -467,6 +473,12 @@ pub struct CircuitBreakerConfig {
     pub max_retries: Option<u32>,
     /// Requests over `max_requests` wait here, if set.
     pub queue: Option<QueueConfig>,
+    /// Upstream connections open to the service at once, over all its
+    /// instances and workers (on top of `max_connections_per_instance`).
+    pub max_connections: NonZeroU32,
+    /// Requests waiting at once for an upstream connection (none idle, and
+    /// a connection limit reached); more get 503 at once.
+    pub max_pending: u32,
 }
 
 impl Default for CircuitBreakerConfig {
@@ -475,6 +487,8 @@ impl Default for CircuitBreakerConfig {
             max_requests: defaults::BREAKER_MAX_REQUESTS,
             max_retries: None,
             queue: None,
+            max_connections: defaults::BREAKER_MAX_CONNECTIONS,
+            max_pending: defaults::BREAKER_MAX_PENDING,
         }
     }
 }
@@ -565,6 +579,48 @@ impl NamedInstance {
             metadata,
             version: self.version.clone(),
         }
+    }
+}
+
+/// An instance as a registration or a Consul entry gives it: by address,
+/// or by host name (each resolved address then becomes an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEntry {
+    /// `IP:port`: the instance itself.
+    Address(InstanceConfig),
+    /// `host:port`: resolved in the background like the file's names.
+    Named(NamedInstance),
+}
+
+impl From<InstanceConfig> for InstanceEntry {
+    fn from(instance: InstanceConfig) -> InstanceEntry {
+        InstanceEntry::Address(instance)
+    }
+}
+
+impl InstanceEntry {
+    /// The id the entry is registered (and deregistered) under; for a
+    /// name, the base of its resolved instances' ids.
+    pub fn id(&self) -> &InstanceId {
+        match self {
+            InstanceEntry::Address(instance) => &instance.id,
+            InstanceEntry::Named(named) => &named.id,
+        }
+    }
+
+    /// The address as given: `IP:port` or `host:port`.
+    pub fn address_text(&self) -> String {
+        match self {
+            InstanceEntry::Address(instance) => instance.address.to_string(),
+            InstanceEntry::Named(named) => named.host_port(),
+        }
+    }
+}
+
+impl NamedInstance {
+    /// `host:port`.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -764,6 +820,14 @@ pub mod defaults {
         Some(n) => n,
         None => std::num::NonZeroU32::MIN,
     };
+    /// Envoy's default `max_connections` of a cluster's circuit breaker.
+    pub const BREAKER_MAX_CONNECTIONS: std::num::NonZeroU32 = match std::num::NonZeroU32::new(1024)
+    {
+        Some(n) => n,
+        None => std::num::NonZeroU32::MIN,
+    };
+    /// Envoy's default `max_pending_requests`.
+    pub const BREAKER_MAX_PENDING: u32 = 1024;
     /// Default wait of a queued request (HAProxy's `timeout queue`
     /// defaults to the connect timeout; a fixed value is clearer).
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -941,7 +1005,7 @@ pub struct Registration {
     /// Id within the service (default: the address).
     #[serde(default)]
     pub id: Option<String>,
-    /// `IP:port`.
+    /// `IP:port`, or `host:port` (resolved by DNS).
     pub address: String,
     /// 1..=1000, default 1.
     #[serde(default)]
@@ -962,8 +1026,8 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Checks every field; the instance and its lease time.
-    pub fn validate(&self) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+    /// Checks every field; the instance (or host name) and its lease time.
+    pub fn validate(&self) -> Result<(InstanceEntry, Option<Duration>), ConfigErrors> {
         validate::validate_registration(self)
     }
 }

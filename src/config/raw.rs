@@ -403,6 +403,10 @@ pub(crate) struct RawCircuitBreaker {
     pub(crate) max_retries: Option<i64>,
     #[serde(default)]
     pub(crate) queue: Option<RawQueue>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<i64>,
+    #[serde(default)]
+    pub(crate) max_pending: Option<i64>,
 }
 
 /// `circuit_breaker.queue:`: requests over `max_requests` wait here.

@@ -966,6 +966,33 @@ fn validate_circuit_breaker(
         );
         breaker.queue = size.map(|size| QueueConfig { size, timeout });
     }
+    if let Some(n) = raw.max_connections {
+        if let Some(n) = errors.check(
+            format!("{path}.max_connections"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    format!("must be between 1 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        ) {
+            breaker.max_connections = n;
+        }
+    }
+    if let Some(n) = raw.max_pending {
+        if let Some(n) = errors.check(
+            format!("{path}.max_pending"),
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_CONNECTIONS_PER_INSTANCE)
+                .ok_or_else(|| {
+                    format!("must be between 0 and {MAX_CONNECTIONS_PER_INSTANCE} (got {n})")
+                }),
+        ) {
+            breaker.max_pending = n;
+        }
+    }
     breaker
 }
 
@@ -1675,7 +1702,7 @@ fn named_address(text: &str) -> Option<(&str, &str)> {
 
 /// A host name as DNS allows it: labels of 1-63 letters, digits and `-`
 /// (not at either end), at most 253 characters; one trailing dot allowed.
-fn check_host_name(host: &str) -> Result<String, String> {
+pub(super) fn check_host_name(host: &str) -> Result<String, String> {
     let name = host.strip_suffix('.').unwrap_or(host);
     if name.is_empty() || name.len() > 253 {
         return Err(format!("`{host}` is not a host name (1-253 characters)"));
@@ -1830,7 +1857,7 @@ fn instance_version(path: &str, raw: &RawInstance, errors: &mut Errors) -> Optio
 /// the JSON field names.
 pub(super) fn validate_registration(
     registration: &super::Registration,
-) -> Result<(InstanceConfig, Option<Duration>), ConfigErrors> {
+) -> Result<(super::InstanceEntry, Option<Duration>), ConfigErrors> {
     let mut errors = Errors::default();
     let raw = RawInstance {
         id: registration.id.clone(),
@@ -1840,7 +1867,12 @@ pub(super) fn validate_registration(
         metadata: registration.metadata.clone(),
         version: registration.version.clone(),
     };
-    let instance = validate_instance("", &raw, &mut errors);
+    let instance = match named_address(&raw.address) {
+        Some(host_port) => {
+            validate_named("", &raw, host_port, &mut errors).map(super::InstanceEntry::Named)
+        }
+        None => validate_instance("", &raw, &mut errors).map(super::InstanceEntry::Address),
+    };
     let ttl = registration
         .ttl
         .as_ref()
@@ -1930,6 +1962,44 @@ services:
         assert!(errors[2]
             .starts_with("services.api.instances[1].address: `localhost` is not an IP address"));
         assert!(errors[3].starts_with("routes[1].service: no service named `nope`"));
+    }
+
+    #[test]
+    fn breaker_connection_limits_have_envoys_defaults_and_checked_bounds() {
+        let api = parse(GOOD)
+            .unwrap()
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert_eq!(api.circuit_breaker.max_connections.get(), 1024);
+        assert_eq!(api.circuit_breaker.max_pending, 1024);
+        let text = GOOD.replace(
+            "strategy: weighted_round_robin",
+            "strategy: weighted_round_robin\n    circuit_breaker: {max_connections: 0, max_pending: -1}",
+        );
+        let errors = messages(&text);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with(
+            "services.api.circuit_breaker.max_connections: must be between 1 and 1000000 (got 0)"
+        ));
+        assert!(errors[1].starts_with(
+            "services.api.circuit_breaker.max_pending: must be between 0 and 1000000 (got -1)"
+        ));
+        let text = GOOD.replace(
+            "strategy: weighted_round_robin",
+            "strategy: weighted_round_robin\n    circuit_breaker: {max_connections: 2, max_pending: 0}",
+        );
+        let api = parse(&text)
+            .unwrap()
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        assert_eq!(api.circuit_breaker.max_connections.get(), 2);
+        assert_eq!(api.circuit_breaker.max_pending, 0);
     }
 
     #[test]

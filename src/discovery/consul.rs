@@ -16,7 +16,8 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use crate::config::{
-    ConsulConfig, ConsulDiscovery, ConsulRegistration, InstanceConfig, InstanceId, MAX_WEIGHT,
+    ConsulConfig, ConsulDiscovery, ConsulRegistration, InstanceConfig, InstanceEntry, InstanceId,
+    NamedInstance, MAX_WEIGHT,
 };
 
 /// One answer of the health endpoint, validated.
@@ -25,7 +26,7 @@ pub struct HealthAnswer {
     /// `X-Consul-Index`.
     pub index: u64,
     /// The usable instances.
-    pub instances: Vec<InstanceConfig>,
+    pub instances: Vec<InstanceEntry>,
     /// Entries refused, with the field and the reason.
     pub refused: Vec<String>,
 }
@@ -193,7 +194,7 @@ struct Check {
 pub fn parse_health(
     body: &[u8],
     passing_only: bool,
-) -> Result<(Vec<InstanceConfig>, Vec<String>), String> {
+) -> Result<(Vec<InstanceEntry>, Vec<String>), String> {
     let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| format!("Consul's answer is not a JSON array: {e}"))?;
     let mut instances = Vec::new();
@@ -211,7 +212,7 @@ pub fn parse_health(
 fn entry_instance(
     value: serde_json::Value,
     passing_only: bool,
-) -> Result<Option<InstanceConfig>, String> {
+) -> Result<Option<InstanceEntry>, String> {
     let entry: Entry = serde_json::from_value(value).map_err(|e| format!("entry: {e}"))?;
     let node = entry.node.ok_or("Node: missing")?;
     let service = entry.service.ok_or("Service: missing")?;
@@ -225,9 +226,14 @@ fn entry_instance(
     } else {
         ("Service.Address", service.address.as_str())
     };
-    let ip: IpAddr = text
-        .parse()
-        .map_err(|_| format!("{field}: `{text}` is not an IP address"))?;
+    // An address that is not an IP is a host name, resolved like the
+    // file's (each address an instance).
+    let address: Result<IpAddr, String> = match text.parse() {
+        Ok(ip) => Ok(ip),
+        Err(_) => Err(crate::config::host_name(text).map_err(|reason| {
+            format!("{field}: `{text}` is neither an IP address nor a host name: {reason}")
+        })?),
+    };
     let statuses: Vec<&str> = entry
         .checks
         .iter()
@@ -263,15 +269,27 @@ fn entry_instance(
         .or_else(|| tags.iter().find_map(|t| t.strip_prefix("version=")))
         .filter(|v| crate::config::check_version(v).is_ok())
         .map(str::to_string);
-    Ok(Some(InstanceConfig {
-        id: InstanceId::from(
-            format!("{}:{}", sanitize(&node.name), sanitize(&service.id)).as_str(),
-        ),
-        address: SocketAddr::new(ip, port),
-        weight: NonZeroU32::new(weight).unwrap_or(NonZeroU32::MIN),
-        tags,
-        metadata,
-        version,
+    let id =
+        InstanceId::from(format!("{}:{}", sanitize(&node.name), sanitize(&service.id)).as_str());
+    let weight = NonZeroU32::new(weight).unwrap_or(NonZeroU32::MIN);
+    Ok(Some(match address {
+        Ok(ip) => InstanceEntry::Address(InstanceConfig {
+            id,
+            address: SocketAddr::new(ip, port),
+            weight,
+            tags,
+            metadata,
+            version,
+        }),
+        Err(host) => InstanceEntry::Named(NamedInstance {
+            id,
+            host,
+            port,
+            weight,
+            tags,
+            metadata,
+            version,
+        }),
     }))
 }
 
@@ -386,6 +404,13 @@ pub async fn deregister_self(consul: &ConsulConfig, id: &str) -> Result<(), Stri
 mod tests {
     use super::*;
 
+    fn address(entry: &InstanceEntry) -> &InstanceConfig {
+        match entry {
+            InstanceEntry::Address(instance) => instance,
+            InstanceEntry::Named(named) => panic!("{named:?} is a host name"),
+        }
+    }
+
     #[test]
     fn parses_the_documented_answer_and_refuses_bad_entries() {
         let body = br#"[
@@ -396,7 +421,7 @@ mod tests {
           {"Node":{"Node":"n2","Address":"10.1.10.13"},
            "Service":{"ID":"redis","Address":"10.9.9.9","Port":0}},
           {"Node":{"Node":"n3","Address":"10.1.10.14"},
-           "Service":{"ID":"redis","Address":"db.local","Port":8000}},
+           "Service":{"ID":"redis","Address":"db..local","Port":8000}},
           {"Node":{"Node":"n4","Address":"10.1.10.15"}},
           {"Node":{"Node":"n5","Address":"10.1.10.16"},
            "Service":{"ID":"redis","Address":"10.1.10.16","Port":8000},
@@ -404,7 +429,7 @@ mod tests {
         ]"#;
         let (instances, refused) = parse_health(body, false).unwrap();
         assert_eq!(instances.len(), 1);
-        let first = &instances[0];
+        let first = address(&instances[0]);
         assert_eq!(first.id.as_str(), "n1:redis");
         assert_eq!(
             first.address.to_string(),
@@ -417,7 +442,8 @@ mod tests {
             refused,
             [
                 "[1].Service.Port: 0 is not a port (1-65535)",
-                "[2].Service.Address: `db.local` is not an IP address",
+                "[2].Service.Address: `db..local` is neither an IP address nor a host name: `db..local` is not a host name: label `` must be 1-63 letters, digits or `-`",
+
                 "[3].Service: missing",
             ]
         );
@@ -437,8 +463,41 @@ mod tests {
         ]"#;
         let (instances, refused) = parse_health(body, false).unwrap();
         assert!(refused.is_empty(), "{refused:?}");
-        let versions: Vec<Option<&str>> = instances.iter().map(|i| i.version.as_deref()).collect();
+        let versions: Vec<Option<&str>> = instances
+            .iter()
+            .map(|i| address(i).version.as_deref())
+            .collect();
         assert_eq!(versions, [Some("2.1"), Some("1.0"), None]);
+    }
+
+    #[test]
+    fn a_host_name_address_is_a_named_entry_with_the_entry_settings() {
+        let body = br#"[
+          {"Node":{"Node":"n1","Address":"10.0.0.1"},
+           "Service":{"ID":"web-1","Address":"Web.Internal.","Port":8080,"Tags":["a"],
+                      "Meta":{"version":"2.0"},"Weights":{"Passing":3}}},
+          {"Node":{"Node":"node.dc1.consul","Address":"node.dc1.consul"},
+           "Service":{"ID":"web-2","Address":"","Port":9090}}
+        ]"#;
+        let (entries, refused) = parse_health(body, false).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        let InstanceEntry::Named(first) = &entries[0] else {
+            panic!("{:?}", entries[0]);
+        };
+        assert_eq!(first.id.as_str(), "n1:web-1");
+        assert_eq!((first.host.as_str(), first.port), ("web.internal", 8080));
+        assert_eq!(first.weight.get(), 3);
+        assert_eq!(first.tags, ["a"]);
+        assert_eq!(first.version.as_deref(), Some("2.0"));
+        assert_eq!(first.metadata["consul_node"], "n1");
+        let resolved = first.resolved("10.1.2.3".parse().unwrap());
+        assert_eq!(resolved.id.as_str(), "n1:web-1:10.1.2.3");
+        assert_eq!(resolved.address.to_string(), "10.1.2.3:8080");
+        // Node.Address when Service.Address is empty, a name too.
+        let InstanceEntry::Named(second) = &entries[1] else {
+            panic!("{:?}", entries[1]);
+        };
+        assert_eq!(second.host, "node.dc1.consul");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! keeps the last answer (HAProxy's `hold`); NXDOMAIN or an empty answer
 //! removes the name's instances.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +14,15 @@ use hickory_resolver::TokioResolver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{defaults, Config, DnsConfig, InstanceConfig, NamedInstance, ServiceName};
-use crate::registry::Registry;
+use crate::config::{defaults, DnsConfig, NamedInstance, ServiceName};
+use crate::registry::{NameAnswer, NameKey, Registry};
 
 /// Limit on one query to one name server; a silent server is a transient
 /// failure after this.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one resolution of a name gave.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
     /// The addresses (sorted, deduplicated) and the shortest record TTL.
     Found(Vec<IpAddr>, Duration),
@@ -94,26 +94,27 @@ pub async fn resolve(resolver: &TokioResolver, host: &str) -> Resolution {
     }
 }
 
-/// Starts resolving the host-name instances of every service, and keeps
-/// following the config: resolvers start, stop and restart as reloads
+/// Starts resolving the host-name entries of every service (the file's,
+/// registrations' and Consul's), and keeps following them: resolvers
+/// start, stop and restart as reloads, registrations and Consul answers
 /// change the names or the `dns` settings.
 pub fn spawn(registry: Arc<Registry>) -> JoinHandle<()> {
-    tokio::spawn(follow_config(registry))
+    tokio::spawn(follow_names(registry))
 }
 
-type Settings = (Vec<NamedInstance>, DnsConfig);
+type Settings = (Vec<(NameKey, NamedInstance)>, DnsConfig);
 
-/// The host-name instances and DNS settings of every service that has some.
-fn named_services(config: &Config) -> HashMap<ServiceName, Settings> {
-    config
-        .services
-        .iter()
-        .filter(|(_, service)| !service.named.is_empty())
-        .map(|(name, service)| (name.clone(), (service.named.clone(), config.dns.clone())))
+/// The host-name entries and DNS settings of every service that has some.
+fn named_services(registry: &Registry) -> HashMap<ServiceName, Settings> {
+    let dns = registry.config().dns.clone();
+    registry
+        .named_entries()
+        .into_iter()
+        .map(|(name, entries)| (name, (entries, dns.clone())))
         .collect()
 }
 
-async fn follow_config(registry: Arc<Registry>) {
+async fn follow_names(registry: Arc<Registry>) {
     super::follow_services(registry, named_services, watch_service).await;
 }
 
@@ -122,22 +123,24 @@ async fn follow_config(registry: Arc<Registry>) {
 struct NameState {
     addresses: Vec<IpAddr>,
     failing_since: Option<Instant>,
+    error: Option<String>,
     warned: bool,
 }
 
 async fn watch_service(registry: Arc<Registry>, service: ServiceName, settings: Settings) {
     let (named, dns) = settings;
-    // A restarted watcher (after a reload) starts from what the registry
-    // holds, so a failure on its first try removes nothing.
-    let current = registry.resolved(&service);
+    // A restarted watcher (after a reload or a new registration) starts
+    // from what the registry holds, so a failure on its first try removes
+    // nothing.
+    let current = registry.answers(&service);
     let mut names: Vec<NameState> = named
         .iter()
-        .map(|entry| NameState {
+        .map(|(key, entry)| NameState {
             addresses: current
-                .iter()
-                .filter(|i| i.id == entry.resolved(i.address.ip()).id)
-                .map(|i| i.address.ip())
-                .collect(),
+                .get(key)
+                .filter(|answer| answer.host == entry.host)
+                .map(|answer| answer.addresses.clone())
+                .unwrap_or_default(),
             ..NameState::default()
         })
         .collect();
@@ -153,22 +156,34 @@ async fn watch_service(registry: Arc<Registry>, service: ServiceName, settings: 
             }
         }
         if let Some(resolver) = &resolver {
-            for (entry, state) in named.iter().zip(names.iter_mut()) {
-                let resolution = resolve(resolver, &entry.host).await;
-                let result = match &resolution {
-                    Resolution::Found(..) => "found",
-                    Resolution::Gone => "gone",
-                    Resolution::Failed(_) => "failed",
+            // Names resolved in this round, so a name listed by several
+            // entries is asked once.
+            let mut asked: HashMap<&str, Resolution> = HashMap::new();
+            for ((key, entry), state) in named.iter().zip(names.iter_mut()) {
+                let resolution = match asked.get(entry.host.as_str()) {
+                    Some(resolution) => resolution.clone(),
+                    None => {
+                        let resolution = resolve(resolver, &entry.host).await;
+                        let result = match &resolution {
+                            Resolution::Found(..) => "found",
+                            Resolution::Gone => "gone",
+                            Resolution::Failed(_) => "failed",
+                        };
+                        registry.metrics().dns_resolution(service.as_str(), result);
+                        asked.insert(entry.host.as_str(), resolution.clone());
+                        resolution
+                    }
                 };
-                registry.metrics().dns_resolution(service.as_str(), result);
+                let source = key.source.as_str();
                 match resolution {
                     Resolution::Found(addresses, ttl) => {
                         if state.failing_since.take().is_some() {
-                            tracing::info!(service = %service, name = %entry.host, "DNS name resolves again");
+                            tracing::info!(service = %service, name = %entry.host, source, "DNS name resolves again");
                         }
                         state.warned = false;
+                        state.error = None;
                         if addresses != state.addresses {
-                            tracing::info!(service = %service, name = %entry.host, ?addresses, "DNS answer changed");
+                            tracing::info!(service = %service, name = %entry.host, source, ?addresses, "DNS answer changed");
                         }
                         state.addresses = addresses;
                         if dns.respect_ttl {
@@ -179,30 +194,39 @@ async fn watch_service(registry: Arc<Registry>, service: ServiceName, settings: 
                     }
                     Resolution::Gone => {
                         if !state.addresses.is_empty() {
-                            tracing::warn!(service = %service, name = %entry.host, "DNS name does not exist or has no address; its instances are removed");
+                            tracing::warn!(service = %service, name = %entry.host, source, "DNS name does not exist or has no address; its instances are removed");
                         }
                         state.addresses.clear();
                         state.failing_since = None;
+                        state.error = None;
                         state.warned = false;
                     }
                     Resolution::Failed(error) => {
                         let since = *state.failing_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= dns.hold && !state.warned {
                             state.warned = true;
-                            tracing::warn!(service = %service, name = %entry.host, %error, hold = ?dns.hold, "DNS resolution keeps failing past dns.hold; the last known instances stay");
+                            tracing::warn!(service = %service, name = %entry.host, source, %error, hold = ?dns.hold, "DNS resolution keeps failing past dns.hold; the last known instances stay");
                         } else {
-                            tracing::debug!(service = %service, name = %entry.host, %error, "DNS resolution failed; keeping the last answer");
+                            tracing::debug!(service = %service, name = %entry.host, source, %error, "DNS resolution failed; keeping the last answer");
                         }
+                        state.error = Some(error);
                     }
                 }
             }
         }
-        let instances: Vec<InstanceConfig> = named
+        let answers: BTreeMap<NameKey, NameAnswer> = named
             .iter()
             .zip(&names)
-            .flat_map(|(entry, state)| state.addresses.iter().map(|ip| entry.resolved(*ip)))
+            .map(|((key, entry), state)| {
+                let answer = NameAnswer {
+                    host: entry.host.clone(),
+                    addresses: state.addresses.clone(),
+                    error: state.error.clone(),
+                };
+                (key.clone(), answer)
+            })
             .collect();
-        registry.set_resolved(&service, instances);
+        registry.set_answers(&service, answers);
         tokio::time::sleep(next).await;
     }
 }

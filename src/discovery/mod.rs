@@ -57,7 +57,8 @@ fn consul_services(config: &Config) -> HashMap<ServiceName, (ConsulDiscovery, Co
 }
 
 async fn follow_config(registry: Arc<Registry>) {
-    follow_services(registry, consul_services, |registry, service, settings| {
+    let wanted = |registry: &Registry| consul_services(&registry.config());
+    follow_services(registry, wanted, |registry, service, settings| {
         let (discovery, consul) = settings;
         watch_service(registry, service, discovery, consul)
     })
@@ -65,20 +66,20 @@ async fn follow_config(registry: Arc<Registry>) {
 }
 
 /// Keeps one task per service for the settings `wanted` reads from the
-/// config: after every publish it starts tasks for services that gained
+/// registry (its config, or its entries): after every publish it starts tasks for services that gained
 /// settings, and stops (and restarts) those whose settings went (or
 /// changed). Consul and DNS sources both follow the config this way.
 async fn follow_services<S, W, F, Fut>(registry: Arc<Registry>, wanted: W, start: F)
 where
     S: PartialEq + Clone,
-    W: Fn(&Config) -> HashMap<ServiceName, S>,
+    W: Fn(&Registry) -> HashMap<ServiceName, S>,
     F: Fn(Arc<Registry>, ServiceName, S) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut changes = registry.subscribe();
     let mut watchers: HashMap<ServiceName, (S, JoinHandle<()>)> = HashMap::new();
     loop {
-        let wanted = wanted(&registry.config());
+        let wanted = wanted(&registry);
         watchers.retain(|name, (settings, task)| {
             let keep = wanted.get(name) == Some(settings);
             if !keep {
@@ -184,10 +185,10 @@ async fn watch_service(
 fn log_membership(
     service: &ServiceName,
     members: &mut Option<std::collections::BTreeSet<InstanceId>>,
-    instances: &[crate::config::InstanceConfig],
+    instances: &[crate::config::InstanceEntry],
 ) {
     let now: std::collections::BTreeSet<InstanceId> =
-        instances.iter().map(|i| i.id.clone()).collect();
+        instances.iter().map(|i| i.id().clone()).collect();
     let before = members.take().unwrap_or_default();
     let added: Vec<&str> = now.difference(&before).map(InstanceId::as_str).collect();
     let removed: Vec<&str> = before.difference(&now).map(InstanceId::as_str).collect();

@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::history::{self, ChangeSource, ConfigVersion};
-use crate::config::{FleetConfig, InstanceConfig, InstanceId, ServiceName};
+use crate::config::{FleetConfig, InstanceEntry, InstanceId, ServiceName};
 use crate::registry::Registry;
 pub use store::{FleetError, PushOutcome, Store, StoredGuard, StoredVersion};
 use store::{FleetState, StoredRegistration};
@@ -179,14 +179,14 @@ impl Snapshot {
     }
 
     /// The registrations, validated.
-    pub fn instances(&self) -> BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> {
-        let mut all: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> = BTreeMap::new();
+    pub fn instances(&self) -> BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>> {
+        let mut all: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>> = BTreeMap::new();
         for (service, list) in &self.registrations {
             for stored in list {
                 if let Ok(instance) = stored.instance() {
                     all.entry(ServiceName::from(service.as_str()))
                         .or_default()
-                        .insert(instance.id.clone(), instance);
+                        .insert(instance.id().clone(), instance);
                 }
             }
         }
@@ -428,7 +428,7 @@ impl Fleet {
     pub async fn register(
         &self,
         service: &ServiceName,
-        instance: InstanceConfig,
+        instance: InstanceEntry,
         ttl: Option<Duration>,
     ) -> Result<bool, FleetError> {
         let store = self.store().await?;
@@ -1004,25 +1004,12 @@ impl Fleet {
 
     fn snapshot(&self) -> Snapshot {
         let mut registrations: BTreeMap<String, Vec<StoredRegistration>> = BTreeMap::new();
-        for service in &self.registry.snapshot().services {
-            for instance in &service.all_instances {
-                if instance.state.source != crate::registry::Source::Api {
-                    continue;
-                }
-                registrations
-                    .entry(service.name.to_string())
-                    .or_default()
-                    .push(StoredRegistration {
-                        id: instance.id.to_string(),
-                        address: instance.address.to_string(),
-                        weight: instance.weight.get(),
-                        tags: instance.tags.clone(),
-                        metadata: instance.metadata.clone(),
-                        version: instance.version.clone(),
-                        ttl: None,
-                        node: String::new(),
-                    });
-            }
+        // As registered: a host name stays a name, resolved again at boot.
+        for (service, instance) in self.registry.registrations() {
+            registrations
+                .entry(service.to_string())
+                .or_default()
+                .push(StoredRegistration::of(&instance, None, ""));
         }
         let live = self.lock();
         Snapshot {

@@ -24,7 +24,7 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::history::{sha256_hex, ChangeSource, ConfigVersion, VersionInfo};
-use crate::config::{FleetConfig, InstanceConfig, InstanceId, Registration, ServiceName};
+use crate::config::{FleetConfig, InstanceEntry, InstanceId, Registration, ServiceName};
 
 /// Why a fleet store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ pub struct StoredVersion {
 pub struct StoredRegistration {
     /// Id (always set: the address when the registrant gave none).
     pub id: String,
-    /// `IP:port`.
+    /// `IP:port`, or `host:port` (resolved by each node).
     pub address: String,
     /// Weight.
     pub weight: u32,
@@ -90,8 +90,27 @@ pub struct StoredRegistration {
 }
 
 impl StoredRegistration {
+    /// What is stored for `instance` (an address or a host name, as
+    /// registered), registered through `node`.
+    pub fn of(instance: &InstanceEntry, ttl: Option<Duration>, node: &str) -> StoredRegistration {
+        let (weight, tags, metadata, version) = match instance {
+            InstanceEntry::Address(i) => (i.weight, &i.tags, &i.metadata, &i.version),
+            InstanceEntry::Named(n) => (n.weight, &n.tags, &n.metadata, &n.version),
+        };
+        StoredRegistration {
+            id: instance.id().to_string(),
+            address: instance.address_text(),
+            weight: weight.get(),
+            tags: tags.clone(),
+            metadata: metadata.clone(),
+            version: version.clone(),
+            ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
+            node: node.to_string(),
+        }
+    }
+
     /// The instance, validated like an API registration.
-    pub fn instance(&self) -> Result<InstanceConfig, String> {
+    pub fn instance(&self) -> Result<InstanceEntry, String> {
         let registration = Registration {
             id: Some(self.id.clone()),
             address: self.address.clone(),
@@ -176,7 +195,7 @@ pub struct FleetState {
     /// The current version, if any was pushed.
     pub current: Option<StoredVersion>,
     /// Registrations by service and id.
-    pub registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>>,
+    pub registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>>,
     /// Drained instances.
     pub drained: Vec<(ServiceName, InstanceId)>,
     /// The revision of the read.
@@ -658,7 +677,7 @@ impl Store {
                         .registrations
                         .entry(service)
                         .or_default()
-                        .insert(instance.id.clone(), instance);
+                        .insert(instance.id().clone(), instance);
                 }
                 Err(problem) => state.refused.push((key, problem)),
             }
@@ -684,7 +703,7 @@ impl Store {
         &self,
         key: &str,
         value: &[u8],
-    ) -> Result<(ServiceName, InstanceConfig), String> {
+    ) -> Result<(ServiceName, InstanceEntry), String> {
         let (service, id) = self
             .keys
             .instance_of(key, &self.keys.registrations())
@@ -692,10 +711,10 @@ impl Store {
         let stored: StoredRegistration =
             serde_json::from_slice(value).map_err(|e| format!("not a registration: {e}"))?;
         let instance = stored.instance()?;
-        if instance.id != id {
+        if *instance.id() != id {
             return Err(format!(
                 "the key says id `{id}`, the value says `{}`",
-                instance.id
+                instance.id()
             ));
         }
         Ok((service, instance))
@@ -706,19 +725,10 @@ impl Store {
     pub async fn register(
         &self,
         service: &ServiceName,
-        instance: &InstanceConfig,
+        instance: &InstanceEntry,
         ttl: Option<Duration>,
     ) -> Result<bool, FleetError> {
-        let stored = StoredRegistration {
-            id: instance.id.to_string(),
-            address: instance.address.to_string(),
-            weight: instance.weight.get(),
-            tags: instance.tags.clone(),
-            metadata: instance.metadata.clone(),
-            version: instance.version.clone(),
-            ttl: ttl.map(|t| format!("{}ms", t.as_millis())),
-            node: self.node.clone(),
-        };
+        let stored = StoredRegistration::of(instance, ttl, &self.node);
         let value = serde_json::to_vec(&stored).map_err(|e| FleetError::Etcd(e.to_string()))?;
         let mut options = PutOptions::new().with_prev_key();
         if let Some(ttl) = ttl {
@@ -727,7 +737,7 @@ impl Store {
                 .max(1);
             options = options.with_lease(self.grant(seconds).await?);
         }
-        let key = self.keys.registration(service, &instance.id);
+        let key = self.keys.registration(service, instance.id());
         let response = self
             .call(|mut c| {
                 let (key, value, options) = (key.clone(), value.clone(), options.clone());

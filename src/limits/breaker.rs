@@ -11,9 +11,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::CircuitBreakerConfig;
+use crate::upstream::{ServiceConnections, ServiceOverflow};
+
+impl From<ServiceOverflow> for Overflow {
+    fn from(which: ServiceOverflow) -> Overflow {
+        match which {
+            ServiceOverflow::MaxConnections => Overflow::MaxConnections,
+            ServiceOverflow::MaxPending => Overflow::MaxPending,
+        }
+    }
+}
 
 /// Which limit refused a request (the `x-switchyard-overflow` value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +35,11 @@ pub enum Overflow {
     QueueTimeout,
     /// `max_retries` retries were in progress.
     MaxRetries,
+    /// `max_connections` upstream connections stayed open (none idle)
+    /// for the connect timeout.
+    MaxConnections,
+    /// `max_pending` requests were waiting for a connection already.
+    MaxPending,
 }
 
 impl Overflow {
@@ -33,6 +49,8 @@ impl Overflow {
             Overflow::MaxRequests => "max_requests",
             Overflow::QueueTimeout => "queue_timeout",
             Overflow::MaxRetries => "max_retries",
+            Overflow::MaxConnections => "max_connections",
+            Overflow::MaxPending => "max_pending",
         }
     }
 }
@@ -45,6 +63,7 @@ pub struct Breaker {
     queued: AtomicU32,
     retries: AtomicU32,
     overflow: [Counter; 3],
+    connections: Arc<ServiceConnections>,
 }
 
 /// A place among the requests in progress, held until the request is done.
@@ -75,6 +94,7 @@ impl Breaker {
     /// [`Overflow`].
     pub fn new(
         config: CircuitBreakerConfig,
+        pending: Gauge,
         overflow: impl Fn(&'static str) -> Counter,
     ) -> Breaker {
         Breaker {
@@ -82,6 +102,12 @@ impl Breaker {
             requests: Arc::new(Semaphore::new(config.max_requests.get() as usize)),
             queued: AtomicU32::new(0),
             retries: AtomicU32::new(0),
+            connections: Arc::new(ServiceConnections::new(
+                config.max_connections.get(),
+                config.max_pending,
+                pending,
+                &overflow,
+            )),
             overflow: [
                 Overflow::MaxRequests,
                 Overflow::QueueTimeout,
@@ -89,6 +115,12 @@ impl Breaker {
             ]
             .map(|o| overflow(o.as_str())),
         }
+    }
+
+    /// The service-wide connection and pending-request counters, shared
+    /// by the pools of the service's instances.
+    pub fn connections(&self) -> &Arc<ServiceConnections> {
+        &self.connections
     }
 
     /// The settings this was built for.
@@ -167,7 +199,9 @@ mod tests {
                 max_requests: NonZeroU32::new(max_requests).unwrap(),
                 max_retries: Some(1),
                 queue,
+                ..CircuitBreakerConfig::default()
             },
+            Gauge::default(),
             |_| Counter::default(),
         )
     }

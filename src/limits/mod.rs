@@ -62,9 +62,11 @@ impl Limits {
         if let Some(existing) = self.breakers.get(service).filter(|b| b.config() == config) {
             return Arc::clone(existing);
         }
-        let breaker = Arc::new(Breaker::new(*config, |which| {
-            metrics.breaker_overflow(service, which)
-        }));
+        let breaker = Arc::new(Breaker::new(
+            *config,
+            metrics.upstream_pending(service),
+            |which| metrics.breaker_overflow(service, which),
+        ));
         self.breakers
             .insert(service.to_string(), Arc::clone(&breaker));
         breaker

@@ -777,6 +777,13 @@ async fn send_with_retries(
                 };
                 return Ok((response, completion));
             }
+            Sent::ConnectFailed(ConnectError::Overflow { which, .. }, _) => {
+                // A service-wide limit: another instance would not do better.
+                return Err(ProxyError::Overflow {
+                    service: service.name.clone(),
+                    which: which.into(),
+                });
+            }
             Sent::ConnectFailed(error @ ConnectError::Saturated { .. }, unsent) => {
                 // The proxy's own limit, not a fault of the instance.
                 tracing::debug!(service = %service.name, instance = %instance.id, attempt, %error, "no free connection");

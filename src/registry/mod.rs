@@ -23,7 +23,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::{
-    Config, InitialHealth, InstanceConfig, InstanceId, ServiceConfig, ServiceName,
+    Config, InitialHealth, InstanceConfig, InstanceEntry, InstanceId, NamedInstance, ServiceConfig,
+    ServiceName,
 };
 use crate::metrics::{InstanceMetrics, Metrics};
 use crate::upstream;
@@ -32,7 +33,7 @@ pub use health::InstanceHealth;
 pub use snapshot::{Instance, ServiceSnapshot, Snapshot};
 
 /// Where an instance came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     /// Listed in proxy.yaml.
     File,
@@ -87,10 +88,45 @@ pub enum RegistryError {
     NoLease(InstanceId),
 }
 
+/// A host-name entry: the source that lists it and its id (the base of
+/// its resolved instances' ids).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameKey {
+    /// Where the entry comes from.
+    pub source: Source,
+    /// Its id.
+    pub id: InstanceId,
+}
+
+/// The last answer of the resolver for one host-name entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NameAnswer {
+    /// The name answered for: an entry that now names another host has no
+    /// answer until that one is resolved.
+    pub host: String,
+    /// Its addresses (sorted); empty after NXDOMAIN or an empty answer.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// While resolving fails: the last error (the addresses are the last
+    /// known ones, kept).
+    pub error: Option<String>,
+}
+
+/// A host-name entry with what the resolver last said of it, for the
+/// admin API.
+#[derive(Debug, Clone)]
+pub struct NameStatus {
+    /// Source and id of the entry.
+    pub key: NameKey,
+    /// The entry.
+    pub entry: NamedInstance,
+    /// The last answer, if the name was resolved since it was listed.
+    pub answer: Option<NameAnswer>,
+}
+
 /// An instance registered through the API.
 #[derive(Debug, Clone)]
 struct Registered {
-    instance: InstanceConfig,
+    instance: InstanceEntry,
     ttl: Option<Duration>,
     expires: Option<tokio::time::Instant>,
 }
@@ -293,10 +329,11 @@ struct RegistryState {
     /// Registered through the API, by service and id.
     registered: BTreeMap<ServiceName, BTreeMap<InstanceId, Registered>>,
     /// Discovered in Consul, by service.
-    discovered: BTreeMap<ServiceName, Vec<InstanceConfig>>,
+    discovered: BTreeMap<ServiceName, Vec<InstanceEntry>>,
     discovery_status: BTreeMap<ServiceName, DiscoveryStatus>,
-    /// Resolved from the file's host-name instances, by service.
-    resolved: BTreeMap<ServiceName, Vec<InstanceConfig>>,
+    /// The resolver's answers for host-name entries (of the file, the API
+    /// and Consul), by service.
+    answers: BTreeMap<ServiceName, BTreeMap<NameKey, NameAnswer>>,
     /// Built instances by service and id, each with the generation of the
     /// last build that kept it.
     instances: HashMap<ServiceName, InstanceMap>,
@@ -347,7 +384,7 @@ impl Registry {
             registered: BTreeMap::new(),
             discovered: BTreeMap::new(),
             discovery_status: BTreeMap::new(),
-            resolved: BTreeMap::new(),
+            answers: BTreeMap::new(),
             instances: HashMap::new(),
             built: HashMap::new(),
             dirty: HashSet::new(),
@@ -442,9 +479,9 @@ impl Registry {
     pub fn check_registration(
         &self,
         service: &ServiceName,
-        instance: &InstanceConfig,
+        instance: &InstanceEntry,
     ) -> Result<(), RegistryError> {
-        Self::may_register(&self.lock(), service, &instance.id)
+        Self::may_register(&self.lock(), service, instance.id())
     }
 
     fn may_register(
@@ -474,10 +511,10 @@ impl Registry {
     /// only when something changed.
     pub fn replace_fleet_registrations(
         &self,
-        registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>>,
+        registrations: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>>,
     ) {
         let mut state = self.lock();
-        let current: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceConfig>> = state
+        let current: BTreeMap<ServiceName, BTreeMap<InstanceId, InstanceEntry>> = state
             .registered
             .iter()
             .map(|(service, instances)| {
@@ -520,7 +557,7 @@ impl Registry {
     }
 
     /// Adds or replaces one registration learnt from the fleet store.
-    pub fn put_fleet_registration(&self, service: &ServiceName, instance: InstanceConfig) {
+    pub fn put_fleet_registration(&self, service: &ServiceName, instance: InstanceEntry) {
         self.update_fleet_registrations(vec![(service.clone(), instance)], Vec::new());
     }
 
@@ -533,7 +570,7 @@ impl Registry {
     /// one publish (a watch can deliver thousands at once).
     pub fn update_fleet_registrations(
         &self,
-        put: Vec<(ServiceName, InstanceConfig)>,
+        put: Vec<(ServiceName, InstanceEntry)>,
         removed: Vec<(ServiceName, InstanceId)>,
     ) {
         let mut state = self.lock();
@@ -552,17 +589,18 @@ impl Registry {
         for (service, instance) in put {
             let instances = state.registered.entry(service.clone()).or_default();
             if instances
-                .get(&instance.id)
+                .get(instance.id())
                 .is_some_and(|r| r.instance == instance)
             {
                 continue;
             }
+            let id = instance.id().clone();
             let registered = Registered {
-                instance: instance.clone(),
+                instance,
                 ttl: None,
                 expires: None,
             };
-            instances.insert(instance.id.clone(), registered);
+            instances.insert(id, registered);
             state.dirty.insert(service);
             changed = true;
         }
@@ -576,13 +614,14 @@ impl Registry {
     pub fn register(
         &self,
         service: &ServiceName,
-        instance: InstanceConfig,
+        instance: impl Into<InstanceEntry>,
         ttl: Option<Duration>,
     ) -> Result<bool, RegistryError> {
+        let instance = instance.into();
         let mut state = self.lock();
-        Self::may_register(&state, service, &instance.id)?;
+        Self::may_register(&state, service, instance.id())?;
         let expires = ttl.map(|ttl| health::deadline_after(tokio::time::Instant::now(), ttl));
-        let id = instance.id.clone();
+        let id = instance.id().clone();
         let created = state
             .registered
             .entry(service.clone())
@@ -600,6 +639,19 @@ impl Registry {
         state.dirty.insert(service.clone());
         self.commit(state);
         Ok(created)
+    }
+
+    /// Every API (or fleet) registration as registered, by service.
+    pub fn registrations(&self) -> Vec<(ServiceName, InstanceEntry)> {
+        self.lock()
+            .registered
+            .iter()
+            .flat_map(|(service, instances)| {
+                instances
+                    .values()
+                    .map(move |r| (service.clone(), r.instance.clone()))
+            })
+            .collect()
     }
 
     /// Renews an instance's lease.
@@ -711,7 +763,7 @@ impl Registry {
     }
 
     /// Replaces the instances discovered in Consul for `service`.
-    pub fn set_discovered(&self, service: &ServiceName, instances: Vec<InstanceConfig>) {
+    pub fn set_discovered(&self, service: &ServiceName, instances: Vec<InstanceEntry>) {
         let mut state = self.lock();
         if state.discovered.get(service) == Some(&instances) {
             return;
@@ -721,26 +773,67 @@ impl Registry {
         self.commit(state);
     }
 
-    /// Replaces the instances resolved from the host names `service` lists
-    /// in the file. Instances whose id and address come back unchanged are
-    /// kept as they are (health, ejections, pools).
-    pub fn set_resolved(&self, service: &ServiceName, instances: Vec<InstanceConfig>) {
+    /// Replaces the resolver's answers for the host-name entries of
+    /// `service`. Instances whose id and address come back unchanged are
+    /// kept as they are (health, ejections, pools). A change of errors
+    /// alone is recorded without a rebuild.
+    pub fn set_answers(&self, service: &ServiceName, answers: BTreeMap<NameKey, NameAnswer>) {
         let mut state = self.lock();
-        if state.resolved.get(service) == Some(&instances) {
+        let same_addresses = state.answers.get(service).is_some_and(|current| {
+            current.len() == answers.len()
+                && current.iter().zip(&answers).all(|((ka, a), (kb, b))| {
+                    ka == kb && a.host == b.host && a.addresses == b.addresses
+                })
+        });
+        state.answers.insert(service.clone(), answers);
+        if same_addresses {
             return;
         }
-        state.resolved.insert(service.clone(), instances);
         state.dirty.insert(service.clone());
         self.commit(state);
     }
 
-    /// The instances last resolved from the host names of `service`.
-    pub fn resolved(&self, service: &ServiceName) -> Vec<InstanceConfig> {
+    /// The resolver's last answers for the host-name entries of `service`.
+    pub fn answers(&self, service: &ServiceName) -> BTreeMap<NameKey, NameAnswer> {
         self.lock()
-            .resolved
+            .answers
             .get(service)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The host-name entries of every service, from every source: the
+    /// file's, the API's and Consul's (for a service that follows Consul).
+    pub fn named_entries(&self) -> HashMap<ServiceName, Vec<(NameKey, NamedInstance)>> {
+        let state = self.lock();
+        let mut all: HashMap<ServiceName, Vec<(NameKey, NamedInstance)>> = HashMap::new();
+        for name in service_names(&state) {
+            let entries = named_of(&state, &name);
+            if !entries.is_empty() {
+                all.insert(
+                    name,
+                    entries.into_iter().map(|(k, e)| (k, e.clone())).collect(),
+                );
+            }
+        }
+        all
+    }
+
+    /// The host-name entries of `service` with their last answers.
+    pub fn name_statuses(&self, service: &ServiceName) -> Vec<NameStatus> {
+        let state = self.lock();
+        let answers = state.answers.get(service);
+        named_of(&state, service)
+            .into_iter()
+            .map(|(key, entry)| NameStatus {
+                answer: answers
+                    .and_then(|a| a.get(&key))
+                    .filter(|a| a.host == entry.host)
+                    .cloned(),
+                key,
+                entry: entry.clone(),
+            })
+            .collect()
     }
 
     /// Records the discovery status of `service`.
@@ -774,7 +867,7 @@ impl Registry {
         } else if state
             .discovered
             .get(service)
-            .is_some_and(|l| l.iter().any(|i| &i.id == id))
+            .is_some_and(|l| l.iter().any(|i| i.id() == id))
         {
             Some("Consul")
         } else {
@@ -805,6 +898,13 @@ impl Registry {
     }
 
     fn remove_registered(state: &mut RegistryState, service: &ServiceName, id: &InstanceId) {
+        // A name registered again later starts without the old answer.
+        if let Some(answers) = state.answers.get_mut(service) {
+            answers.remove(&NameKey {
+                source: Source::Api,
+                id: id.clone(),
+            });
+        }
         if let Some(instances) = state.registered.get_mut(service) {
             instances.remove(id);
             // A service the file does not define goes with its last instance.
@@ -879,58 +979,135 @@ fn service_names(state: &RegistryState) -> Vec<ServiceName> {
         .collect()
 }
 
+/// The host-name entries of `service` from every source, in order: the
+/// file's, the API's, Consul's (while the service follows Consul).
+fn named_of<'a>(state: &'a RegistryState, name: &ServiceName) -> Vec<(NameKey, &'a NamedInstance)> {
+    let key = |source, entry: &NamedInstance| NameKey {
+        source,
+        id: entry.id.clone(),
+    };
+    let settings = state.config.services.get(name);
+    let file = settings
+        .into_iter()
+        .flat_map(|s| s.named.iter().map(|e| (key(Source::File, e), e)));
+    let api = state
+        .registered
+        .get(name)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|r| match &r.instance {
+            InstanceEntry::Named(e) => Some((key(Source::Api, e), e)),
+            InstanceEntry::Address(_) => None,
+        });
+    let consul = state
+        .discovered
+        .get(name)
+        .filter(|_| settings.is_some_and(|s| s.discovery.is_some()))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| match entry {
+            InstanceEntry::Named(e) => Some((key(Source::Consul, e), e)),
+            InstanceEntry::Address(_) => None,
+        });
+    file.chain(api).chain(consul).collect()
+}
+
+/// The instances of one source's entries: each address as it is, each
+/// host name as its resolved addresses (none until it is resolved).
+fn expand<'a>(
+    entries: impl Iterator<Item = &'a InstanceEntry>,
+    source: Source,
+    answers: Option<&'a BTreeMap<NameKey, NameAnswer>>,
+) -> impl Iterator<Item = (Cow<'a, InstanceConfig>, Source)> {
+    entries.flat_map(
+        move |entry| -> Box<dyn Iterator<Item = (Cow<'a, InstanceConfig>, Source)> + 'a> {
+            match entry {
+                InstanceEntry::Address(instance) => {
+                    Box::new(std::iter::once((Cow::Borrowed(instance), source)))
+                }
+                InstanceEntry::Named(named) => Box::new(
+                    resolved_addresses(answers, source, named)
+                        .map(move |ip| (Cow::Owned(named.resolved(ip)), source)),
+                ),
+            }
+        },
+    )
+}
+
+/// The addresses last resolved for `named`, as `source` lists it.
+fn resolved_addresses<'a>(
+    answers: Option<&'a BTreeMap<NameKey, NameAnswer>>,
+    source: Source,
+    named: &'a NamedInstance,
+) -> impl Iterator<Item = std::net::IpAddr> + 'a {
+    answers
+        .and_then(|a| {
+            a.get(&NameKey {
+                source,
+                id: named.id.clone(),
+            })
+        })
+        .filter(|answer| answer.host == named.host)
+        .into_iter()
+        .flat_map(|answer| answer.addresses.iter().copied())
+}
+
 /// One service's settings and its instances from every source, in order.
-/// The file wins an id clash, then the API.
+/// The file wins an id clash, then the API. Host names are expanded into
+/// their resolved addresses.
 fn plan_service<'a>(
     state: &'a RegistryState,
     name: &ServiceName,
-) -> (Cow<'a, ServiceConfig>, Vec<(&'a InstanceConfig, Source)>) {
+) -> (
+    Cow<'a, ServiceConfig>,
+    Vec<(Cow<'a, InstanceConfig>, Source)>,
+) {
     let settings = match state.config.services.get(name) {
         Some(settings) => Cow::Borrowed(settings),
         None => Cow::Owned(ServiceConfig::registered()),
     };
-    let file: &'a [InstanceConfig] = match state.config.services.get(name) {
-        Some(settings) => &settings.instances,
-        None => &[],
-    };
-    // Resolved names count as the file's: they are written there.
-    let resolved = state
-        .resolved
-        .get(name)
-        .filter(|_| !settings.named.is_empty());
+    let (file, named): (&'a [InstanceConfig], &'a [NamedInstance]) =
+        match state.config.services.get(name) {
+            Some(settings) => (&settings.instances, &settings.named),
+            None => (&[], &[]),
+        };
+    let answers = state.answers.get(name);
     let api = state.registered.get(name);
     let consul = state
         .discovered
         .get(name)
         .filter(|_| settings.discovery.is_some());
     let sources = usize::from(!file.is_empty())
-        + usize::from(resolved.is_some_and(|l| !l.is_empty()))
+        + usize::from(!named.is_empty())
         + usize::from(api.is_some_and(|m| !m.is_empty()))
         + usize::from(consul.is_some_and(|l| !l.is_empty()));
+    // Resolved names count as the file's: they are written there.
+    let resolved = named.iter().flat_map(|entry| {
+        resolved_addresses(answers, Source::File, entry)
+            .map(move |ip| (Cow::Owned(entry.resolved(ip)), Source::File))
+    });
     let all = file
         .iter()
-        .map(|i| (i, Source::File))
-        .chain(
-            resolved
-                .into_iter()
-                .flat_map(|l| l.iter().map(|i| (i, Source::File))),
-        )
-        .chain(
+        .map(|i| (Cow::Borrowed(i), Source::File))
+        .chain(resolved)
+        .chain(expand(
             api.into_iter()
-                .flat_map(|m| m.values().map(|r| (&r.instance, Source::Api))),
-        )
-        .chain(
-            consul
-                .into_iter()
-                .flat_map(|l| l.iter().map(|i| (i, Source::Consul))),
-        );
+                .flat_map(|m| m.values().map(|r| &r.instance)),
+            Source::Api,
+            answers,
+        ))
+        .chain(expand(
+            consul.into_iter().flatten(),
+            Source::Consul,
+            answers,
+        ));
     // Ids are unique within a source; only a mix needs the clash check.
     let instances = if sources <= 1 {
         all.collect()
     } else {
         let mut seen = HashSet::new();
         all.filter(|(instance, source)| {
-            let first = seen.insert(&instance.id);
+            let first = seen.insert(instance.id.clone());
             if !first {
                 tracing::warn!(service = %name, instance = %instance.id, source = source.as_str(), "instance id already taken by another source; ignored");
             }
@@ -1064,6 +1241,9 @@ fn build_service(
         protocol: service.protocol,
         tls: service.tls.clone(),
         max_connections: service.max_connections_per_instance,
+        service: Some(upstream::SharedServiceConnections(Arc::clone(
+            breaker.connections(),
+        ))),
     };
     let mut counts = [0usize; 3];
     let mut all_instances = Vec::with_capacity(planned.len());
@@ -1072,6 +1252,7 @@ fn build_service(
     let mut fingerprint = 0u64;
     let mut verdicts = Vec::with_capacity(planned.len());
     for (config, source) in planned {
+        let config: &InstanceConfig = &config;
         // The fast way (not for full builds, which read every verdict):
         // the next previous instance, or the one after it (one removed),
         // is this one unchanged.

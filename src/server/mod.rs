@@ -562,7 +562,7 @@ pub async fn start_live(options: LiveOptions) -> Result<Running, StartError> {
 /// Registrations by service and id, as a fleet snapshot holds them.
 type Registrations = std::collections::BTreeMap<
     crate::config::ServiceName,
-    std::collections::BTreeMap<crate::config::InstanceId, crate::config::InstanceConfig>,
+    std::collections::BTreeMap<crate::config::InstanceId, crate::config::InstanceEntry>,
 >;
 
 /// What a fleet node starts from.

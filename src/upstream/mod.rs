@@ -20,6 +20,7 @@ pub use crate::http1::framing;
 mod body_copy;
 pub mod h1;
 mod request_body;
+pub mod service_limit;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 use crate::config::{UpstreamProtocol, UpstreamTls};
 pub use body_copy::BodyCopy;
 pub use request_body::{ClientBody, ClientBodyState, ClientBodyWatch, RequestBody};
+pub use service_limit::{ServiceConnections, ServiceOverflow, SharedServiceConnections};
 
 /// Idle connections kept per instance and worker. Sized for a few hundred
 /// concurrent client connections; beyond it, spare connections are closed.
@@ -83,6 +85,16 @@ pub enum ConnectError {
         limit: NonZeroU32,
         /// How long the request waited.
         timeout: Duration,
+    },
+    /// A service-wide limit (`circuit_breaker.max_connections` or
+    /// `max_pending`) refused the connection. Not the instance's fault, and
+    /// no other instance of the service would do better.
+    #[error("no connection to {address}: the service is at its {} limit", which.as_str())]
+    Overflow {
+        /// The instance.
+        address: SocketAddr,
+        /// Which limit.
+        which: ServiceOverflow,
     },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {address} failed: {source}")]
@@ -211,6 +223,9 @@ pub struct Settings {
     pub tls: Option<UpstreamTls>,
     /// Most connections open at once to the instance, over all workers.
     pub max_connections: Option<NonZeroU32>,
+    /// The service-wide ceiling on connections and pending requests,
+    /// shared by the pools of all the service's instances.
+    pub service: Option<SharedServiceConnections>,
 }
 
 struct Transport {
@@ -221,9 +236,13 @@ struct Transport {
     limit: Option<Arc<Semaphore>>,
 }
 
-/// A connection's share of the instance's connection limit (`None`: no
-/// limit), held for as long as the connection is open.
-pub type ConnectionPermit = Option<OwnedSemaphorePermit>;
+/// A connection's share of the instance's and the service's connection
+/// limits (`None`: no limit), held for as long as the connection is open.
+#[derive(Debug, Default)]
+pub struct ConnectionPermit {
+    _instance: Option<OwnedSemaphorePermit>,
+    _service: Option<OwnedSemaphorePermit>,
+}
 
 /// What waiting for room under the connection limit gave.
 enum Room {
@@ -255,6 +274,8 @@ pub struct Pool {
     returned: Notify,
     max_idle: usize,
     transport: ArcSwap<Transport>,
+    /// Requests of this pool waiting for room now.
+    waiting: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Pool {
@@ -290,6 +311,7 @@ impl Pool {
                 tls: None,
                 limit: None,
             }),
+            waiting: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -302,7 +324,7 @@ impl Pool {
     /// When they change, the pooled connections (made the old way) are
     /// dropped; connections in use keep counting against the limit they
     /// were opened under until they close.
-    pub fn configure(&self, settings: &Settings) -> Result<(), String> {
+    pub fn configure(self: &Arc<Self>, settings: &Settings) -> Result<(), String> {
         if self.transport.load().settings == *settings {
             return Ok(());
         }
@@ -317,6 +339,9 @@ impl Pool {
         let limit = settings
             .max_connections
             .map(|n| Arc::new(Semaphore::new(n.get() as usize)));
+        if let Some(service) = &settings.service {
+            service.0.track(self);
+        }
         self.transport.store(Arc::new(Transport {
             settings: settings.clone(),
             tls,
@@ -339,40 +364,97 @@ impl Pool {
         crate::server::current_worker() % self.idle.len()
     }
 
-    /// Room for one more connection under the limit, waiting until
-    /// `deadline` for an open one to close or an idle one to come back.
+    /// Room for one more connection under the instance's and the
+    /// service's limits, waiting until `deadline` for an open one to close
+    /// or an idle one to come back. A request that has to wait is pending:
+    /// over the service's `max_pending`, it is refused at once.
     async fn room(&self, deadline: Instant, timeout: Duration) -> Result<Room, ConnectError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
         let transport = self.transport.load();
-        let (Some(limit), Some(max)) = (&transport.limit, transport.settings.max_connections)
-        else {
-            return Ok(Room::Granted(None));
-        };
-        let limit = Arc::clone(limit);
+        let instance_limit = transport
+            .limit
+            .clone()
+            .zip(transport.settings.max_connections);
+        let service = transport.settings.service.clone();
         drop(transport);
-        if let Ok(permit) = Arc::clone(&limit).try_acquire_owned() {
-            return Ok(Room::Granted(Some(permit)));
+        if instance_limit.is_none() && service.is_none() {
+            return Ok(Room::Granted(ConnectionPermit::default()));
         }
+        let mut instance = instance_limit
+            .as_ref()
+            .and_then(|(limit, _)| Arc::clone(limit).try_acquire_owned().ok());
+        let instance_free = instance_limit.is_none() || instance.is_some();
+        if instance_free {
+            let service_permit = service.as_ref().and_then(|s| s.0.try_permit());
+            if service.is_none() || service_permit.is_some() {
+                return Ok(Room::Granted(ConnectionPermit {
+                    _instance: instance,
+                    _service: service_permit,
+                }));
+            }
+        }
+        let address = self.address;
+        let _pending = match &service {
+            Some(service) => Some(
+                service
+                    .0
+                    .enter_pending()
+                    .map_err(|which| ConnectError::Overflow { address, which })?,
+            ),
+            None => None,
+        };
+        let _waiting = Waiting::enter(&self.waiting);
         // Idle connections this request cannot use (another worker's, or
         // of the other client kind) hold permits: close one to free its
-        // permit.
-        self.close_unusable_idle();
+        // permits; when the service's limit is the one reached, an idle
+        // connection of another instance will do.
+        if !self.close_unusable_idle() && instance_free {
+            if let Some(service) = &service {
+                service.0.close_one_idle();
+            }
+        }
         let returned = self.returned.notified();
+        let instance_held = AtomicBool::new(instance_free);
+        let acquire = async {
+            if let (Some((limit, _)), None) = (&instance_limit, &instance) {
+                instance = Arc::clone(limit).acquire_owned().await.ok();
+                instance_held.store(true, Ordering::Release);
+            }
+            let service_permit = match &service {
+                Some(service) => service.0.permit().await,
+                None => None,
+            };
+            ConnectionPermit {
+                _instance: instance.take(),
+                _service: service_permit,
+            }
+        };
         tokio::select! {
-            // The semaphore is never closed; were it, no limit applies.
-            permit = limit.acquire_owned() => Ok(Room::Granted(permit.ok())),
+            // The semaphores are never closed; were they, no limit applies.
+            permit = acquire => Ok(Room::Granted(permit)),
             () = returned => Ok(Room::IdleReturned),
-            () = tokio::time::sleep_until(deadline) => Err(ConnectError::Saturated {
-                address: self.address,
-                limit: max,
-                timeout,
-            }),
+            () = tokio::time::sleep_until(deadline) => match (&instance_limit, &service) {
+                (Some((_, max)), _) if !instance_held.load(Ordering::Acquire) => {
+                    Err(ConnectError::Saturated {
+                        address,
+                        limit: *max,
+                        timeout,
+                    })
+                }
+                (_, Some(service)) => Err(ConnectError::Overflow {
+                    address,
+                    which: service.0.refused(ServiceOverflow::MaxConnections),
+                }),
+                _ => Err(ConnectError::Timeout { address, timeout }),
+            },
         }
     }
 
     /// Closes one idle connection, if any. Called when this worker's list
     /// had none of the kind wanted, so any found is one the request could
     /// not have used.
-    fn close_unusable_idle(&self) {
+    pub(crate) fn close_unusable_idle(&self) -> bool {
         for slot in self.idle.iter() {
             // Held only for pops and pushes, never across an await.
             let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -385,15 +467,28 @@ impl Pool {
             drop(slot);
             if lean.is_some() || hyper.is_some() {
                 // Dropped here: the connection closes and frees its permit.
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Wakes a request waiting for room, when there is a limit to wait for.
     fn signal_returned(&self) {
-        if self.transport.load().limit.is_some() {
+        let transport = self.transport.load();
+        if transport.limit.is_some() || transport.settings.service.is_some() {
             self.returned.notify_one();
+        }
+    }
+
+    /// Whether a connection coming back should be pooled: not when
+    /// requests of other instances wait for room under the service's
+    /// limit, which closing it makes.
+    fn keep_returned(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match &self.transport.load().settings.service {
+            Some(service) => service.0.pending() <= self.waiting.load(Ordering::Acquire),
+            None => true,
         }
     }
 
@@ -478,6 +573,10 @@ impl Pool {
     }
 
     fn push(&self, sender: Sender) {
+        if matches!(sender, Sender::Http1(_)) && !self.keep_returned() {
+            // Dropped: the connection closes and frees its permits.
+            return;
+        }
         let mut slot = self.slot();
         if slot.hyper.len() < self.max_idle {
             slot.hyper.push(sender);
@@ -533,7 +632,7 @@ impl Pool {
     /// Returns a lean-client connection whose response was read to the end
     /// (unless the service moved to TLS or HTTP/2 meanwhile).
     pub fn checkin_h1(&self, conn: Box<h1::Conn>) {
-        if !self.takes_lean() {
+        if !self.takes_lean() || !self.keep_returned() {
             return;
         }
         let mut slot = self.slot();
@@ -568,6 +667,22 @@ impl Pool {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout { address, timeout }),
         }
+    }
+}
+
+/// A request of a pool waiting for room, counted while it waits.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicU32) -> Waiting<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
