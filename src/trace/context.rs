@@ -2,12 +2,17 @@
 //! `traceparent` strictly, checking `tracestate` against its limits, new
 //! ids, the sampling decision and the `traceparent` value sent upstream.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// `traceparent`.
 pub const TRACEPARENT: &str = "traceparent";
 /// `tracestate`.
 pub const TRACESTATE: &str = "tracestate";
+
+/// `traceparent` as a header name (no parsing per lookup).
+pub static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
+/// `tracestate` as a header name.
+pub static TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// Length of a version-00 `traceparent` value: the only one sent.
 pub const TRACEPARENT_LEN: usize = 55;
@@ -336,11 +341,11 @@ impl TraceContext {
     pub fn of_headers(headers: &HeaderMap, bound: u64) -> TraceContext {
         TraceContext::of(
             headers
-                .get_all(TRACEPARENT)
+                .get_all(&TRACEPARENT_NAME)
                 .into_iter()
                 .map(http::HeaderValue::as_bytes),
             headers
-                .get_all(TRACESTATE)
+                .get_all(&TRACESTATE_NAME)
                 .into_iter()
                 .map(http::HeaderValue::as_bytes),
             bound,

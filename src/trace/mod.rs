@@ -15,7 +15,7 @@ pub mod span;
 
 use std::sync::Arc;
 
-pub use context::{TraceContext, TRACEPARENT, TRACESTATE};
+pub use context::{TraceContext, TRACEPARENT, TRACEPARENT_NAME, TRACESTATE, TRACESTATE_NAME};
 pub use export::{ExportSettings, Tracer};
 pub use span::{Hop, ServerSpan};
 
@@ -45,14 +45,9 @@ impl Settings {
     }
 }
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use crate::http1::head::{AddedValue, RawHead};
-
-/// `traceparent` as a header name.
-pub static TRACEPARENT_NAME: HeaderName = HeaderName::from_static(TRACEPARENT);
-/// `tracestate` as a header name.
-pub static TRACESTATE_NAME: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// A request's hop, recording spans into `tracer` when its trace is
 /// sampled and `settings` export spans.
