@@ -640,3 +640,46 @@ fn tracing_settings_are_validated_with_their_field_paths() {
     assert_eq!(config.tracing.sample_ratio, 1.0);
     assert_eq!(config.tracing.otlp_endpoint.unwrap().path, "/v1/traces");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_export_on_and_off() {
+    let receiver = Receiver::start().await;
+    let up = echo("up").await;
+    let rest = format!(
+        "routes: [{{service: web}}]\nservices:\n  web: {{instances: [{{address: \"{up}\"}}]}}\n"
+    );
+    let proxy = proxy(&rest).await;
+    let address = proxy.listeners()[0].address;
+    let traced = |n: u32| format!("traceparent: 00-{:032x}-{PARENT_ID}-01\r\n", 0x7000 + n);
+    raw_get(address, &traced(1)).await;
+    let mut config = common::config(&format!(
+        "tracing: {{otlp_endpoint: \"{}\"}}\n{rest}",
+        receiver.endpoint()
+    ));
+    // The listeners as bound, so that only the tracing settings change.
+    config.listeners[0].address = address;
+    config.admin.address = proxy.admin_address();
+    proxy.registry().apply_config(config);
+    raw_get(address, &traced(2)).await;
+    receiver.whole_trace(&format!("{:032x}", 0x7002)).await;
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .all(|s| s["traceId"] != format!("{:032x}", 0x7001).as_str()),
+        "nothing of the request before the reload"
+    );
+    proxy.registry().apply_config(common::config(&rest));
+    raw_get(address, &traced(3)).await;
+    // Off again: the last request's spans never come. (Its batch would
+    // have gone within about a second.)
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        receiver
+            .all()
+            .iter()
+            .all(|s| s["traceId"] != format!("{:032x}", 0x7003).as_str()),
+        "{:?}",
+        receiver.all()
+    );
+}
