@@ -352,6 +352,17 @@ impl TraceContext {
         )
     }
 
+    /// [`TraceContext::of`] a head kept as received (for a request path
+    /// that has no header map).
+    pub fn of_raw(head: &crate::http1::head::RawHead, bound: u64) -> TraceContext {
+        let named = |name: &'static str| {
+            head.fields()
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, value)| value)
+        };
+        TraceContext::of(named(TRACEPARENT), named(TRACESTATE), bound)
+    }
+
     /// The `traceparent` value of an upstream attempt whose span is
     /// `span_id`.
     pub fn traceparent(&self, span_id: u64) -> [u8; TRACEPARENT_LEN] {
@@ -566,6 +577,28 @@ mod tests {
         assert!(!none.had_fields);
         assert!(!none.sampled);
         assert_ne!(none.trace_id, 0);
+    }
+
+    #[test]
+    fn a_raw_head_gives_the_context_a_map_gives() {
+        let text = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nTraceParent: {VALID}\r\ntracestate: a=1\r\nTRACESTATE: b=2\r\n\r\n"
+        );
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut request = httparse::Request::new(&mut fields);
+        request.parse(text.as_bytes()).unwrap();
+        let head = crate::http1::head::RawHead::new(text.as_bytes(), request.headers).unwrap();
+        let map = head.to_header_map();
+        let (raw, mapped) = (
+            TraceContext::of_raw(&head, 0),
+            TraceContext::of_headers(&map, 0),
+        );
+        assert_eq!(raw.trace_id, mapped.trace_id);
+        assert_eq!(raw.parent_id, 0x00f067aa0ba902b7);
+        assert_eq!(
+            (raw.sampled, raw.keep_tracestate, raw.had_fields),
+            (mapped.sampled, mapped.keep_tracestate, mapped.had_fields)
+        );
     }
 
     #[test]
