@@ -72,11 +72,11 @@ fn nibble(b: u8) -> Option<u8> {
     }
 }
 
-/// `digits` (lower-case hex, at most 32) as a number.
-fn hex(digits: &[u8]) -> Option<u128> {
+/// `digits` (lower-case hex, at most 16) as a number.
+fn hex(digits: &[u8]) -> Option<u64> {
     digits
         .iter()
-        .try_fold(0u128, |n, &b| Some(n << 4 | u128::from(nibble(b)?)))
+        .try_fold(0u64, |n, &b| Some(n << 4 | u64::from(nibble(b)?)))
 }
 
 /// Parses a `traceparent` value as the spec says a receiver must:
@@ -105,11 +105,13 @@ pub fn parse_traceparent(value: &[u8]) -> Result<Traceparent, Invalid> {
     if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return Err(Invalid::Separator);
     }
-    let trace_id = hex(&value[3..35]).ok_or(Invalid::TraceId)?;
+    let high = hex(&value[3..19]).ok_or(Invalid::TraceId)?;
+    let low = hex(&value[19..35]).ok_or(Invalid::TraceId)?;
+    let trace_id = u128::from(high) << 64 | u128::from(low);
     if trace_id == 0 {
         return Err(Invalid::ZeroTraceId);
     }
-    let parent_id = hex(&value[36..52]).ok_or(Invalid::ParentId)? as u64;
+    let parent_id = hex(&value[36..52]).ok_or(Invalid::ParentId)?;
     if parent_id == 0 {
         return Err(Invalid::ZeroParentId);
     }
@@ -235,25 +237,26 @@ pub fn sampled(trace_id: u128, bound: u64) -> bool {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Writes `value` as `digits` lower-case hex digits into `out`.
-fn write_hex(out: &mut [u8], value: u128) {
-    let digits = out.len();
-    for (i, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
+/// Writes `bytes` as lower-case hex into `out` (two digits a byte; a
+/// byte at a time is cheaper than shifting a 128-bit number per digit).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
 /// The 32 hex digits of a trace id.
 pub fn trace_id_hex(trace_id: u128) -> [u8; 32] {
     let mut out = [0u8; 32];
-    write_hex(&mut out, trace_id);
+    write_hex(&mut out, &trace_id.to_be_bytes());
     out
 }
 
 /// The 16 hex digits of a span id.
 pub fn span_id_hex(span_id: u64) -> [u8; 16] {
     let mut out = [0u8; 16];
-    write_hex(&mut out, u128::from(span_id));
+    write_hex(&mut out, &span_id.to_be_bytes());
     out
 }
 
@@ -261,8 +264,8 @@ pub fn span_id_hex(span_id: u64) -> [u8; 16] {
 /// the next hop.
 pub fn traceparent(trace_id: u128, span_id: u64, sampled: bool) -> [u8; TRACEPARENT_LEN] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    write_hex(&mut out[3..35], trace_id);
-    write_hex(&mut out[36..52], u128::from(span_id));
+    write_hex(&mut out[3..35], &trace_id.to_be_bytes());
+    write_hex(&mut out[36..52], &span_id.to_be_bytes());
     if sampled {
         out[54] = b'1';
     }
