@@ -9,6 +9,9 @@
 #   HTTP1=hyper benches/instructions.sh                # listeners[].http1
 #   RATE_LIMIT=on benches/instructions.sh              # a global rate limit per
 #     client IP that is never reached (rate 1000000000/s): its cost per request
+#   TRACEPARENT=on benches/instructions.sh             # every request comes
+#     with a valid traceparent and a tracestate (default: none, so the proxy
+#     starts each trace); span export stays off
 #   PROFILE=out.callgrind benches/instructions.sh      # keep a profile:
 #     callgrind_annotate out.callgrind.on | head -40    # where they go
 #
@@ -95,9 +98,14 @@ EOF
   done
   curl -fsS "http://127.0.0.1:$PROXY/" >/dev/null || { cat "$dir/valgrind.log" "$dir/stderr.log" >&2; exit 1; }
 
-  wrk -t1 -c8 -d3s "http://127.0.0.1:$PROXY/" >/dev/null
+  trace_headers=()
+  if [ "${TRACEPARENT:-off}" = on ]; then
+    trace_headers=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+      -H "tracestate: rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
+  fi
+  wrk -t1 -c8 -d3s "${trace_headers[@]}" "http://127.0.0.1:$PROXY/" >/dev/null
   [ -z "${PROFILE:-}" ] && callgrind_control -z "$VALGRIND" >/dev/null 2>&1
-  out=$(wrk -t1 -c8 -d10s "http://127.0.0.1:$PROXY/")
+  out=$(wrk -t1 -c8 -d10s "${trace_headers[@]}" "http://127.0.0.1:$PROXY/")
   callgrind_control -d "$VALGRIND" >/dev/null 2>&1
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   dump=$(ls "$dir"/callgrind.*.1 | head -1)

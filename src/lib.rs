@@ -27,5 +27,6 @@ pub mod server;
 pub mod stats_window;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod traffic;
 pub mod upstream;

@@ -149,6 +149,7 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     breaker_overflow: Family<OverflowLabels, Counter>,
     access_log_dropped: Counter,
+    trace: TraceMetrics,
     mirror_requests: Family<MirrorLabels, Counter>,
     mirrors_in_flight: Family<ServiceLabels, Gauge>,
     guard_verdicts: Family<ResultLabels, Counter>,
@@ -156,6 +157,18 @@ pub struct Metrics {
     fleet: FleetMetrics,
     /// The last 15 minutes, second by second (see [`crate::stats_window`]).
     window: std::sync::Arc<crate::stats_window::StatsWindow>,
+}
+
+/// Handles of the `switchyard_trace_*` metrics (the span exporter).
+#[derive(Debug, Clone, Default)]
+pub struct TraceMetrics {
+    /// Spans exported (the collector took them).
+    pub exported: Counter,
+    /// Spans dropped: the queue was full, the export failed, or export
+    /// was off when their batch was taken.
+    pub dropped: Counter,
+    /// Export requests that failed (no connection, no answer, not 2xx).
+    pub export_failures: Counter,
 }
 
 /// Handles of the `switchyard_fleet_*` metrics.
@@ -220,6 +233,7 @@ impl Metrics {
             breaker_overflow: Family::default(),
             fleet: FleetMetrics::default(),
             access_log_dropped: Counter::default(),
+            trace: TraceMetrics::default(),
             mirror_requests: Family::default(),
             mirrors_in_flight: Family::default(),
             guard_verdicts: Family::default(),
@@ -416,6 +430,21 @@ impl Metrics {
             fleet.seconds_since_last_event.clone(),
         );
         registry.register(
+            "trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            m.trace.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: the export queue was full, their batch failed to export, or export was off",
+            m.trace.dropped.clone(),
+        );
+        registry.register(
+            "trace_export_failures",
+            "Span export requests that failed (no connection, no answer within the limit, or not 2xx)",
+            m.trace.export_failures.clone(),
+        );
+        registry.register(
             "access_log_dropped",
             "Access-log lines dropped because the log writer was behind (its queue was full) or the write failed",
             m.access_log_dropped.clone(),
@@ -543,6 +572,11 @@ impl Metrics {
     /// The counter of dropped access-log lines, for the log writer.
     pub fn access_log_dropped(&self) -> Counter {
         self.access_log_dropped.clone()
+    }
+
+    /// The span exporter's counters.
+    pub fn trace(&self) -> TraceMetrics {
+        self.trace.clone()
     }
 
     /// A request matched no route.

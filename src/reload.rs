@@ -910,6 +910,9 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.access_log != new.access_log {
         changes.push("access_log changed".into());
     }
+    if old.tracing != new.tracing {
+        changes.push("tracing changed".into());
+    }
     if old.error_detail != new.error_detail {
         changes.push("error_detail changed".into());
     }

@@ -169,14 +169,27 @@ async fn combined_lines_are_nginx_combined_with_request_id_and_upstream_time() {
     let rest = rest
         .strip_prefix(r#""http://r.test/" "agent \x22x\x22\xFF" "rid" "#)
         .unwrap_or_else(|| panic!("{line}"));
-    let (secs, millis) = rest.split_once('.').unwrap();
+    let (upstream_time, trace) = rest.split_once(' ').unwrap();
+    let (secs, millis) = upstream_time.split_once('.').unwrap();
     assert!(secs.parse::<u64>().is_ok() && millis.len() == 3, "{line}");
+    // Then the trace id and the proxy's span id, quoted.
+    let (trace_id, span_id) = trace.split_once(' ').unwrap();
+    let hex = |quoted: &str, len: usize| {
+        let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"'));
+        inner.is_some_and(|i| i.len() == len && i.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    assert!(hex(trace_id, 32) && hex(span_id, 16), "{line}");
     // Refused by the proxy: no upstream time, no referer or agent.
     assert!(
         other.contains("\"GET /none HTTP/1.0\" 400 0 \"-\" \"-\" \""),
         "{other}"
     );
-    assert!(other.ends_with("\" -"), "{other}");
+    let (before_trace, trace) = other.rsplit_once(" \"").unwrap();
+    assert!(hex(&format!("\"{trace}"), 16), "{other}");
+    assert!(
+        before_trace.rsplit_once(" \"").unwrap().0.ends_with("\" -"),
+        "{other}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -287,7 +287,7 @@ fn forwarded(request_line: &str, fields: &[&str], body: &str) -> String {
         .find_map(|f| f.strip_prefix("host: "))
         .unwrap_or("x");
     format!(
-        "{head}x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: {host}\r\n\r\n{body}"
+        "{head}x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: {host}\r\ntraceparent: (new)\r\n\r\n{body}"
     )
 }
 
@@ -641,6 +641,29 @@ fn statuses(answer: &str) -> Vec<u16> {
         .collect()
 }
 
+/// `text` with the value of each `traceparent` field (new per request:
+/// the proxy's own span) replaced by `(new)` once it has the right shape.
+fn without_traceparent(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some((before, after)) = rest.split_once("traceparent: ") {
+        out.push_str(before);
+        out.push_str("traceparent: ");
+        match after
+            .get(..55)
+            .filter(|v| v.starts_with("00-") && v.is_ascii())
+        {
+            Some(_) => {
+                out.push_str("(new)");
+                rest = &after[55..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The request id in the first head of an upstream connection's bytes.
 fn request_id(bytes: &str) -> Option<&str> {
     let head = &bytes[..bytes.find("\r\n\r\n")?];
@@ -697,7 +720,7 @@ async fn run_corpus(server: &str) -> Vec<String> {
             .and_then(|id| id.get(1..)?.parse::<usize>().ok())
             .filter(|id| *id < cases.len());
         match id {
-            Some(id) => by_case[id].push(text),
+            Some(id) => by_case[id].push(without_traceparent(&text)),
             None => problems.push(format!("{server}: upstream bytes of no case: {text:?}")),
         }
     }

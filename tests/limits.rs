@@ -184,8 +184,9 @@ async fn the_header_field_count_is_a_limit() {
     let address = raised.listeners()[0].address;
     let got = common::raw::exchange(address, &many_fields(150)).await;
     assert_eq!(got.status, 200, "{got:?}");
-    // 150, Host, and the X-Request-Id and three X-Forwarded-* fields added.
-    assert_eq!(got.body, "fields: 155");
+    // 150, Host, and the X-Request-Id, three X-Forwarded-* and the
+    // traceparent fields added.
+    assert_eq!(got.body, "fields: 156");
     let got = common::raw::exchange(address, &many_fields(250)).await;
     assert_eq!(got.status, 431, "{got:?}");
 }

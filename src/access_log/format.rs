@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::Version;
 
 use super::Record;
+use crate::trace::context::{span_id_hex, trace_id_hex};
 
 /// The JSON line's fixed fields, as the tracing events before had them.
 const JSON_HEAD: &[u8] =
@@ -61,16 +62,21 @@ pub(super) fn json(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, end: &
         br#","complete":false,"request_id":""#
     });
     json_str(out, record.request_id.as_bytes());
+    out.extend_from_slice(br#"","trace_id":""#);
+    out.extend_from_slice(&trace_id_hex(record.trace_id));
+    out.extend_from_slice(br#"","span_id":""#);
+    out.extend_from_slice(&span_id_hex(record.span_id));
     out.extend_from_slice(br#"","client_ip":""#);
     ip(out, record.client_ip);
     out.extend_from_slice(b"\"}\n");
 }
 
 /// Appends one line in nginx's `combined` format, then the request id
-/// (quoted) and the upstream time in seconds with three decimals, as
-/// nginx's `$upstream_response_time` (`-` when no upstream answered):
+/// (quoted), the upstream time in seconds with three decimals, as
+/// nginx's `$upstream_response_time` (`-` when no upstream answered), and
+/// the trace id and the proxy's span id (quoted):
 ///
-/// `1.2.3.4 - - [01/Dec/2026:15:25:51 +0000] "GET /a?b HTTP/1.1" 200 8 "-" "curl/8" "id" 0.012`
+/// `1.2.3.4 - - [01/Dec/2026:15:25:51 +0000] "GET /a?b HTTP/1.1" 200 8 "-" "curl/8" "id" 0.012 "4bf9…4736" "00f0…02b7"`
 pub(super) fn combined(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, end: &End) {
     ip(out, record.client_ip);
     out.extend_from_slice(b" - - [");
@@ -104,7 +110,11 @@ pub(super) fn combined(out: &mut Vec<u8>, clock: &mut Clock, record: &Record, en
         Some(upstream) => seconds(out, upstream),
         None => out.push(b'-'),
     }
-    out.push(b'\n');
+    out.extend_from_slice(b" \"");
+    out.extend_from_slice(&trace_id_hex(record.trace_id));
+    out.extend_from_slice(b"\" \"");
+    out.extend_from_slice(&span_id_hex(record.span_id));
+    out.extend_from_slice(b"\"\n");
 }
 
 /// What is known when the response ends.

@@ -76,6 +76,10 @@ pub struct Record {
     pub started: Instant,
     /// The request id sent upstream and back.
     pub request_id: HeaderValue,
+    /// The trace the request belongs to (W3C Trace Context).
+    pub trace_id: u128,
+    /// The proxy's span for the request.
+    pub span_id: u64,
     /// The client's address (from `X-Forwarded-For` of trusted proxies).
     pub client_ip: IpAddr,
     /// `Referer`, kept only for the combined format.

@@ -15,12 +15,14 @@ mod raw;
 #[cfg(test)]
 mod redact_tests;
 mod sticky;
+mod tracing_config;
 mod traffic;
 mod validate;
 mod values;
 
 pub use mirror::{MirrorConfig, DEFAULT_MIRROR_BODY_BYTES, MAX_MIRROR_BODY_BYTES};
 pub use sticky::{SameSite, StickyConfig};
+pub use tracing_config::{OtlpEndpoint, TracingConfig};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -98,6 +100,8 @@ pub struct Config {
     /// The access log: on or off, where, in which format. A reload applies
     /// every part of it.
     pub access_log: AccessLogConfig,
+    /// Trace context sampling and span export (`tracing:`).
+    pub tracing: TracingConfig,
     /// What the bodies of the proxy's own error answers (502, 504, …) say.
     pub error_detail: ErrorDetail,
     /// The limit every request passes before routing (`rate_limit`).

@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) access_log: Option<RawAccessLog>,
     #[serde(default)]
+    pub(crate) tracing: Option<RawTracing>,
+    #[serde(default)]
     pub(crate) rate_limit: Option<RawRateLimit>,
     pub(crate) error_detail: Option<String>,
     #[serde(default)]
@@ -64,6 +66,18 @@ pub(crate) struct RawAccessLog {
     pub(crate) path: Option<String>,
     #[serde(default)]
     pub(crate) format: Option<String>,
+}
+
+/// `tracing:`: trace context sampling and the OTLP/HTTP span export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    #[serde(default)]
+    pub(crate) otlp_endpoint: Option<String>,
+    #[serde(default)]
+    pub(crate) sample_ratio: Option<f64>,
+    #[serde(default)]
+    pub(crate) service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

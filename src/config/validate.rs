@@ -135,6 +135,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     );
 
     let access_log = validate_access_log(raw.access_log.as_ref(), &mut errors);
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .map_or_else(TracingConfig::default, |t| {
+            super::tracing_config::validate(t).unwrap_or_else(|problems| {
+                problems.into_iter().for_each(|(p, m)| errors.push(p, m));
+                TracingConfig::default()
+            })
+        });
     let error_detail = match raw.error_detail.as_deref() {
         None | Some("minimal") => ErrorDetail::Minimal,
         Some("full") => ErrorDetail::Full,
@@ -280,6 +289,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         fleet,
         underscores_in_headers: raw.underscores_in_headers,
         access_log,
+        tracing,
         error_detail,
         rate_limit,
         guard,

@@ -30,6 +30,13 @@ struct Field {
     replaced: bool,
 }
 
+/// Where a value added by [`RawHead::append_slot`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedValue {
+    start: usize,
+    len: usize,
+}
+
 /// A head's fields as received, with edits.
 #[derive(Debug, Clone)]
 pub struct RawHead {
@@ -267,6 +274,31 @@ impl RawHead {
         self.added.extend_from_slice(b"\r\n");
     }
 
+    /// [`RawHead::append`], saying where the value went, so that it can be
+    /// overwritten with one of the same length (a value that changes per
+    /// attempt, without adding the field again).
+    pub fn append_slot(&mut self, name: &[u8], value: &[u8]) -> AddedValue {
+        let start = self.added.len() + name.len() + 2;
+        self.append(name, value);
+        AddedValue {
+            start,
+            len: value.len(),
+        }
+    }
+
+    /// Overwrites the value at `slot` (from [`RawHead::append_slot`]) with
+    /// `value`, which the caller keeps valid; false, and nothing changed,
+    /// when the lengths differ.
+    pub fn overwrite_added(&mut self, slot: AddedValue, value: &[u8]) -> bool {
+        match self.added.get_mut(slot.start..slot.start + slot.len) {
+            Some(bytes) if value.len() == slot.len => {
+                bytes.copy_from_slice(value);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The fields as a map, with every edit applied: for a path that needs
     /// one after all (hyper's upstream client). Fields whose name or value
     /// a map cannot hold are left out (the parsers refuse them before).
@@ -410,6 +442,20 @@ mod tests {
         let head = raw("HTTP/1.1 204 No Content\r\n\r\n").unwrap();
         assert_eq!(head.start_line(), b"HTTP/1.1 204 No Content");
         assert_eq!(fields(&head), "");
+    }
+
+    #[test]
+    fn an_added_value_is_overwritten_in_place() {
+        let mut head = raw("HTTP/1.1 200 OK\r\nA: 1\r\n\r\n").unwrap();
+        head.append(b"x-first", b"1");
+        let slot = head.append_slot(b"traceparent", b"00-aa-01");
+        head.append(b"x-last", b"2");
+        assert!(head.overwrite_added(slot, b"00-bb-00"));
+        assert!(!head.overwrite_added(slot, b"longer value"));
+        assert_eq!(
+            fields(&head),
+            "A: 1\r\nx-first: 1\r\ntraceparent: 00-bb-00\r\nx-last: 2\r\n"
+        );
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub(crate) struct Completion {
     /// The service's duration histogram and window series, when the
     /// request started and the status it answered.
     pub(crate) duration: Option<Timing>,
+    /// The request's server span, when it is recorded.
+    pub(crate) trace: Option<crate::trace::ServerSpan>,
     pub(crate) bytes: u64,
 }
 
@@ -130,6 +132,9 @@ impl Completion {
         }
         if let Some(log) = self.log.take() {
             log.emit(self.bytes, complete);
+        }
+        if let Some(span) = self.trace.take() {
+            span.finish(complete);
         }
     }
 }

@@ -69,6 +69,8 @@ struct Outcome {
     answered_by: Option<usize>,
     /// A sticky cookie to set on the response.
     set_cookie: Option<HeaderValue>,
+    /// The request's trace context and spans.
+    trace: crate::trace::Hop,
 }
 
 impl Proxy {
@@ -114,6 +116,13 @@ impl Proxy {
             peer.ip()
         };
         let host = request_host(&request, fields);
+        let trace = match &raw {
+            Some(head) => crate::trace::TraceContext::of_raw(head, snapshot.tracing.sample_bound),
+            None => crate::trace::TraceContext::of_headers(
+                request.headers(),
+                snapshot.tracing.sample_bound,
+            ),
+        };
         let log = self.access_log.enabled().then(|| {
             let agent = self.access_log.wants_agent();
             let header = |name| agent.then(|| fields.get(name)).flatten();
@@ -133,17 +142,26 @@ impl Proxy {
                 upstream_time: None,
                 started,
                 request_id: request_id.clone(),
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
                 client_ip,
                 referer: header(&REFERER),
                 user_agent: header(&USER_AGENT),
             })
         });
         drop(unbuilt);
+        let mut trace = crate::trace::hop(trace, &snapshot.tracing, self.registry.tracer());
+        if trace.recording() {
+            let routing_host = host.as_ref().ok().and_then(Option::as_ref);
+            let uri = request.uri();
+            trace.start_server(request.method(), uri, routing_host, client_ip, self.scheme);
+        }
         let mut pending = Pending {
             snapshot: &snapshot,
             started,
             outcome: Outcome {
                 wants_upstream_time: log.is_some(),
+                trace,
                 ..Outcome::default()
             },
             log,
@@ -164,6 +182,7 @@ impl Proxy {
             )
             .await;
         let (log, mut outcome) = pending.answered();
+        let mut server_span = outcome.trace.take_server();
         let upgrade = outcome.client_upgrade.take();
         let service = outcome.service.map(|index| &snapshot.services[index]);
         let log = log.map(|mut log| {
@@ -220,6 +239,10 @@ impl Proxy {
                     log.status = parts.status.as_u16();
                     completion.log = Some(log);
                 }
+                if let Some(mut span) = server_span.take() {
+                    span.set_status(parts.status.as_u16());
+                    completion.trace = Some(span);
+                }
                 completion.duration = service.map(|s| body::Timing {
                     histogram: s.metrics.duration.clone(),
                     window: Arc::clone(&s.metrics.window),
@@ -246,6 +269,9 @@ impl Proxy {
                         }
                         if let Some(timing) = completion.duration.as_mut() {
                             timing.status = StatusCode::BAD_GATEWAY.as_u16();
+                        }
+                        if let Some(span) = completion.trace.as_mut() {
+                            span.set_status(StatusCode::BAD_GATEWAY.as_u16());
                         }
                         if let Some(service) = service {
                             service
@@ -305,6 +331,10 @@ impl Proxy {
                 if let Some(mut log) = log {
                     log.status = status;
                     log.emit(0, true);
+                }
+                if let Some(mut span) = server_span.take() {
+                    span.set_status(status);
+                    span.finish(true);
                 }
                 response
             }
@@ -400,6 +430,13 @@ impl Proxy {
         let service = &snapshot.services[backend.service];
         outcome.service = Some(backend.service);
         outcome.route = Some(route.policy);
+        if outcome.trace.recording() {
+            let pattern = match &route.path_regex {
+                Some(regex) => format!("~{}", regex.as_str()),
+                None => route.path_prefix.to_string(),
+            };
+            outcome.trace.routed(route.policy, &pattern, &service.name);
+        }
         let candidates = match &backend.target {
             Target::Service => Candidates {
                 service,
@@ -468,6 +505,9 @@ impl Proxy {
             drop(built);
         }
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
+        // The first attempt's traceparent (the next ones overwrite it).
+        let traceparent = outcome.trace.next_attempt();
+        let mut trace_slot = None;
         if let Some(head) = raw_request.as_mut() {
             // The same edits as on the map below, on the head as received:
             // the lean client copies it with them, and hyper's client gets
@@ -493,6 +533,8 @@ impl Proxy {
             if let Some(host) = &host_value {
                 head.set(HOST.as_str(), host.as_bytes());
             }
+            let context = &outcome.trace.context;
+            trace_slot = Some(crate::trace::propagate_raw(head, context, &traceparent));
             rewrite::apply_raw(&policy.request_headers, head);
         } else {
             headers::remove_hop_by_hop(&mut parts.headers);
@@ -521,6 +563,7 @@ impl Proxy {
                 self.scheme,
                 host_value.as_ref(),
             );
+            crate::trace::propagate(&mut parts.headers, &outcome.trace.context, &traceparent);
             rewrite::apply(&policy.request_headers, &mut parts.headers);
             if service.protocol == UpstreamProtocol::Http2 {
                 // HTTP/2 carries the target as :scheme and :authority.
@@ -572,6 +615,7 @@ impl Proxy {
             lean.then_some(Lean {
                 raw_response,
                 request_head: raw_request,
+                trace_slot,
             }),
             client_body.as_deref(),
             replay.as_ref(),
@@ -637,6 +681,10 @@ impl Drop for Pending<'_> {
             log.instance = self.outcome.instance.as_ref().map(|i| i.id.clone());
             log.emit(0, false);
         }
+        if let Some(mut span) = self.outcome.trace.take_server() {
+            span.set_status(status);
+            span.finish(false);
+        }
     }
 }
 
@@ -649,6 +697,8 @@ struct Lean {
     /// lean client writes instead of the request's map (which then still
     /// holds the fields as the client sent them).
     request_head: Option<RawHead>,
+    /// Where `request_head` has its `traceparent` value.
+    trace_slot: Option<crate::http1::head::AddedValue>,
 }
 
 /// Tries instances until one answers, at most `max_attempts` times, each
@@ -718,11 +768,32 @@ async fn send_with_retries(
                 *request.headers_mut() = head.to_header_map();
             }
         }
+        if attempt > 1 {
+            // A new span per attempt, so retries can be told apart.
+            let value = outcome.trace.next_attempt();
+            match lean
+                .as_mut()
+                .and_then(|l| Some((l.request_head.as_mut()?, l.trace_slot?)))
+            {
+                Some((head, slot)) => {
+                    head.overwrite_added(slot, &value);
+                }
+                None => crate::trace::set_traceparent(request.headers_mut(), &value),
+            }
+        }
+        let attempt_started = outcome.trace.recording().then(Instant::now);
         let sent = if let Some(lean) = lean.as_ref().filter(|_| takes_lean) {
             send_lean(service, pool, request, lean).await
         } else {
             send_hyper(service, pool, request).await
         };
+        if let Some(attempt_started) = attempt_started {
+            let (status, error) = attempt_result(&sent);
+            let tried = (&instance.id, instance.address);
+            outcome
+                .trace
+                .attempt_done(attempt_started, attempt, tried, status, error);
+        }
         // Checked first: a client that broke or stalled its own upload must
         // not count against the instance (outlier detection, metrics).
         if let Some(error) = client_fault(&sent, client_body, service.request_timeout) {
@@ -773,6 +844,7 @@ async fn send_with_retries(
                     connection: connection.map(|sender| (sender, Arc::clone(pool))),
                     log: None,
                     duration: None,
+                    trace: None,
                     bytes: 0,
                 };
                 return Ok((response, completion));
@@ -1014,6 +1086,21 @@ enum Sent {
     /// (it may be sent again if it is idempotent). The flag says whether
     /// the failure was such a close or reset (not an invalid answer).
     Failed(String, Option<Request<RequestBody>>, bool),
+}
+
+/// What a client span records of an attempt: the status of the answer
+/// (0: none) and, when there was none, what went wrong.
+fn attempt_result(sent: &Sent) -> (u16, Option<&'static str>) {
+    match sent {
+        Sent::Answered { response, .. } => (response.status().as_u16(), None),
+        Sent::ConnectFailed(ConnectError::Timeout { .. }, _) => (0, Some("connect_timeout")),
+        Sent::ConnectFailed(ConnectError::Saturated { .. }, _) => (0, Some("no_free_connection")),
+        Sent::ConnectFailed(..) => (0, Some("connect_failed")),
+        Sent::Unsent(..) => (0, Some("not_sent")),
+        Sent::TimedOut => (0, Some("timeout")),
+        Sent::Failed(_, _, true) => (0, Some("connection_closed")),
+        Sent::Failed(_, _, false) => (0, Some("invalid_response")),
+    }
 }
 
 /// Sends through hyper's client. A reused keep-alive connection that turns

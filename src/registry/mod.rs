@@ -374,6 +374,8 @@ pub struct Registry {
     failures: mpsc::UnboundedSender<FailureStreak>,
     failure_receiver: Mutex<Option<mpsc::UnboundedReceiver<FailureStreak>>>,
     metrics: Arc<Metrics>,
+    /// The queue of finished spans (outlives every snapshot).
+    tracer: Arc<crate::trace::Tracer>,
 }
 
 impl Registry {
@@ -411,8 +413,14 @@ impl Registry {
             rebuild: Notify::new(),
             failures,
             failure_receiver: Mutex::new(Some(failure_receiver)),
+            tracer: Arc::new(crate::trace::Tracer::new(metrics.trace())),
             metrics,
         }
+    }
+
+    /// Where sampled requests put their spans.
+    pub fn tracer(&self) -> &Arc<crate::trace::Tracer> {
+        &self.tracer
     }
 
     /// The metrics of this proxy.

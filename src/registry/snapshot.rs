@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub full_error_detail: bool,
     /// The rate limit every request passes first, if any.
     pub rate_limit: Option<Arc<crate::limits::RateLimiter>>,
+    /// Trace sampling and span export (`tracing:`).
+    pub tracing: crate::trace::Settings,
 }
 
 /// One service as requests see it.
@@ -313,6 +315,7 @@ impl Snapshot {
             underscores_in_headers: config.underscores_in_headers,
             full_error_detail: config.error_detail == crate::config::ErrorDetail::Full,
             rate_limit,
+            tracing: crate::trace::Settings::of(&config.tracing),
         }
     }
 }

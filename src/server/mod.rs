@@ -662,6 +662,10 @@ async fn launch(
     background.push(tokio::spawn(
         Arc::clone(registry.metrics().window()).run_sampler(),
     ));
+    let spans = Arc::clone(&registry);
+    background.push(tokio::spawn(
+        Arc::clone(registry.tracer()).run(move || spans.snapshot().tracing.export.clone()),
+    ));
     let consul_self = Arc::new(tokio::sync::Mutex::new(None));
     if let (Some(consul), Some(listener)) = (&config.consul, listeners.bound().first()) {
         if let Some(registration) = &consul.register {
