@@ -644,7 +644,9 @@ async fn apply_verdict(
                 "pushed {} as version {v}; every node applies it",
                 file.display()
             );
-            return Ok(ExitCode::SUCCESS);
+            if json["guard"].is_null() {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         (Some("applied"), Some(v)) => println!("applied {} as version {v}", file.display()),
         (Some("applied"), None) => {
@@ -748,8 +750,13 @@ fn progress_line(report: &serde_json::Value) -> String {
             .map_or("-".to_string(), |ms| format!("{ms:.1}ms"));
         format!("{requests} requests, error_rate {rate:.2}%, p99 {p99}")
     };
+    let nodes = match report["fleet"]["nodes"].as_array().map(Vec::len) {
+        Some(1) => " over 1 node".to_string(),
+        Some(n) => format!(" over {n} nodes"),
+        None => String::new(),
+    };
     format!(
-        "all: {} (before: {})",
+        "all{nodes}: {} (before: {})",
         describe(&all["window"]),
         describe(&all["baseline"])
     )

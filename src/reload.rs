@@ -89,6 +89,14 @@ pub enum ReloadError {
         /// Seconds left of its window.
         remaining: u64,
     },
+    /// Another fleet node's guard is watching a version it pushed.
+    #[error("node {node} is watching version {version} with a config guard (GET /admin/config/guard on that node shows it); wait for its verdict, or pass --force (force=true) to push anyway, which ends that guard, keeping version {version}")]
+    GuardElsewhere {
+        /// The judging node.
+        node: String,
+        /// The version it watches.
+        version: ConfigVersion,
+    },
     /// A guard cannot be used as asked.
     #[error("{0}")]
     BadGuard(String),
@@ -110,6 +118,7 @@ impl ReloadError {
                 | ReloadError::FleetMode
                 | ReloadError::NotFleet
                 | ReloadError::GuardRunning { .. }
+                | ReloadError::GuardElsewhere { .. }
                 | ReloadError::BadGuard(_)
         )
     }
@@ -124,6 +133,9 @@ pub enum ReloadOutcome {
     Pushed {
         /// The new version.
         version: ConfigVersion,
+        /// The guard now watching it over the fleet, for a guarded push.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        guard: Option<guard::GuardReport>,
     },
     /// A new config is serving.
     Applied {
@@ -315,13 +327,19 @@ impl Reloader {
         let Some((fleet, _)) = &self.fleet else {
             return Err(ReloadError::NotFleet);
         };
+        if let Some(running) = self.guards.watching() {
+            return Err(guard::refusal(&running));
+        }
         match fleet
             .push(text, ChangeSource::Push, cause, None, base)
             .await?
         {
             PushOutcome::Pushed(version) => {
                 tracing::info!(%version, cause, "config version pushed to the fleet");
-                Ok(ReloadOutcome::Pushed { version })
+                Ok(ReloadOutcome::Pushed {
+                    version,
+                    guard: None,
+                })
             }
             PushOutcome::Unchanged(_) => Ok(ReloadOutcome::Unchanged),
         }
@@ -459,13 +477,7 @@ impl Reloader {
         force: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         if self.fleet.is_some() {
-            if guard.is_some() {
-                return Err(ReloadError::BadGuard(
-                    "guarded changes are not available in fleet mode yet; push without --guard"
-                        .into(),
-                ));
-            }
-            return self.push(text, cause, None).await;
+            return self.push_guarded(text, cause, None, guard, force).await;
         }
         let _one_at_a_time = self.pipeline.lock().await;
         let result = self
@@ -565,6 +577,17 @@ impl Reloader {
         force: bool,
     ) -> Result<ReloadOutcome, ReloadError> {
         if let Some((fleet, _)) = &self.fleet {
+            if let Some(running) = self.guards.watching() {
+                if !force {
+                    return Err(guard::refusal(&running));
+                }
+                if self.guards.end_by_force(cause).is_some() {
+                    self.registry.metrics().guard_verdict("ended_by_force");
+                }
+            }
+            if let Some((node, version)) = fleet.guard_elsewhere().filter(|_| !force) {
+                return Err(ReloadError::GuardElsewhere { node, version });
+            }
             // A rollback is a push of the old text as a new version.
             let text = self.version_text(version).await?;
             self.parse_shared(&text)?;
@@ -574,7 +597,10 @@ impl Reloader {
             {
                 PushOutcome::Pushed(new) => {
                     tracing::info!(version = %new, restores = %version, "rollback pushed to the fleet");
-                    Ok(ReloadOutcome::Pushed { version: new })
+                    Ok(ReloadOutcome::Pushed {
+                        version: new,
+                        guard: None,
+                    })
                 }
                 PushOutcome::Unchanged(_) => Ok(ReloadOutcome::Unchanged),
             };
@@ -728,7 +754,7 @@ impl Reloader {
                     .then(|| "applied, but the version could not be recorded".to_string());
                 ("applied", error.filter(|_| self.history.available()))
             }
-            Ok(ReloadOutcome::Pushed { version }) => {
+            Ok(ReloadOutcome::Pushed { version, .. }) => {
                 tracing::info!(source = source.as_str(), cause, %version, "config version pushed");
                 ("pushed", None)
             }

@@ -66,9 +66,18 @@ pub struct Router {
     /// Sorted by suffix length, longest first.
     suffix: Vec<(Box<str>, Vec<Route>)>,
     any: Vec<Route>,
+    /// Whether any route has a header condition (a lookup then reads the
+    /// request's fields).
+    reads_headers: bool,
 }
 
 impl Router {
+    /// Whether a lookup may read the request's header fields: without
+    /// header conditions it reads only the host, path, query and method.
+    pub fn reads_headers(&self) -> bool {
+        self.reads_headers
+    }
+
     /// Builds the table, each host's routes in the order they are tried
     /// (see [`matcher::precedence`]).
     pub fn new(routes: &[RouteConfig]) -> Router {
@@ -87,6 +96,7 @@ impl Router {
         // A stable sort: ties keep config order.
         keyed.sort_by_key(|(_, config)| matcher::precedence(config));
         for (index, config) in keyed {
+            router.reads_headers |= !config.conditions.headers.is_empty();
             let route = Route {
                 policy: index,
                 path_prefix: config.path_prefix.as_str().into(),

@@ -306,6 +306,50 @@ impl WindowStats {
     }
 }
 
+/// The counts of a time range: requests, errors and the latency
+/// histogram (the fixed buckets above). Histograms of several ranges, or
+/// of several proxies, merge by adding, and the percentiles of the sum are
+/// real percentiles of the merged traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Requests finished.
+    pub requests: u64,
+    /// Of those, 5xx answers.
+    pub errors: u64,
+    /// Requests per latency bucket.
+    pub latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            requests: 0,
+            errors: 0,
+            latency: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl Histogram {
+    /// Adds `count` requests of latency bucket `index` (ignored when there
+    /// is no such bucket).
+    pub fn add_latency(&mut self, index: usize, count: u64) {
+        if let Some(n) = self.latency.get_mut(index) {
+            *n = n.saturating_add(count);
+        }
+    }
+
+    /// The requests, errors and percentiles.
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            requests: self.requests,
+            errors: self.errors,
+            p50: percentile(&self.latency, 0.50),
+            p99: percentile(&self.latency, 0.99),
+        }
+    }
+}
+
 /// The bucket value below which a fraction `q` of the counts fall.
 fn percentile(latency: &[u64; LATENCY_BUCKETS], q: f64) -> Option<Duration> {
     let total: u64 = latency.iter().sum();
@@ -431,6 +475,33 @@ impl StatsWindow {
         step: u64,
         count: usize,
     ) -> Vec<WindowStats> {
+        self.buckets(service, from, step, count)
+            .iter()
+            .map(WindowStats::of)
+            .collect()
+    }
+
+    /// Like [`StatsWindow::series`], but each bucket's counts and latency
+    /// histogram rather than its percentiles: histograms of several
+    /// ranges (or of several proxies) merge by adding.
+    pub fn histograms(
+        &self,
+        service: Option<&str>,
+        from: u64,
+        step: u64,
+        count: usize,
+    ) -> Vec<Histogram> {
+        self.buckets(service, from, step, count)
+            .into_iter()
+            .map(|t| Histogram {
+                requests: t.requests,
+                errors: t.errors,
+                latency: t.latency,
+            })
+            .collect()
+    }
+
+    fn buckets(&self, service: Option<&str>, from: u64, step: u64, count: usize) -> Vec<Totals> {
         let step = step.max(1);
         let mut buckets = vec![Totals::default(); count];
         let inner = self.lock();
@@ -456,7 +527,7 @@ impl StatsWindow {
         if let Some(bucket) = present.and_then(|i| buckets.get_mut(i)) {
             bucket.add(&live);
         }
-        buckets.iter().map(WindowStats::of).collect()
+        buckets
     }
 
     /// The services that have a series, in name order.
@@ -563,6 +634,38 @@ mod tests {
         let now = unix_now();
         let live = window.series(Some("web"), now - 5, 10, 1);
         assert_eq!(live[0].requests, 1);
+    }
+
+    #[test]
+    fn histograms_add_up_to_the_window() {
+        let window = StatsWindow::new();
+        let web = window.counters("web");
+        let api = window.counters("api");
+        for _ in 0..90 {
+            web.record(Duration::from_millis(2), 200);
+        }
+        window.sample(1000);
+        for _ in 0..10 {
+            api.record(Duration::from_millis(400), 503);
+        }
+        window.sample(1001);
+        let seconds = window.histograms(None, 1000, 1, 2);
+        assert_eq!((seconds[0].requests, seconds[1].requests), (90, 10));
+        let mut merged = Histogram::default();
+        for second in &seconds {
+            merged.requests += second.requests;
+            merged.errors += second.errors;
+            for (i, n) in second.latency.iter().enumerate() {
+                merged.add_latency(i, *n);
+            }
+        }
+        // Added up, the seconds say what the whole range says.
+        assert_eq!(merged.stats(), window.window(None, 1000, 1002));
+        assert_eq!(merged.stats().errors, 10);
+        let p99 = merged.stats().p99.unwrap().as_secs_f64();
+        assert!((0.36..0.44).contains(&p99), "{p99}");
+        merged.add_latency(LATENCY_BUCKETS, 5);
+        assert_eq!(merged.latency.iter().sum::<u64>(), 100);
     }
 
     #[test]

@@ -221,6 +221,49 @@ async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
 }
 
 #[tokio::test]
+async fn a_post_without_a_body_but_with_an_idempotency_key_is_retried_after_a_reset() {
+    // Reads the request, then closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let good = echo("good").await;
+    let proxy = proxy(&format!(
+        "routes:\n  - service: s\nservices:\n  s: {{strategy: round_robin, instances: [{{address: \"{rude}\"}}, {{address: \"{good}\"}}]}}\n"
+    ))
+    .await;
+    // The key, read from the head as received (the lean path), makes the
+    // POST as safe to send again as a GET: whichever instance the rotation
+    // starts at, the good one answers both.
+    for _ in 0..2 {
+        let post = http::Request::post(format!("{}/", base(&proxy)))
+            .header("idempotency-key", "order-17")
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let got = send(&client(), post).await;
+        assert_eq!(
+            (got.status, got.served_by()),
+            (200, "good".into()),
+            "{}",
+            got.body
+        );
+    }
+    // The rude one was met (once or twice, as the rotation went), and each
+    // time the request went on to the other.
+    let met = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&met), "{met}");
+}
+
+#[tokio::test]
 async fn connect_failures_are_retried_on_another_instance() {
     let dead1 = dead_address().await;
     let dead2 = dead_address().await;

@@ -96,7 +96,7 @@ async fn hyper_verdict(input: Vec<u8>) -> Verdict {
 }
 
 fn owned_verdict(input: &[u8]) -> Verdict {
-    let head = match request::parse(input, &LIMITS) {
+    let mut head = match request::parse(input, &LIMITS) {
         Ok(Some(head)) => head,
         Ok(None) | Err(_) => return Verdict::Refused,
     };
@@ -124,7 +124,7 @@ fn owned_verdict(input: &[u8]) -> Verdict {
         method: head.method.to_string(),
         target: head.uri.to_string(),
         version: format!("{:?}", head.version),
-        fields: fields(&head.headers),
+        fields: fields(&head.take_headers()),
         body,
     }
 }

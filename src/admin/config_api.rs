@@ -64,7 +64,7 @@ pub(super) async fn handle(
         ),
         (&Method::GET, ["config", "versions"]) => match reloader.versions().await {
             Ok((versions, broken)) => {
-                let reports = reloader.guard_reports();
+                let reports = reloader.guard_summaries().await;
                 let versions: Vec<serde_json::Value> = versions
                     .iter()
                     .map(|info| {
@@ -196,8 +196,9 @@ fn reload_response(result: Result<ReloadOutcome, ReloadError>) -> Response<Proxy
 
 /// `POST /admin/config`: in fleet mode, validate the YAML body here and
 /// push it to the fleet as the next version (`?base=N`: only if N is still
-/// current); on a single node, write it to the config file and apply it,
-/// under a guard when `guard=` parameters are given.
+/// current), judged over the whole fleet's traffic when `guard=`
+/// parameters are given; on a single node, write it to the config file
+/// and apply it, under a guard when `guard=` parameters are given.
 pub(super) async fn push(
     state: &AdminState,
     body: &[u8],
@@ -224,8 +225,12 @@ pub(super) async fn push(
         return bad_request("the body is not UTF-8 text\n".into());
     };
     let cause = format!("POST /admin/config from {peer}");
-    if reloader.fleet().is_some() && params.guard.is_none() && !params.force {
-        return reload_response(reloader.push(text, &cause, base).await);
+    if reloader.fleet().is_some() {
+        return reload_response(
+            reloader
+                .push_guarded(text, &cause, base, params.guard, params.force)
+                .await,
+        );
     }
     if base.is_some() {
         return bad_request("base=N is for fleet pushes only\n".into());
@@ -324,7 +329,9 @@ fn error_response(error: &ReloadError) -> Response<ProxyBody> {
         ReloadError::Fleet(FleetError::Etcd(_) | FleetError::Timeout(_)) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ReloadError::Bind(_) | ReloadError::GuardRunning { .. } => StatusCode::CONFLICT,
+        ReloadError::Bind(_)
+        | ReloadError::GuardRunning { .. }
+        | ReloadError::GuardElsewhere { .. } => StatusCode::CONFLICT,
         error if error.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };

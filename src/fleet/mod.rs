@@ -17,6 +17,7 @@
 //! cannot be reached.
 
 pub mod store;
+pub mod traffic;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::config::history::{self, ChangeSource, ConfigVersion};
 use crate::config::{FleetConfig, InstanceConfig, InstanceId, ServiceName};
 use crate::registry::Registry;
-pub use store::{FleetError, PushOutcome, Store, StoredVersion};
+pub use store::{FleetError, PushOutcome, Store, StoredGuard, StoredVersion};
 use store::{FleetState, StoredRegistration};
 
 /// How often the node asks etcd for watch progress; a watch silent for
@@ -42,6 +43,12 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 const NODE_LEASE_TTL: i64 = 10;
 /// The node status value is rewritten at least this often.
 const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// While a guard runs anywhere in the fleet, the status value (with the
+/// recent traffic the guard judges) is rewritten this often.
+const GUARD_REFRESH: Duration = Duration::from_secs(1);
+/// A running guard's record seen by the watch keeps the status refresh
+/// fast for this long (the judging node rewrites it every few seconds).
+const GUARD_NOTICE: Duration = Duration::from_secs(10);
 /// Reconnect backoff bounds (each wait is randomised between half and all
 /// of the current step, so nodes do not reconnect in lock-step).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -98,6 +105,11 @@ pub struct NodeStatus {
     /// then each service (from the stats window).
     #[serde(default)]
     pub traffic: Vec<TrafficFigures>,
+    /// Its traffic second by second over the last
+    /// [`traffic::RECENT_SECONDS`], with latency histograms: what a fleet
+    /// guard merges.
+    #[serde(default)]
+    pub recent: Option<traffic::RecentTraffic>,
 }
 
 /// The window of traffic a node publishes with its status.
@@ -190,6 +202,11 @@ struct Live {
     drained: HashSet<(ServiceName, InstanceId)>,
     /// The version serving, for the snapshot.
     serving: Option<StoredVersion>,
+    /// Until when the status is refreshed every second (a guard runs).
+    closely_until: Option<Instant>,
+    /// A guard another node runs: its node, version, and when its record
+    /// was last rewritten.
+    guard_elsewhere: Option<(String, ConfigVersion, Instant)>,
 }
 
 /// This node's membership of a fleet.
@@ -239,6 +256,8 @@ impl Fleet {
                 delivered: None,
                 drained: HashSet::new(),
                 serving: None,
+                closely_until: None,
+                guard_elsewhere: None,
             }),
             versions: watch::channel(None).0,
             status_changed: Notify::new(),
@@ -271,7 +290,38 @@ impl Fleet {
                     .map(|s| TrafficFigures::of(s, window.window(Some(s), from, to))),
             )
             .collect();
+        status.recent = Some(traffic::recent(window, to - 1));
         status
+    }
+
+    /// Refreshes the status (and its recent traffic) every second for the
+    /// next `period` (None: back to the normal pace at once).
+    pub fn watch_closely(&self, period: Option<Duration>) {
+        let until = period.map(|p| Instant::now() + p);
+        let faster = {
+            let mut live = self.lock();
+            let was = live.closely_until.is_some_and(|u| u > Instant::now());
+            live.closely_until = until;
+            !was && until.is_some()
+        };
+        if faster {
+            self.status_changed.notify_one();
+        }
+    }
+
+    /// The node and version of a guard running on another node, as its
+    /// record says (a record not rewritten for a while belongs to a node
+    /// that stopped: no longer counted).
+    pub fn guard_elsewhere(&self) -> Option<(String, ConfigVersion)> {
+        let live = self.lock();
+        let (node, version, seen) = live.guard_elsewhere.as_ref()?;
+        (seen.elapsed() < GUARD_NOTICE).then(|| (node.clone(), *version))
+    }
+
+    fn closely(&self) -> bool {
+        self.lock()
+            .closely_until
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// The connection, made on first use.
@@ -788,6 +838,32 @@ impl Fleet {
                 self.mark_drained(&service, &id, is_put);
             } else if is_put && key == own_status {
                 self.check_name_conflict(kv.value());
+            } else if key.starts_with(&keys.guards()) {
+                // A guard running on some node judges every node's recent
+                // traffic: publish it every second while it runs.
+                let running = is_put
+                    .then(|| serde_json::from_slice::<StoredGuard>(kv.value()).ok())
+                    .flatten()
+                    .filter(|g| g.state == "running");
+                self.watch_closely(running.is_some().then_some(GUARD_NOTICE));
+                let mut live = self.lock();
+                match running {
+                    Some(guard) if guard.node != self.config.node => {
+                        live.guard_elsewhere = Some((guard.node, guard.version, Instant::now()));
+                    }
+                    _ => {
+                        let version = key
+                            .strip_prefix(&keys.guards())
+                            .and_then(|n| n.parse::<u64>().ok());
+                        if live
+                            .guard_elsewhere
+                            .as_ref()
+                            .is_some_and(|(_, v, _)| Some(v.0) == version)
+                        {
+                            live.guard_elsewhere = None;
+                        }
+                    }
+                }
             }
         }
         self.registry.update_fleet_registrations(put, removed);
@@ -873,9 +949,15 @@ impl Fleet {
                     lease = None;
                 }
             }
-            changed = tokio::time::timeout(renew_every, self.status_changed.notified())
+            let wait = if self.closely() {
+                GUARD_REFRESH
+            } else {
+                renew_every
+            };
+            changed = tokio::time::timeout(wait, self.status_changed.notified())
                 .await
-                .is_ok();
+                .is_ok()
+                || self.closely();
         }
     }
 

@@ -7,6 +7,8 @@
 //! - `P/config/versions/NNNNNNNNNNNNNNNNNNNN`: one version (JSON: the text,
 //!   its sha256, author node, source, cause, time), never rewritten;
 //! - `P/config/current`: the number of the current version;
+//! - `P/config/guards/NNNNNNNNNNNNNNNNNNNN`: the guard record of a
+//!   guarded push of that version (see [`StoredGuard`]);
 //! - `P/nodes/NODE`: a node's status, under that node's lease;
 //! - `P/registry/SERVICE/ID`: a registration (JSON), under a lease with the
 //!   registration's ttl when it has one;
@@ -106,6 +108,50 @@ impl StoredRegistration {
     }
 }
 
+/// The record of a guarded push, kept beside the versions: written by
+/// the pushing node when the guard starts (under a lease while it runs, so
+/// a node that dies mid-guard leaves no record claiming to watch), and
+/// rewritten without a lease once there is a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGuard {
+    /// The version watched.
+    pub version: ConfigVersion,
+    /// The version restored if a guard trips.
+    pub previous: ConfigVersion,
+    /// The node that pushed and judges.
+    pub node: String,
+    /// The guards, as written.
+    pub checks: Vec<String>,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// When the window started (RFC 3339).
+    pub started_at: String,
+    /// `running`, `kept`, `not_enough_traffic`, `rolling_back`,
+    /// `rolled_back`, `rollback_failed` or `ended_by_force`.
+    pub state: String,
+    /// The verdict in words, once there is one.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// The version that restored `previous`, after a rollback.
+    #[serde(default)]
+    pub rollback_version: Option<ConfigVersion>,
+    /// The nodes whose figures were judged.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Nodes left out because they stopped publishing their figures.
+    #[serde(default)]
+    pub left_out: Vec<String>,
+}
+
+/// A node's status value as stored, with the revision it was written at.
+#[derive(Debug, Clone)]
+pub struct NodeRecord {
+    /// The etcd revision of the last write.
+    pub mod_revision: i64,
+    /// The value (JSON).
+    pub value: Vec<u8>,
+}
+
 /// The current version pointer and its record.
 #[derive(Debug, Clone)]
 pub struct Current {
@@ -171,6 +217,16 @@ impl Keys {
     /// One version (zero-padded, so keys sort by number).
     pub fn version(&self, version: ConfigVersion) -> String {
         format!("{}{:020}", self.versions(), version.0)
+    }
+
+    /// All guard records.
+    pub fn guards(&self) -> String {
+        format!("{}/config/guards/", self.prefix)
+    }
+
+    /// The guard record of one version.
+    pub fn guard(&self, version: ConfigVersion) -> String {
+        format!("{}{:020}", self.guards(), version.0)
     }
 
     /// All node status keys.
@@ -539,6 +595,23 @@ impl Store {
             if let Err(error) = dropped {
                 tracing::warn!(%error, "cannot drop fleet config versions beyond retention");
             }
+            // Their guard records go with them.
+            let from = self.keys.guard(ConfigVersion(0));
+            let to = self
+                .keys
+                .guard(ConfigVersion(oldest_kept.saturating_add(1)));
+            let dropped = self
+                .call(|mut c| {
+                    let (from, to) = (from.clone(), to.clone());
+                    async move {
+                        c.delete(from, Some(DeleteOptions::new().with_range(to)))
+                            .await
+                    }
+                })
+                .await;
+            if let Err(error) = dropped {
+                tracing::warn!(%error, "cannot drop fleet guard records beyond retention");
+            }
         }
         Ok(PushOutcome::Pushed(next))
     }
@@ -787,6 +860,73 @@ impl Store {
             .await
             .map(drop)
         }
+    }
+
+    /// Writes a guard record; under `lease` while the guard runs.
+    pub async fn put_guard(
+        &self,
+        record: &StoredGuard,
+        lease: Option<i64>,
+    ) -> Result<(), FleetError> {
+        let value = serde_json::to_vec(record).map_err(|e| FleetError::Etcd(e.to_string()))?;
+        let key = self.keys.guard(record.version);
+        let options = lease.map(|lease| PutOptions::new().with_lease(lease));
+        self.call(|mut c| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.put(key, value, options).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Every readable guard record.
+    pub async fn guard_records(&self) -> Result<Vec<StoredGuard>, FleetError> {
+        let prefix = self.keys.guards();
+        let response = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+
+    /// Ends a lease (its keys go with it).
+    pub async fn revoke(&self, lease: i64) -> Result<(), FleetError> {
+        self.call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+            .map(drop)
+    }
+
+    /// Every node's status value with the revision it was written at, by
+    /// node name.
+    pub async fn node_records(&self) -> Result<BTreeMap<String, NodeRecord>, FleetError> {
+        let prefix = self.keys.nodes();
+        let response = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let node = key.strip_prefix(&prefix)?.to_string();
+                Some((
+                    node,
+                    NodeRecord {
+                        mod_revision: kv.mod_revision(),
+                        value: kv.value().to_vec(),
+                    },
+                ))
+            })
+            .collect())
     }
 
     /// Every node's status value.

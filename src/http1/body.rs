@@ -87,6 +87,11 @@ impl RequestBody {
         self
     }
 
+    /// The request's head as received, if it came with one.
+    pub fn head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
     /// Takes the request's head as received, if it came with one.
     pub fn take_head(&mut self) -> Option<RawHead> {
         self.head.take()

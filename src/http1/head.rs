@@ -11,6 +11,11 @@
 
 use bytes::Bytes;
 
+/// Bytes reserved at the first edit of a head for set and added fields
+/// (the X-Forwarded-* fields, the request id, a Host): enough for the usual
+/// edits in one allocation.
+const EDIT_ROOM: usize = 192;
+
 /// Where one field line is in the head.
 #[derive(Debug, Clone, Copy)]
 struct Field {
@@ -20,8 +25,9 @@ struct Field {
     value_start: u32,
     value_len: u32,
     removed: bool,
-    /// Written with this value instead (an index into `replaced`).
-    replaced: Option<u16>,
+    /// Written with another value: then `value_start` and `value_len` are
+    /// its place in `replaced`, not in the head.
+    replaced: bool,
 }
 
 /// A head's fields as received, with edits.
@@ -30,8 +36,9 @@ pub struct RawHead {
     /// The whole head, start line to the empty line.
     bytes: Bytes,
     fields: Vec<Field>,
-    /// New values of fields set in place.
-    replaced: Vec<Bytes>,
+    /// New values of fields set in place, one after the other (one buffer
+    /// for all of them, not an allocation each).
+    replaced: Vec<u8>,
     /// Fields added, already as lines (`name: value\r\n`).
     added: Vec<u8>,
 }
@@ -90,7 +97,7 @@ impl RawHead {
                 value_start: value_start as u32,
                 value_len: field.value.len() as u32,
                 removed: false,
-                replaced: None,
+                replaced: false,
             });
         }
         Some(RawHead {
@@ -142,11 +149,27 @@ impl RawHead {
     }
 
     fn value(&self, field: &Field) -> &[u8] {
-        if let Some(i) = field.replaced {
-            return &self.replaced[usize::from(i)];
+        let start = field.value_start as usize;
+        let end = start + field.value_len as usize;
+        if field.replaced {
+            return &self.replaced[start..end];
+        }
+        &self.bytes[start..end]
+    }
+
+    /// The value of the first received field called `name` (any case),
+    /// still in the head and as received, as a slice of the head's bytes
+    /// (no copy).
+    pub fn get_shared(&self, name: &str) -> Option<Bytes> {
+        let field = self
+            .fields
+            .iter()
+            .find(|f| !f.removed && self.is(f, name.as_bytes()))?;
+        if field.replaced {
+            return None;
         }
         let start = field.value_start as usize;
-        &self.bytes[start..start + field.value_len as usize]
+        Some(self.bytes.slice(start..start + field.value_len as usize))
     }
 
     /// Gives the first received field called `name` the value `value`, in
@@ -159,9 +182,16 @@ impl RawHead {
             if field.removed || !self.is(&field, name.as_bytes()) {
                 continue;
             }
-            if first && self.replaced.len() < usize::from(u16::MAX) {
-                self.fields[i].replaced = Some(self.replaced.len() as u16);
-                self.replaced.push(Bytes::copy_from_slice(value));
+            let start = self.replaced.len();
+            if first && start + value.len() <= u32::MAX as usize {
+                if self.replaced.capacity() == 0 {
+                    self.replaced.reserve(EDIT_ROOM.max(value.len()));
+                }
+                self.replaced.extend_from_slice(value);
+                let field = &mut self.fields[i];
+                field.replaced = true;
+                field.value_start = start as u32;
+                field.value_len = value.len() as u32;
                 first = false;
             } else {
                 self.fields[i].removed = true;
@@ -223,7 +253,14 @@ impl RawHead {
     /// Adds a field after the received ones (`name` as given, which the
     /// caller keeps valid: a token, and a value without CR, LF or NUL).
     pub fn append(&mut self, name: &[u8], value: &[u8]) {
-        self.added.reserve(name.len() + value.len() + 4);
+        let line = name.len() + value.len() + 4;
+        // Room for the few fields a proxy adds, at the first: one
+        // allocation rather than a growth per field.
+        self.added.reserve(if self.added.capacity() == 0 {
+            EDIT_ROOM.max(line)
+        } else {
+            line
+        });
         self.added.extend_from_slice(name);
         self.added.extend_from_slice(b": ");
         self.added.extend_from_slice(value);
@@ -235,11 +272,23 @@ impl RawHead {
     /// a map cannot hold are left out (the parsers refuse them before).
     pub fn to_header_map(&self) -> http::HeaderMap {
         let mut map = http::HeaderMap::with_capacity(self.fields.len() + 4);
-        for (name, value) in self.all_fields() {
-            if let (Ok(name), Ok(value)) = (
-                http::HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
-            ) {
+        // Received values as slices of the head (no copy each); set and
+        // added ones copied.
+        let received = self.fields.iter().filter(|f| !f.removed).map(|f| {
+            let value = if f.replaced {
+                http::HeaderValue::from_bytes(self.value(f))
+            } else {
+                let start = f.value_start as usize;
+                http::HeaderValue::from_maybe_shared(
+                    self.bytes.slice(start..start + f.value_len as usize),
+                )
+            };
+            (self.name(f), value)
+        });
+        let added = self.all_fields().skip(self.fields().count());
+        let added = added.map(|(name, value)| (name, http::HeaderValue::from_bytes(value)));
+        for (name, value) in received.chain(added) {
+            if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), value) {
                 map.append(name, value);
             }
         }
@@ -254,7 +303,7 @@ impl RawHead {
         let mut run: Option<usize> = None;
         for field in &self.fields {
             let line = field.line as usize;
-            let copied = !field.removed && field.replaced.is_none();
+            let copied = !field.removed && !field.replaced;
             match (copied, run) {
                 (false, Some(start)) => {
                     out.extend_from_slice(&self.bytes[start..line]);
@@ -263,7 +312,7 @@ impl RawHead {
                 (true, None) => run = Some(line),
                 _ => {}
             }
-            if !field.removed && field.replaced.is_some() {
+            if !field.removed && field.replaced {
                 out.extend_from_slice(self.name(field));
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(self.value(field));

@@ -5,9 +5,7 @@
 //! several Content-Length values, is refused, not repaired).
 
 use bytes::Bytes;
-use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::head::RawHead;
@@ -53,7 +51,8 @@ pub struct RequestHead {
     pub uri: Uri,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
-    /// The fields, in the order sent.
+    /// The fields, in the order sent, when the head could not be kept as
+    /// received (`raw`); empty otherwise ([`RequestHead::take_headers`]).
     pub headers: HeaderMap,
     /// Where the body ends.
     pub framing: BodyFraming,
@@ -70,6 +69,17 @@ pub struct RequestHead {
     /// The head as received, to forward by editing (`None` when a line
     /// did not end in CRLF).
     pub raw: Option<RawHead>,
+}
+
+impl RequestHead {
+    /// The fields as a map, made from the kept head if there is one (which
+    /// then stays): for a request whose path needs a map.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        match &self.raw {
+            Some(raw) if self.headers.is_empty() => raw.to_header_map(),
+            _ => std::mem::take(&mut self.headers),
+        }
+    }
 }
 
 /// Why a request head is refused: the status to answer with before closing
@@ -147,6 +157,10 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
     let uri = Uri::from_maybe_shared(slice_of(target.as_bytes()))
         .map_err(|_| Refusal::bad("bad request target"))?;
     let http11 = minor == 1;
+    // The head as received; a map of its fields only when it cannot be
+    // kept so (a line that does not end in CRLF): the request path reads
+    // the kept head and makes a map of it only for a feature that needs one.
+    let raw = RawHead::of_shared(&shared, &buf[..len], request.headers);
     let mut head = RequestHead {
         method,
         uri,
@@ -155,8 +169,7 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
         } else {
             Version::HTTP_10
         },
-        // Room for the fields the proxy adds (forwarding, request id).
-        headers: HeaderMap::with_capacity(request.headers.len() + FIELDS_ADDED),
+        headers: HeaderMap::new(),
         framing: BodyFraming::Empty,
         keep_alive: http11,
         expect_continue: false,
@@ -164,29 +177,37 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
         len,
         raw: None,
     };
+    if raw.is_none() {
+        // Room for the fields the proxy adds (forwarding, request id).
+        head.headers = HeaderMap::with_capacity(request.headers.len() + FIELDS_ADDED);
+    }
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked = false;
     let mut close = false;
     let mut connection_upgrade = false;
+    let mut upgrade_field = false;
     for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Refusal::bad("bad field name"))?;
-        let value = HeaderValue::from_maybe_shared(slice_of(field.value))
-            .map_err(|_| Refusal::bad("bad field value"))?;
-        if name == TRANSFER_ENCODING {
+        // httparse has already refused what `HeaderName` and `HeaderValue`
+        // would (names are tokens; values have no control bytes but tab,
+        // nor DEL), so the names are compared as bytes, lengths first.
+        let name = field.name.as_bytes();
+        let is = |wanted: &str| {
+            name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted.as_bytes())
+        };
+        if is("transfer-encoding") {
             if !http11 {
                 return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
             }
             transfer_encoding = true;
             // The last field decides, as its last coding does (§6.1).
             chunked = ends_in_chunked(field.value);
-        } else if name == CONTENT_LENGTH {
+        } else if is("content-length") {
             if length.is_some() {
                 return Err(Refusal::bad("more than one Content-Length"));
             }
             length = Some(content_length(field.value)?);
-        } else if name == CONNECTION {
+        } else if is("connection") {
             for token in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -196,10 +217,17 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
                     connection_upgrade = true;
                 }
             }
-        } else if name == EXPECT {
+        } else if is("expect") {
             head.expect_continue = field.value.eq_ignore_ascii_case(b"100-continue");
+        } else if is("upgrade") {
+            upgrade_field = true;
         }
-        head.headers.append(name, value);
+        if raw.is_none() {
+            let name = HeaderName::from_bytes(name).map_err(|_| Refusal::bad("bad field name"))?;
+            let value = HeaderValue::from_maybe_shared(slice_of(field.value))
+                .map_err(|_| Refusal::bad("bad field value"))?;
+            head.headers.append(name, value);
+        }
     }
     if transfer_encoding && length.is_some() {
         return Err(Refusal::bad("both Transfer-Encoding and Content-Length"));
@@ -207,10 +235,10 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Ref
     if transfer_encoding && !chunked {
         return Err(Refusal::bad("Transfer-Encoding does not end in chunked"));
     }
-    head.raw = RawHead::of_shared(&shared, &buf[..len], request.headers);
+    head.raw = raw;
     // Once any Connection field says close, a keep-alive cannot undo it.
     head.keep_alive &= !close;
-    head.wants_upgrade = http11 && connection_upgrade && head.headers.contains_key(UPGRADE);
+    head.wants_upgrade = http11 && connection_upgrade && upgrade_field;
     head.framing = match (chunked, length) {
         (true, _) => BodyFraming::Chunked,
         (false, Some(0) | None) => BodyFraming::Empty,
@@ -277,11 +305,21 @@ mod tests {
     #[test]
     fn a_plain_request_parses_whole() {
         let text = "GET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\nrest";
-        let head = parsed(text).unwrap().unwrap();
+        let mut head = parsed(text).unwrap().unwrap();
         assert_eq!(head.method, Method::GET);
         assert_eq!(head.uri, "/a?b");
         assert_eq!(head.version, Version::HTTP_11);
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert!(head.headers.is_empty() && head.raw.is_some());
+        assert_eq!(head.take_headers().get_all("x-a").iter().count(), 2);
+        // A bare LF line: not kept as received, so parsed into a map.
+        let bare = parsed("GET / HTTP/1.1\nHost: x\nX-A: 1\n\n")
+            .unwrap()
+            .unwrap();
+        assert!(bare.raw.is_none());
+        assert_eq!(
+            bare.headers.get("x-a").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
         assert_eq!(head.framing, BodyFraming::Empty);
         assert!(head.keep_alive && !head.expect_continue && !head.wants_upgrade);
         assert_eq!(&text[head.len..], "rest");

@@ -269,12 +269,24 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
     if trusted.is_empty() || !is_trusted(peer, trusted) {
         return peer;
     }
+    let values: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    client_ip_of(peer, &values, trusted)
+}
+
+/// [`client_ip`] given the `X-Forwarded-For` values in order, for a
+/// trusted `peer`.
+pub fn client_ip_of(peer: IpAddr, values: &[&[u8]], trusted: &[Cidr]) -> IpAddr {
     let mut client = peer;
     // Later header lines were appended later: walk them, and each line's
     // entries, from the right.
-    let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
     for value in values.iter().rev() {
-        let Ok(text) = value.to_str() else {
+        // What `HeaderValue::to_str` accepts.
+        let visible = value.iter().all(|&b| b == b'\t' || (32..127).contains(&b));
+        let Some(text) = visible.then(|| std::str::from_utf8(value).ok()).flatten() else {
             return client;
         };
         for entry in text.rsplit(',') {
@@ -359,15 +371,20 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
             return id.clone();
         }
     }
+    let value = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), value.clone());
+    value
+}
+
+/// A new random 128-bit request id, as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
     let mut id = [0u8; 32];
     let random = fastrand::u128(..);
     for (i, digit) in id.iter_mut().enumerate() {
         *digit = b"0123456789abcdef"[((random >> (124 - 4 * i)) & 0xf) as usize];
     }
     // Hex digits are always a valid header value.
-    let value = HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
-    headers.insert(X_REQUEST_ID.clone(), value.clone());
-    value
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

@@ -3,17 +3,23 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
-
+use super::received::Fields;
 use super::ProxyError;
+use crate::config::RateLimitKey;
 use crate::limits::{Decision, RateLimiter};
 
 /// Takes a token from `limit` for this request, or the 429 to answer.
+/// Only a limit keyed by a header reads the fields (as a map).
 pub(super) fn check(
     limit: &RateLimiter,
     client_ip: IpAddr,
-    headers: &HeaderMap,
+    fields: Fields<'_>,
 ) -> Result<(), ProxyError> {
+    let no_headers = http::HeaderMap::new();
+    let headers = match limit.config().key {
+        RateLimitKey::Header(_) => fields.map(),
+        RateLimitKey::Route | RateLimitKey::ClientIp => &no_headers,
+    };
     match limit.check(client_ip, headers) {
         Decision::Allowed => Ok(()),
         Decision::Limited(limited) => Err(ProxyError::RateLimited(Box::new(limited))),

@@ -9,6 +9,7 @@ mod error;
 pub mod headers;
 mod limits;
 mod mirror;
+mod received;
 mod replay;
 mod target;
 
@@ -28,6 +29,7 @@ pub use error::ProxyError;
 
 use crate::access_log::{AccessLog, Record};
 use crate::balance::{hash_ip, Balancer};
+use crate::config::SplitKey;
 use crate::config::{defaults, UpstreamProtocol};
 use crate::http1::head::RawHead;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
@@ -89,23 +91,39 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snapshot = self.registry.snapshot();
-        let request_id = headers::ensure_request_id(request.headers_mut());
-        let client_ip = headers::client_ip(peer.ip(), request.headers(), &snapshot.trusted_proxies);
-        let host = target::request_host(&request);
+        // The owned server's head as received: the request then comes with
+        // an empty map, and the fields are read from the head.
+        let raw = match request.body_mut() {
+            ClientBody::Owned(owned) => owned.take_head(),
+            ClientBody::Hyper(_) | ClientBody::Buffered(..) | ClientBody::Copied(_) => None,
+        };
+        let request_id = match &raw {
+            Some(head) => head
+                .get_shared(headers::X_REQUEST_ID.as_str())
+                .filter(|id| !id.is_empty())
+                .and_then(|id| HeaderValue::from_maybe_shared(id).ok())
+                .unwrap_or_else(headers::new_request_id),
+            None => headers::ensure_request_id(request.headers_mut()),
+        };
+        let unbuilt = std::sync::OnceLock::new();
+        let fields = received::Fields::new(request.headers(), raw.as_ref(), &unbuilt);
+        let client_ip = if headers::is_trusted(peer.ip(), &snapshot.trusted_proxies) {
+            let values = fields.values(&headers::X_FORWARDED_FOR);
+            headers::client_ip_of(peer.ip(), &values, &snapshot.trusted_proxies)
+        } else {
+            peer.ip()
+        };
+        let host = request_host(&request, fields);
         let log = self.access_log.enabled().then(|| {
             let agent = self.access_log.wants_agent();
-            let header = |name| {
-                agent
-                    .then(|| request.headers().get(name).cloned())
-                    .flatten()
-            };
+            let header = |name| agent.then(|| fields.get(name)).flatten();
             Box::new(Record {
                 log: Arc::clone(&self.access_log),
                 method: request.method().clone(),
                 host: match &host {
                     Ok(host) => host.clone(),
                     // A refused host is logged as sent.
-                    Err(_) => request.headers().get(HOST).cloned(),
+                    Err(_) => fields.get(&HOST),
                 },
                 uri: request.uri().clone(),
                 version: request.version(),
@@ -116,10 +134,11 @@ impl Proxy {
                 started,
                 request_id: request_id.clone(),
                 client_ip,
-                referer: header(REFERER),
-                user_agent: header(USER_AGENT),
+                referer: header(&REFERER),
+                user_agent: header(&USER_AGENT),
             })
         });
+        drop(unbuilt);
         let mut pending = Pending {
             snapshot: &snapshot,
             started,
@@ -133,7 +152,11 @@ impl Proxy {
         let result = self
             .forward(
                 &snapshot,
-                request,
+                Received {
+                    request,
+                    raw,
+                    id: &request_id,
+                },
                 host,
                 peer,
                 client_ip,
@@ -300,25 +323,39 @@ impl Proxy {
     async fn forward(
         &self,
         snapshot: &Snapshot,
-        mut request: Request<ClientBody>,
+        received: Received<'_>,
         host: Result<Option<HeaderValue>, ProxyError>,
         peer: SocketAddr,
         client_ip: std::net::IpAddr,
         outcome: &mut Outcome,
     ) -> Result<(Response<ResponseBody>, Completion), ProxyError> {
+        let Received {
+            mut request,
+            raw,
+            id: request_id,
+        } = received;
         // The one host that routes the request is the one sent upstream
         // (as Host or :authority, and in X-Forwarded-Host).
         let host_value = host?;
         target::check_path(request.uri().path())?;
+        // A map of a head kept as received, made only if a feature below
+        // reads one.
+        let built = std::sync::OnceLock::new();
+        let fields = received::Fields::new(request.headers(), raw.as_ref(), &built);
         if let Some(limit) = &snapshot.rate_limit {
-            limits::check(limit, client_ip, request.headers())?;
+            limits::check(limit, client_ip, fields)?;
         }
         let host = host_value.as_ref().map_or("", target::route_name);
+        let no_headers = http::HeaderMap::new();
         let facts = RequestFacts {
             method: request.method(),
             path: request.uri().path(),
             query: request.uri().query(),
-            headers: request.headers(),
+            headers: if snapshot.router.reads_headers() {
+                fields.map()
+            } else {
+                &no_headers
+            },
         };
         let no_route = || ProxyError::NoRoute {
             host: host.to_string(),
@@ -334,10 +371,14 @@ impl Proxy {
         // naming an instance (in rotation) of one backend's service, and in
         // its subset if it names one, keeps the client on that backend and
         // instance; otherwise the split decides and the backend balances.
-        let (chosen, sticky) = match policy.sticky_backend(&snapshot.services, request.headers()) {
+        let (chosen, sticky) = match policy.sticky_backend(&snapshot.services, || fields.map()) {
             Some(held) => (held.backend, Some((held.table, Some(held.candidate)))),
             None => {
-                let i = policy.choose(policy.split_key(request.headers(), client_ip));
+                let split_headers = match policy.split_by {
+                    Some(SplitKey::Header(_) | SplitKey::Cookie(_)) => fields.map(),
+                    Some(SplitKey::ClientIp) | None => &no_headers,
+                };
+                let i = policy.choose(policy.split_key(split_headers, client_ip));
                 let table = policy
                     .backends
                     .get(i)
@@ -370,26 +411,26 @@ impl Proxy {
             }
         };
         if let Some(limit) = &route.rate_limit {
-            limits::check(limit, client_ip, request.headers())?;
+            limits::check(limit, client_ip, fields)?;
         }
+        // As the client sent it (before the head's edits below).
+        let idempotency_key = fields.contains("idempotency-key");
         // HTTP/1.1 upgrades the route allows become a tunnel once the
         // upstream agrees (101); others are dropped with the hop-by-hop
-        // fields and the request goes on as an ordinary one.
-        let upgrade = (request.version() == Version::HTTP_11)
+        // fields and the request goes on as an ordinary one. (The owned
+        // server keeps the head only of a request that asks for none.)
+        let upgrade = (request.version() == Version::HTTP_11 && raw.is_none())
             .then(|| headers::requested_upgrade(request.headers(), |p| route.allows_upgrade(p)))
             .flatten();
         if upgrade.is_some() {
             outcome.client_upgrade = Some(ClientUpgrade::of(&mut request));
         }
 
-        let (mut parts, mut body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         // The owned server writes a response head on as received, and
         // gives the request's head as received.
         let raw_response = matches!(body, ClientBody::Owned(_));
-        let mut raw_request = match &mut body {
-            ClientBody::Owned(owned) => owned.take_head(),
-            ClientBody::Hyper(_) | ClientBody::Buffered(..) | ClientBody::Copied(_) => None,
-        };
+        let mut raw_request = raw;
         let path = route.upstream_path(parts.uri.path());
         if path.len() != parts.uri.path().len() || parts.uri.scheme().is_some() {
             parts.uri = origin_form(path, parts.uri.query())?;
@@ -398,24 +439,37 @@ impl Proxy {
         // Requests without a body (most of them) can take the lean client.
         let upgrading = upgrade.is_some();
         let lean = !upgrading && body.is_end_stream();
-        // A mirrored request is copied from the edited map.
+        // A mirrored request is copied from the edited map: one made of
+        // the head as received, with the request id as on any map.
         if !lean || service.protocol != UpstreamProtocol::Http1 || route.mirror.is_some() {
-            raw_request = None;
+            let made = built.into_inner();
+            if let Some(head) = raw_request.take() {
+                parts.headers = made.unwrap_or_else(|| head.to_header_map());
+                if parts
+                    .headers
+                    .get(&headers::X_REQUEST_ID)
+                    .is_none_or(HeaderValue::is_empty)
+                {
+                    parts
+                        .headers
+                        .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+                }
+            }
+        } else {
+            // Not kept across the awaits below.
+            drop(built);
         }
         let peer_trusted = headers::is_trusted(peer.ip(), &snapshot.trusted_proxies);
         if let Some(head) = raw_request.as_mut() {
             // The same edits as on the map below, on the head as received:
             // the lean client copies it with them, and hyper's client gets
-            // a map of it (see `send_with_retries`); the map keeps the
-            // fields as the client sent them. The id first: a field the
-            // client's `Connection` names goes, as from the map.
-            if let Some(id) = parts.headers.get(&headers::X_REQUEST_ID) {
-                if head
-                    .get(headers::X_REQUEST_ID.as_str())
-                    .is_none_or(<[u8]>::is_empty)
-                {
-                    head.set(headers::X_REQUEST_ID.as_str(), id.as_bytes());
-                }
+            // a map of it (see `send_with_retries`). The id first: a field
+            // the client's `Connection` names goes, as from the map.
+            if head
+                .get(headers::X_REQUEST_ID.as_str())
+                .is_none_or(<[u8]>::is_empty)
+            {
+                head.set(headers::X_REQUEST_ID.as_str(), request_id.as_bytes());
             }
             headers::remove_hop_by_hop_raw(head);
             if !snapshot.underscores_in_headers {
@@ -491,7 +545,7 @@ impl Proxy {
             Some(route_mirror) => mirror::start(snapshot, route_mirror, &parts, body, client_hash),
             None => body,
         };
-        let idempotent = idempotent_head(&parts.method, &parts.headers);
+        let idempotent = idempotent_method(&parts.method) || idempotency_key;
         let (request, client_body, replay) =
             if !upgrading && replay::wanted(service, &parts, &body, idempotent) {
                 let replay = replay::read(service, &parts, body).await?;
@@ -505,6 +559,7 @@ impl Proxy {
             candidates,
             request,
             client_hash,
+            idempotent,
             sticky.and_then(|(_, named)| named),
             lean.then_some(Lean {
                 raw_response,
@@ -527,6 +582,14 @@ impl Proxy {
         }
         sent
     }
+}
+
+/// A request as it reaches [`Proxy::forward`]: its head as received when
+/// the owned server kept it (its map is then empty), and its id.
+struct Received<'a> {
+    request: Request<ClientBody>,
+    raw: Option<RawHead>,
+    id: &'a HeaderValue,
 }
 
 /// A request waiting for its answer. If it is dropped before that (the
@@ -596,6 +659,7 @@ async fn send_with_retries(
     candidates: Candidates<'_>,
     mut request: Request<RequestBody>,
     client_hash: u64,
+    idempotent: bool,
     sticky: Option<usize>,
     mut lean: Option<Lean>,
     client_body: Option<&ClientBodyWatch>,
@@ -605,7 +669,6 @@ async fn send_with_retries(
     let service = candidates.service;
     let attempts = service.max_attempts.get();
     let policy = service.retry;
-    let idempotent = is_idempotent(&request);
     let mut slot = Some(
         service
             .breaker
@@ -822,18 +885,14 @@ struct Candidates<'a> {
     instances: &'a [Arc<Instance>],
 }
 
-/// Whether sending `request` twice has the effect of sending it once
-/// (RFC 9110 §9.2.2), or the client said so with `Idempotency-Key`.
-fn is_idempotent<B>(request: &Request<B>) -> bool {
-    idempotent_head(request.method(), request.headers())
-}
-
-/// [`is_idempotent`] of a request's method and header fields.
-fn idempotent_head(method: &Method, headers: &http::HeaderMap) -> bool {
+/// Whether sending a request with `method` twice has the effect of
+/// sending it once (RFC 9110 §9.2.2); a request is also taken as
+/// idempotent when the client says so with `Idempotency-Key`.
+fn idempotent_method(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || headers.contains_key("idempotency-key")
+    )
 }
 
 /// The wait before retry number `retry` (1, 2, ...): full jitter up to
@@ -1063,6 +1122,20 @@ fn closed_before_response(error: &hyper::Error) -> bool {
     false
 }
 
+/// The validated host of `request`, whose fields are `fields` (see
+/// [`target::host_of`]).
+fn request_host<B>(
+    request: &Request<B>,
+    fields: received::Fields<'_>,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    target::host_of(
+        fields.get(&HOST).as_ref(),
+        fields.count(&HOST) > 1,
+        request.uri(),
+        request.version(),
+    )
+}
+
 fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let path_and_query = match query {
         Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
@@ -1112,8 +1185,16 @@ fn log_request_error(error: &ProxyError, service: Option<&str>, request_id: &Hea
 
 /// The answer of a listener that only sends clients to HTTPS: 308 (method
 /// and body are kept) to the same host and path on `port`.
-pub fn redirect_to_https<B>(request: &Request<B>, port: u16) -> Response<ProxyBody> {
-    let host = match target::request_host(request) {
+pub fn redirect_to_https(request: &Request<ClientBody>, port: u16) -> Response<ProxyBody> {
+    let raw = match request.body() {
+        ClientBody::Owned(owned) => owned.head(),
+        ClientBody::Hyper(_) | ClientBody::Buffered(..) | ClientBody::Copied(_) => None,
+    };
+    let unbuilt = std::sync::OnceLock::new();
+    let host = match request_host(
+        request,
+        received::Fields::new(request.headers(), raw, &unbuilt),
+    ) {
         Ok(Some(host)) => host,
         Ok(None) => {
             return error_response(&ProxyError::BadRequest {

@@ -3,8 +3,8 @@
 //! segments. Anything ambiguous is refused with 400 rather than guessed,
 //! so the proxy and the instance can never read the target differently.
 
-use http::header::{HeaderValue, HOST};
-use http::{Request, Version};
+use http::header::HeaderValue;
+use http::{Uri, Version};
 
 use super::ProxyError;
 
@@ -12,7 +12,7 @@ use super::ProxyError;
 /// trailing dot).
 const MAX_HOST: usize = 254;
 
-/// The host of `request`, validated: the authority of the request target
+/// The host of a request, validated: the authority of the request target
 /// when it has one (absolute form in HTTP/1.1, `:authority` in HTTP/2),
 /// otherwise the `Host` header. `None` only for an HTTP/1.0 request
 /// without either, which routes to the routes for any host.
@@ -22,19 +22,25 @@ const MAX_HOST: usize = 254;
 /// authority replace `Host` in absolute form; RFC 9113 §8.3.1 makes a `Host`
 /// that differs from `:authority` malformed; RFC 9110 §4.2.4 forbids user
 /// information in the target.
-pub(super) fn request_host<B>(request: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
-    let mut headers = request.headers().get_all(HOST).iter();
-    let header = headers.next();
-    if headers.next().is_some() {
+///
+/// `header` is the request's first `Host` field, `more` whether it has
+/// others; `uri` and `version` are the request's.
+pub(super) fn host_of(
+    header: Option<&HeaderValue>,
+    more: bool,
+    uri: &Uri,
+    version: Version,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    if more {
         return Err(bad("more than one Host header"));
     }
     if let Some(header) = header {
         check_authority(header.as_bytes()).map_err(|()| bad("invalid Host header"))?;
     }
-    let Some(authority) = request.uri().authority() else {
+    let Some(authority) = uri.authority() else {
         return match header {
             Some(header) => Ok(Some(header.clone())),
-            None if request.version() <= Version::HTTP_10 => Ok(None),
+            None if version <= Version::HTTP_10 => Ok(None),
             None => Err(bad("no Host header")),
         };
     };
@@ -43,7 +49,7 @@ pub(super) fn request_host<B>(request: &Request<B>) -> Result<Option<HeaderValue
         return Err(bad("user information in the request target"));
     }
     check_authority(text.as_bytes()).map_err(|()| bad("invalid host in the request target"))?;
-    if request.version() == Version::HTTP_2 {
+    if version == Version::HTTP_2 {
         if let Some(header) = header {
             if !header.as_bytes().eq_ignore_ascii_case(text.as_bytes()) {
                 return Err(bad("the Host header differs from :authority"));
@@ -172,15 +178,25 @@ fn bad(reason: &'static str) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
+    use http::Request;
 
     fn host(version: Version, uri: &str, hosts: &[&str]) -> Result<Option<String>, String> {
         let mut request = Request::builder().version(version).uri(uri);
         for host in hosts {
             request = request.header(HOST, *host);
         }
-        request_host(&request.body(()).unwrap())
-            .map(|h| h.map(|h| h.to_str().unwrap().to_string()))
-            .map_err(|e| e.to_string())
+        let request = request.body(()).unwrap();
+        let mut fields = request.headers().get_all(HOST).iter();
+        let first = fields.next();
+        host_of(
+            first,
+            fields.next().is_some(),
+            request.uri(),
+            request.version(),
+        )
+        .map(|h| h.map(|h| h.to_str().unwrap().to_string()))
+        .map_err(|e| e.to_string())
     }
 
     #[test]

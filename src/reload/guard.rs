@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::guard::{percent, GuardBound, GuardCheck, GuardMetric, GuardSpec};
 use crate::config::history::ConfigVersion;
@@ -18,11 +18,16 @@ use crate::stats_window::{self, StatsWindow, WindowStats};
 
 use super::Reloader;
 
+mod fleet;
+
+pub(crate) use fleet::refusal;
+pub use fleet::GuardSummary;
+
 /// Finished guards remembered for `config versions` and the status.
 const REPORTS_KEPT: usize = 100;
 
 /// Where a guard stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardState {
     /// Still watching.
@@ -95,6 +100,19 @@ pub struct GuardReport {
     pub rollback_version: Option<ConfigVersion>,
     /// The latest figures, overall first.
     pub figures: Vec<ScopeFigures>,
+    /// For a guarded fleet push: whose figures are judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetScope>,
+}
+
+/// The nodes a fleet guard judges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetScope {
+    /// The nodes whose published figures are merged.
+    pub nodes: Vec<String>,
+    /// Nodes left out: they stopped publishing their figures (or never
+    /// did after the push).
+    pub left_out: Vec<String>,
 }
 
 /// A guard in progress.
@@ -269,6 +287,7 @@ pub(crate) fn report(
         verdict: None,
         rollback_version: None,
         figures: Vec::new(),
+        fleet: None,
     }
 }
 
@@ -324,6 +343,16 @@ pub fn thousands(n: u64) -> String {
 /// A scope is judged only with at least `min_requests` requests in the
 /// window (and, for a relative guard, in the baseline).
 pub fn judge(checks: &[GuardCheck], figures: &[ScopeFigures], min_requests: u64) -> Judgement {
+    judge_in(checks, figures, min_requests, "")
+}
+
+/// [`judge`], the scope named with `prefix` in a cause (`fleet `).
+fn judge_in(
+    checks: &[GuardCheck],
+    figures: &[ScopeFigures],
+    min_requests: u64,
+    prefix: &str,
+) -> Judgement {
     let mut judged = vec![false; checks.len()];
     for (i, check) in checks.iter().enumerate() {
         let scopes = figures.iter().filter(|f| match &check.service {
@@ -378,7 +407,7 @@ pub fn judge(checks: &[GuardCheck], figures: &[ScopeFigures], min_requests: u64)
                     None => show(check.metric, limit),
                 };
                 return Judgement::Tripped(format!(
-                    "guard tripped: {scope_name} {} {} {} {limit_text} over {} requests",
+                    "guard tripped: {prefix}{scope_name} {} {} {} {limit_text} over {} requests",
                     check.metric.as_str(),
                     show(check.metric, value),
                     if value > limit { ">" } else { "≥" },
@@ -454,11 +483,21 @@ pub(crate) async fn watch(
             Judgement::Holding { .. } => {}
         }
     };
-    let (state, verdict) = if judged.iter().any(|j| *j) {
+    let (state, verdict) = held(&spec, &judged, length);
+    if reloader.guards.finish(version, state, verdict.clone()) {
+        tracing::info!(%version, verdict = %verdict, "config guard ended; the change is kept");
+        reloader.registry.metrics().guard_verdict(state.as_str());
+    }
+}
+
+/// The verdict of a window that passed without a guard tripping; `judged`
+/// tells which checks could be judged.
+fn held(spec: &GuardSpec, judged: &[bool], length: u64) -> (GuardState, String) {
+    if judged.iter().any(|j| *j) {
         let unjudged: Vec<String> = spec
             .checks
             .iter()
-            .zip(&judged)
+            .zip(judged)
             .filter(|(_, j)| !**j)
             .map(|(c, _)| c.to_string())
             .collect();
@@ -479,10 +518,6 @@ pub(crate) async fn watch(
                 spec.min_requests, length
             ),
         )
-    };
-    if reloader.guards.finish(version, state, verdict.clone()) {
-        tracing::info!(%version, verdict = %verdict, "config guard ended; the change is kept");
-        reloader.registry.metrics().guard_verdict(state.as_str());
     }
 }
 

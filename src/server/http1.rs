@@ -415,11 +415,21 @@ where
     H: Fn(Request<ClientBody>, SocketAddr) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
+    // Only a request without a body or upgrade can take the lean upstream
+    // client, which forwards the head by editing it: it goes with its head
+    // as received and an empty map (the proxy reads the head, and makes a
+    // map of it only where it needs one). Any other request gets the map.
+    let lean = head.framing == BodyFraming::Empty && !head.wants_upgrade;
+    let headers = if lean {
+        std::mem::take(&mut head.headers)
+    } else {
+        let headers = head.take_headers();
+        head.raw = None;
+        headers
+    };
     let (body, sender, decoder) = match head.framing {
-        // Only a request without a body or upgrade can take the lean
-        // upstream client, which forwards the head by editing it.
         BodyFraming::Empty => (
-            body::RequestBody::empty().with_head(head.raw.take().filter(|_| !head.wants_upgrade)),
+            body::RequestBody::empty().with_head(head.raw.take()),
             None,
             BodyDecoder::Length(0),
         ),
@@ -450,7 +460,7 @@ where
     *request.method_mut() = head.method;
     *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;
-    *request.headers_mut() = head.headers;
+    *request.headers_mut() = headers;
     let upgrade = head.wants_upgrade.then(|| {
         let (sender, pending) = PendingUpgrade::new();
         request.extensions_mut().insert(pending);

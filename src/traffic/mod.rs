@@ -105,10 +105,12 @@ impl CompiledRoute {
     /// instance the request's cookie names. A cookie's value is keyed by
     /// service, so it names at most one instance; backends of the same
     /// service share one lookup.
-    pub fn sticky_backend<'a>(
+    /// `headers` gives the request's fields; called only for a service
+    /// with sticky sessions (a map may have to be made for it).
+    pub fn sticky_backend<'a, 'h>(
         &self,
         services: &'a [Arc<ServiceSnapshot>],
-        headers: &HeaderMap,
+        headers: impl Fn() -> &'h HeaderMap,
     ) -> Option<StickyBackend<'a>> {
         // (service, what its table found), for the previous backend.
         let mut last: Option<(usize, Option<usize>)> = None;
@@ -119,7 +121,7 @@ impl CompiledRoute {
                 let table = services.get(compiled.service)?.sticky.as_ref()?;
                 let named = match last {
                     Some((service, named)) if service == compiled.service => named,
-                    _ => table.find(headers),
+                    _ => table.find(headers()),
                 };
                 last = Some((compiled.service, named));
                 Some(StickyBackend {
