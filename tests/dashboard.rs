@@ -555,3 +555,186 @@ fn the_dashboard_charts_traffic_shows_a_diff_and_rolls_back_in_a_real_browser() 
     );
     println!("screenshot: {}", phone.display());
 }
+
+/// The instance table groups each service's instances by version: a
+/// header per version with its instance count, healthy count and share of
+/// the service's requests, the instances without one last as
+/// "unversioned"; a group folds and unfolds from the keyboard, and the
+/// headers fit a phone's width.
+#[test]
+fn the_dashboard_groups_instances_by_version() {
+    let Some(chromium) = chromium() else {
+        common::skip_without("chromium", "apt-get install chromium");
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let running = runtime.block_on(async {
+        let mut instances = String::new();
+        for (id, version) in [
+            ("v1-a", Some("1.9")),
+            ("v1-b", Some("1.9")),
+            ("v2-a", Some("2.10")),
+            ("plain", None),
+        ] {
+            let version = version.map_or_else(String::new, |v| format!(", version: \"{v}\""));
+            instances.push_str(&format!(
+                "      - {{id: {id}, address: \"{}\"{version}}}\n",
+                echo(id).await
+            ));
+        }
+        // 3:1 between the two version subsets: 40 requests give exactly
+        // 30 to version 1.9 and 10 to version 2.10, none to `plain`.
+        let running = proxy(&format!(
+            "routes:\n  - {{host: other.test, service: other}}\n  - backends: [{{service: web, weight: 3, subset: {{version: \"1.9\"}}}}, {{service: web, weight: 1, subset: {{version: \"2.10\"}}}}]\nservices:\n  web:\n    instances:\n{instances}  other:\n    instances:\n      - {{id: lone, address: \"{}\"}}\n",
+            echo("lone").await
+        ))
+        .await;
+        let client = client();
+        for _ in 0..40 {
+            let got = get(&client, &format!("{}/", base(&running)), &[]).await;
+            assert_eq!(got.status, 200, "{}", got.body);
+        }
+        view_until(&running, "web", "all 40 requests counted", |view| {
+            view["instances"].as_array().is_some_and(|list| {
+                list.iter()
+                    .filter_map(|i| i["requests_total"].as_u64())
+                    .sum::<u64>()
+                    == 40
+            })
+        })
+        .await;
+        let (status, answer) = common::admin::call(
+            running.admin_address(),
+            Method::PUT,
+            "/admin/services/web/instances/v1-b/drain",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{answer}");
+        running
+    });
+    let url = format!("http://{}/", running.admin_address());
+    let browser = Browser::start(chromium, &url);
+    runtime.block_on(async {
+        let mut page = Page::attach(&browser, &url).await;
+        page.wait_for(
+            "document.body.dataset.loaded === 'true' && !!document.querySelector('tr[data-instance=\"web/v1-b\"] td.health.drained')",
+            Duration::from_secs(20),
+        )
+        .await;
+        // Group headers in order (numeric versions, highest first, then
+        // the unversioned), each with what it holds.
+        let groups = page
+            .eval(
+                "[...document.querySelectorAll('table[data-service=\"web\"] tbody.version-group')].map(g => ({ \
+                 version: g.dataset.version, header: g.querySelector('tr.group-header').innerText.trim(), \
+                 instances: [...g.querySelectorAll('tr[data-instance]')].map(r => r.dataset.instance) }))",
+            )
+            .await;
+        let groups = groups.as_array().unwrap();
+        assert_eq!(groups.len(), 3, "{groups:?}");
+        let expect = [
+            ("2.10", "version 2.10", vec!["web/v2-a"], "1 instance, 1 healthy", "25% of requests"),
+            (
+                "1.9",
+                "version 1.9",
+                vec!["web/v1-a", "web/v1-b"],
+                "2 instances, 1 healthy",
+                "75% of requests",
+            ),
+            ("", "unversioned", vec!["web/plain"], "1 instance, 1 healthy", "0% of requests"),
+        ];
+        for (group, (version, title, members, counts, share)) in groups.iter().zip(expect) {
+            assert_eq!(group["version"], version, "{group}");
+            let header = group["header"].as_str().unwrap();
+            assert!(header.starts_with(title), "{header}");
+            assert!(header.contains(counts), "{header}");
+            assert!(header.contains(share), "{header}");
+            let got: Vec<&str> = group["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(got, members, "{group}");
+        }
+        // A service whose instances carry no version is not grouped.
+        let other = page
+            .eval("document.querySelectorAll('table[data-service=\"other\"] tbody.version-group').length")
+            .await;
+        assert_eq!(other, 0);
+        page.screenshot("dashboard-version-groups.png").await;
+
+        // From the keyboard: focus the 1.9 group's toggle, press Enter and
+        // its rows fold (and stay folded, with focus, across refreshes);
+        // Space unfolds them.
+        let toggle = "button[data-key=\"group/web/1.9\"]";
+        let rows = "[...document.querySelectorAll('tbody.version-group[data-version=\"1.9\"] tr[data-instance]')]";
+        page.eval(&format!("document.querySelector('{toggle}').focus()")).await;
+        for (key, code, text) in [("Enter", "Enter", "\r"), (" ", "Space", " ")] {
+            let before = page.eval(&format!("{rows}.every(r => !r.hidden)")).await;
+            for kind in ["keyDown", "keyUp"] {
+                let mut event = json!({ "type": kind, "key": key, "code": code,
+                    "windowsVirtualKeyCode": if code == "Enter" { 13 } else { 32 } });
+                if kind == "keyDown" {
+                    event["text"] = json!(text);
+                }
+                page.call("Input.dispatchKeyEvent", event).await;
+            }
+            let folded = before == Value::Bool(true);
+            page.wait_for(
+                &format!(
+                    "{rows}.every(r => r.hidden === {folded}) && document.querySelector('{toggle}').getAttribute('aria-expanded') === '{}'",
+                    !folded
+                ),
+                Duration::from_secs(5),
+            )
+            .await;
+            if folded {
+                // Past a refresh (every 3 s): still folded, focus kept.
+                let seen = page.eval("+document.body.dataset.refreshes").await;
+                let seen = seen.as_u64().unwrap();
+                page.wait_for(
+                    &format!("+document.body.dataset.refreshes > {seen}"),
+                    Duration::from_secs(10),
+                )
+                .await;
+                page.wait_for(
+                    &format!("{rows}.every(r => r.hidden) && document.activeElement === document.querySelector('{toggle}')"),
+                    Duration::from_secs(5),
+                )
+                .await;
+                page.screenshot("dashboard-version-group-folded.png").await;
+            }
+        }
+
+        // On a phone-wide screen the group headers' text fits the width.
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true }),
+        )
+        .await;
+        page.wait_for("window.innerWidth <= 400", Duration::from_secs(5))
+            .await;
+        let overflow = page
+            .eval(
+                "[...document.querySelectorAll('tr.group-header .group-title')].map(e => { \
+                 e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect(); \
+                 return [r.left, r.right, window.innerWidth, parseFloat(getComputedStyle(e).fontSize)]; })",
+            )
+            .await;
+        for rect in overflow.as_array().unwrap() {
+            let (left, right, width, font) = (
+                rect[0].as_f64().unwrap(),
+                rect[1].as_f64().unwrap(),
+                rect[2].as_f64().unwrap(),
+                rect[3].as_f64().unwrap(),
+            );
+            assert!(left >= 0.0 && right <= width, "off screen: {rect}");
+            assert!(font >= 12.0, "too small: {rect}");
+        }
+        page.screenshot("dashboard-version-groups-phone.png").await;
+    });
+    drop(browser);
+    runtime.block_on(running.shutdown());
+}

@@ -1,8 +1,8 @@
 //! Sticky sessions: the cookie keeps a client on one instance over many
 //! requests and across a reload, moves it (with a new cookie) when its
-//! instance is drained or removed, never shows the instance's address, carries the
-//! configured attributes, and a forged or garbled cookie is only
-//! re-balanced.
+//! instance is drained or removed (within the subset when the route names
+//! one), never shows the instance's address, carries the configured
+//! attributes, and a forged or garbled cookie is only re-balanced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
@@ -468,4 +468,127 @@ async fn the_split_decision_is_sticky_too() {
             assert!(set_cookies(&got).is_empty(), "the cookie stands");
         }
     }
+}
+
+#[tokio::test]
+async fn the_cookie_holds_a_client_inside_a_subset_and_moves_within_it() {
+    // Service `web`: two instances of version 1, three of version 2. The
+    // main route sends only to the version-2 subset; `/all` sends to the
+    // whole service (to get a cookie naming a version-1 instance).
+    let mut instances = String::new();
+    for (id, version) in [
+        ("v1-a", "1"),
+        ("v1-b", "1"),
+        ("v2-a", "2"),
+        ("v2-b", "2"),
+        ("v2-c", "2"),
+    ] {
+        instances.push_str(&format!(
+            "      - {{id: {id}, address: \"{}\", version: \"{version}\"}}\n",
+            echo(id).await
+        ));
+    }
+    let running = proxy(&format!(
+        "routes:\n  - {{path_prefix: /all, service: web}}\n  - path_prefix: /\n    backends: [{{service: web, subset: {{version: \"2\"}}}}]\nservices:\n  web:\n    sticky: {{cookie: sy}}\n    instances:\n{instances}"
+    ))
+    .await;
+    let url = format!("{}/", base(&running));
+
+    let first = get_with_cookie(&url, "").await;
+    let home = first.served_by();
+    assert!(home.starts_with("v2-"), "{home}");
+    let pair = sticky_pair(&first);
+    for i in 0..50 {
+        let got = get_with_cookie(&url, &pair).await;
+        assert_eq!(got.served_by(), home, "request {i}");
+        assert!(set_cookies(&got).is_empty(), "request {i}");
+    }
+
+    // A cookie naming a version-1 instance (valid for the service) is not
+    // honoured here: re-balanced within the subset, and rewritten.
+    let all = format!("{}/all", base(&running));
+    let mut v1_pair = None;
+    for _ in 0..5 {
+        let got = get_with_cookie(&all, "").await;
+        if got.served_by().starts_with("v1-") {
+            v1_pair = Some((got.served_by(), sticky_pair(&got)));
+            break;
+        }
+    }
+    let (v1_home, v1_pair) = v1_pair.expect("a version-1 instance served /all");
+    let on_all = get_with_cookie(&all, &v1_pair).await;
+    assert_eq!(on_all.served_by(), v1_home, "honoured on the whole service");
+    for i in 0..6 {
+        let got = get_with_cookie(&url, &v1_pair).await;
+        assert!(got.served_by().starts_with("v2-"), "request {i}");
+        let rewritten = sticky_pair(&got);
+        assert_ne!(rewritten, v1_pair, "request {i}");
+        let again = get_with_cookie(&url, &rewritten).await;
+        assert_eq!(again.served_by(), got.served_by(), "request {i}");
+        assert!(set_cookies(&again).is_empty(), "request {i}");
+    }
+
+    // Draining its instance moves the client to another version-2
+    // instance, with a new cookie that holds it there; never to version 1.
+    let (status, answer) = admin(
+        &running,
+        Method::PUT,
+        &format!("/admin/services/web/instances/{home}/drain"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let moved = get_with_cookie(&url, &pair).await;
+    let new_home = moved.served_by();
+    assert!(
+        new_home.starts_with("v2-") && new_home != home,
+        "{new_home}"
+    );
+    let new_pair = sticky_pair(&moved);
+    assert_ne!(new_pair, pair);
+    for i in 0..20 {
+        let got = get_with_cookie(&url, &new_pair).await;
+        assert_eq!(got.served_by(), new_home, "request {i} after the drain");
+        assert!(set_cookies(&got).is_empty(), "request {i} after the drain");
+    }
+    for i in 0..10 {
+        let got = get_with_cookie(&url, &pair).await;
+        let by = got.served_by();
+        assert!(by.starts_with("v2-") && by != home, "request {i}: {by}");
+        assert_eq!(set_cookies(&got).len(), 1, "request {i}");
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_split_over_two_subsets_of_one_service_is_sticky_too() {
+    // 50/50 between the version-1 and version-2 subsets of one service: a
+    // cookie naming an instance keeps the client on the subset holding it.
+    let mut instances = String::new();
+    for (id, version) in [("v1-a", "1"), ("v1-b", "1"), ("v2-a", "2"), ("v2-b", "2")] {
+        instances.push_str(&format!(
+            "      - {{id: {id}, address: \"{}\", version: \"{version}\"}}\n",
+            echo(id).await
+        ));
+    }
+    let running = proxy(&format!(
+        "routes:\n  - backends: [{{service: web, weight: 1, subset: {{version: \"1\"}}}}, {{service: web, weight: 1, subset: {{version: \"2\"}}}}]\nservices:\n  web:\n    sticky: {{cookie: sy}}\n    instances:\n{instances}"
+    ))
+    .await;
+    let url = format!("{}/", base(&running));
+    let mut homes = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let first = get_with_cookie(&url, "").await;
+        let (pair, home) = (sticky_pair(&first), first.served_by());
+        homes.insert(home.clone());
+        for i in 0..20 {
+            let got = get_with_cookie(&url, &pair).await;
+            assert_eq!(got.served_by(), home, "request {i} with {pair}");
+            assert!(set_cookies(&got).is_empty(), "request {i}");
+        }
+    }
+    assert!(
+        homes.iter().any(|h| h.starts_with("v1-")) && homes.iter().any(|h| h.starts_with("v2-")),
+        "both subsets served first requests: {homes:?}"
+    );
+    running.shutdown().await;
 }

@@ -384,6 +384,49 @@ services:
         .collect();
     assert_eq!(versions["old"], "1.0");
     assert_eq!(versions["v3"], "3.0");
+    // With a 3.0 instance, `fallback: any` leaves the whole service: only
+    // the subset serves.
+    for i in 0..12 {
+        assert_eq!(
+            who(&proxy, get.clone(), "/v3any", &[]).await,
+            "v3",
+            "request {i}"
+        );
+    }
+
+    // The other way: v3 deregistered, the subset is empty again; `none`
+    // answers 503 and `any` falls back to the whole service once more.
+    let (status, body) = call(
+        proxy.admin_address(),
+        Method::DELETE,
+        "/admin/services/web/instances/v3",
+    )
+    .await
+    .unwrap();
+    assert!(status.is_success(), "{status} {body}");
+    let started = Instant::now();
+    loop {
+        let got = served(&proxy, get.clone(), "/v3none", &[]).await;
+        if got.status == 503 {
+            assert!(got.body.contains("version 3.0"), "{}", got.body);
+            break;
+        }
+        assert_eq!(got.served_by(), "v3");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "v3 never left the subset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut any = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        any.insert(who(&proxy, get.clone(), "/v3any", &[]).await);
+    }
+    assert_eq!(
+        any,
+        ["canary", "new", "old"].map(String::from).into(),
+        "back on the whole service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ use crate::config::{defaults, UpstreamProtocol};
 use crate::http1::head::RawHead;
 use crate::registry::{Instance, Registry, ServiceSnapshot, Snapshot};
 use crate::traffic::matcher::RequestFacts;
-use crate::traffic::{rewrite, CompiledBackend, Target, X_SWITCHYARD_BACKEND};
+use crate::traffic::{rewrite, Target, X_SWITCHYARD_BACKEND};
 use crate::upstream::{
     framing, ClientBody, ClientBodyState, ClientBodyWatch, ConnectError, Pool, RequestBody,
     ResponseBody, Sender,
@@ -398,29 +398,21 @@ impl Proxy {
             return Err(no_route());
         };
         // The split decision, then the backend's instances. A sticky cookie
-        // naming an instance (in rotation) of one backend's service keeps
-        // the client on that backend and instance: its value is keyed by
-        // service, so it names at most one. The sticky table indexes the
-        // whole service, so a backend limited to a subset goes without it.
-        let sticky_table = |backend: &CompiledBackend| {
-            snapshot.services[backend.service]
-                .sticky
-                .as_ref()
-                .filter(|_| matches!(backend.target, Target::Service))
-        };
-        let named = policy.backends.iter().enumerate().find_map(|(i, backend)| {
-            let table = sticky_table(backend)?;
-            Some((i, table, table.find(fields.map())?))
-        });
-        let (chosen, sticky) = match named {
-            Some((i, table, instance)) => (i, Some((table, Some(instance)))),
+        // naming an instance (in rotation) of one backend's service, and in
+        // its subset if it names one, keeps the client on that backend and
+        // instance; otherwise the split decides and the backend balances.
+        let (chosen, sticky) = match policy.sticky_backend(&snapshot.services, || fields.map()) {
+            Some(held) => (held.backend, Some((held.table, Some(held.candidate)))),
             None => {
                 let split_headers = match policy.split_by {
                     Some(SplitKey::Header(_) | SplitKey::Cookie(_)) => fields.map(),
                     Some(SplitKey::ClientIp) | None => &no_headers,
                 };
                 let i = policy.choose(policy.split_key(split_headers, client_ip));
-                let table = policy.backends.get(i).and_then(sticky_table);
+                let table = policy
+                    .backends
+                    .get(i)
+                    .and_then(|b| snapshot.services[b.service].sticky.as_ref());
                 (i, table.map(|table| (table, None)))
             }
         };
@@ -626,7 +618,10 @@ impl Proxy {
             // No cookie, or one naming an instance that did not answer
             // (gone, out of rotation, or failed over): name this one.
             if named != Some(answered_by) {
-                outcome.set_cookie = table.set_cookie(answered_by).cloned();
+                outcome.set_cookie = backend
+                    .sticky_instance(answered_by)
+                    .and_then(|index| table.set_cookie(index))
+                    .cloned();
             }
         }
         sent

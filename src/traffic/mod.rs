@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName};
 use crate::balance::{hash_bytes, hash_ip};
 use crate::config::{HeaderRewrite, RouteConfig, ServiceName, SplitKey};
 use crate::registry::ServiceSnapshot;
+use sticky::StickyTable;
 
 pub use split::{Split, SplitCounters};
 pub use subset::Target;
@@ -62,7 +63,75 @@ pub struct CompiledBackend {
     pub subset: Box<str>,
 }
 
+impl CompiledBackend {
+    /// The index among this backend's instances of the service's instance
+    /// in rotation `index` (what a sticky cookie names), if the backend
+    /// sends to it: any of them without a subset, only the subset's with
+    /// one.
+    pub fn sticky_candidate(&self, index: usize) -> Option<usize> {
+        match &self.target {
+            Target::Service => Some(index),
+            Target::Subset(pool) => pool.from_service(index),
+            Target::Empty => None,
+        }
+    }
+
+    /// The index among the service's instances in rotation of this
+    /// backend's instance `candidate` (what a sticky cookie is written
+    /// for).
+    pub fn sticky_instance(&self, candidate: usize) -> Option<usize> {
+        match &self.target {
+            Target::Service => Some(candidate),
+            Target::Subset(pool) => pool.to_service(candidate),
+            Target::Empty => None,
+        }
+    }
+}
+
+/// A backend a sticky cookie holds a request to.
+#[derive(Debug, Clone, Copy)]
+pub struct StickyBackend<'a> {
+    /// Index into the route's backends.
+    pub backend: usize,
+    /// The service's sticky table.
+    pub table: &'a StickyTable,
+    /// The named instance, as an index among the backend's instances.
+    pub candidate: usize,
+}
+
 impl CompiledRoute {
+    /// The first backend whose service has sticky sessions and whose
+    /// instances (the service's in rotation, or its subset's) hold the
+    /// instance the request's cookie names. A cookie's value is keyed by
+    /// service, so it names at most one instance; backends of the same
+    /// service share one lookup.
+    /// `headers` gives the request's fields; called only for a service
+    /// with sticky sessions (a map may have to be made for it).
+    pub fn sticky_backend<'a, 'h>(
+        &self,
+        services: &'a [Arc<ServiceSnapshot>],
+        headers: impl Fn() -> &'h HeaderMap,
+    ) -> Option<StickyBackend<'a>> {
+        // (service, what its table found), for the previous backend.
+        let mut last: Option<(usize, Option<usize>)> = None;
+        self.backends
+            .iter()
+            .enumerate()
+            .find_map(|(backend, compiled)| {
+                let table = services.get(compiled.service)?.sticky.as_ref()?;
+                let named = match last {
+                    Some((service, named)) if service == compiled.service => named,
+                    _ => table.find(headers()),
+                };
+                last = Some((compiled.service, named));
+                Some(StickyBackend {
+                    backend,
+                    table,
+                    candidate: compiled.sticky_candidate(named?)?,
+                })
+            })
+    }
+
     /// The hash of the request's split key, if the route has a
     /// `split_by` and the request carries the key (`client_ip` is the
     /// client as found through `trusted_proxies`).

@@ -67,13 +67,34 @@ impl StickyTable {
         headers
             .get_all(COOKIE)
             .iter()
-            .flat_map(|line| line.as_bytes().split(|b| *b == b';'))
-            .filter_map(|pair| {
-                let pair = pair.trim_ascii();
-                let (name, value) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
-                (name == self.cookie.as_bytes()).then(|| parse_value(&value[1..]))?
-            })
-            .find_map(|value| self.by_value.get(&value).copied())
+            .find_map(|line| self.find_in_line(line.as_bytes()))
+    }
+
+    /// [`StickyTable::find`] in one `Cookie` field: walks its pairs once,
+    /// comparing the start of each with the name and skipping to the next
+    /// `;` otherwise, without splitting, UTF-8 checks or allocation.
+    fn find_in_line(&self, line: &[u8]) -> Option<usize> {
+        let name = self.cookie.as_bytes();
+        let mut at = 0;
+        while at < line.len() {
+            let end = line[at..]
+                .iter()
+                .position(|b| *b == b';')
+                .map_or(line.len(), |p| at + p);
+            let value = line[at..end]
+                .trim_ascii_start()
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(b"="));
+            // A repeated name: the first value that names an instance wins.
+            if let Some(found) = value
+                .and_then(|v| parse_value(v.trim_ascii_end()))
+                .and_then(|v| self.by_value.get(&v))
+            {
+                return Some(*found);
+            }
+            at = end + 1;
+        }
+        None
     }
 
     /// The `Set-Cookie` value that names instance `index` (in rotation).
@@ -114,17 +135,38 @@ fn cookie_value(key: &[u8], service: &ServiceName, id: &InstanceId) -> u128 {
     u128::from_be_bytes(first)
 }
 
-/// 32 lower- or upper-case hex digits.
+/// 32 lower- or upper-case hex digits, read through a table.
 fn parse_value(text: &[u8]) -> Option<u128> {
-    if text.len() != VALUE_LEN {
-        return None;
+    let digits: &[u8; VALUE_LEN] = text.try_into().ok()?;
+    let mut value = 0u128;
+    // Every digit's table entry or'ed together: above 15 if any was not a
+    // hex digit, checked once at the end instead of per digit.
+    let mut bad = 0u8;
+    for digit in digits {
+        let nibble = HEX_DIGIT[usize::from(*digit)];
+        bad |= nibble;
+        value = (value << 4) | u128::from(nibble & 0x0f);
     }
-    let text = std::str::from_utf8(text).ok()?;
-    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u128::from_str_radix(text, 16).ok()
+    (bad < 16).then_some(value)
 }
+
+/// The value of each hex digit (`0`–`9`, `a`–`f`, `A`–`F`); 0xff for any
+/// other byte.
+static HEX_DIGIT: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// HMAC-SHA256 (RFC 2104) of the concatenated `parts`.
 fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -273,6 +315,17 @@ mod tests {
         // A repeated cookie: the one that names an instance wins.
         let twice = format!("sy=nonsense; sy={good}");
         assert_eq!(table.find(&headers(&twice)), Some(0));
+        // Space around pairs, the last pair without `;`, a second field.
+        let spaced = format!("a=b;\tsy={good} ;c=d");
+        assert_eq!(table.find(&headers(&spaced)), Some(0));
+        assert_eq!(table.find(&headers(&format!("a=b;sy={good}"))), Some(0));
+        assert_eq!(table.find(&headers(&format!("sy ={good}"))), None);
+        let mut two = headers("a=b; sy=x");
+        two.append(
+            COOKIE,
+            HeaderValue::try_from(format!("c=d; sy={good}")).unwrap(),
+        );
+        assert_eq!(table.find(&two), Some(0));
     }
 
     #[test]
@@ -291,6 +344,28 @@ mod tests {
         let again = StickyTable::build(&config(None), &web, ids(&["a"]).iter());
         assert_eq!(value_of(&once, 0), value_of(&again, 0));
         assert_ne!(value_of(&once, 0), value_of(&a, 0));
+    }
+
+    #[test]
+    fn hex_values_are_read_in_either_case_and_nothing_else() {
+        let value = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        let lower = format!("{value:032x}");
+        assert_eq!(parse_value(lower.as_bytes()), Some(value));
+        assert_eq!(parse_value(lower.to_uppercase().as_bytes()), Some(value));
+        assert_eq!(parse_value(&[b'f'; 32]), Some(u128::MAX));
+        assert_eq!(parse_value(&[b'0'; 32]), Some(0));
+        for bad in [
+            b'g', b'G', b'/', b':', b'@', b'`', b' ', 0, 0xff, b'+', b'-',
+        ] {
+            for at in [0, 17, 31] {
+                let mut text = lower.clone().into_bytes();
+                text[at] = bad;
+                assert_eq!(parse_value(&text), None, "{bad} at {at}");
+            }
+        }
+        assert_eq!(parse_value(&lower.as_bytes()[1..]), None);
+        assert_eq!(parse_value(format!("{lower}0").as_bytes()), None);
+        assert_eq!(parse_value(b""), None);
     }
 
     #[test]

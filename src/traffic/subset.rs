@@ -27,6 +27,25 @@ pub struct SubsetPool {
     pub instances: Vec<Arc<Instance>>,
     /// Built over `instances`.
     pub balancer: Balancer,
+    /// For each of `instances`, its index among the service's instances
+    /// in rotation (ascending, as the subset keeps the service's order):
+    /// how a sticky cookie, which names an instance of the service, is
+    /// read and written for the subset.
+    positions: Vec<usize>,
+}
+
+impl SubsetPool {
+    /// The index in this subset of the service's instance in rotation
+    /// `index`, if the subset holds it.
+    pub fn from_service(&self, index: usize) -> Option<usize> {
+        self.positions.binary_search(&index).ok()
+    }
+
+    /// The index among the service's instances in rotation of this
+    /// subset's instance `index`.
+    pub fn to_service(&self, index: usize) -> Option<usize> {
+        self.positions.get(index).copied()
+    }
 }
 
 /// Whether `instance` belongs to `subset`.
@@ -47,12 +66,13 @@ pub fn target(
     let Some(subset) = subset else {
         return Target::Service;
     };
-    let instances: Vec<Arc<Instance>> = service
+    let (positions, instances): (Vec<usize>, Vec<Arc<Instance>>) = service
         .instances
         .iter()
-        .filter(|instance| in_subset(subset, instance))
-        .cloned()
-        .collect();
+        .enumerate()
+        .filter(|(_, instance)| in_subset(subset, instance))
+        .map(|(index, instance)| (index, Arc::clone(instance)))
+        .unzip();
     if instances.is_empty() {
         return match fallback {
             SubsetFallback::Any => Target::Service,
@@ -71,5 +91,6 @@ pub fn target(
     Target::Subset(SubsetPool {
         instances,
         balancer,
+        positions,
     })
 }
