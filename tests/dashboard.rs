@@ -175,7 +175,12 @@ impl Page {
     /// Polls `expression` until it is true, up to `limit`.
     async fn wait_for(&mut self, expression: &str, limit: Duration) {
         let started = Instant::now();
-        while self.eval(expression).await != Value::Bool(true) {
+        // While the page is still loading, `document.body` may be null: that
+        // is "not yet", not a failure.
+        let guarded = format!(
+            "(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
+        );
+        while self.eval(&guarded).await != Value::Bool(true) {
             assert!(
                 started.elapsed() < limit,
                 "never true: {expression}\n{}",
