@@ -10,13 +10,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::etcd::{self, Etcd};
-use http::{Method, Request, Response};
+use common::traffic::Traffic;
+use http::{Method, Response};
 use http_body_util::Full;
 use serde_json::Value;
 use switchyard::config::history::ConfigVersion;
@@ -135,74 +134,6 @@ async fn answering(status: u16) -> SocketAddr {
             .unwrap()
     })
     .await
-}
-
-/// Requests sent in the background to one URL until stopped (2 minutes
-/// at most); each status kept.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    statuses: Arc<Mutex<Vec<u16>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(url: String, concurrency: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let statuses = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..concurrency)
-            .map(|_| {
-                let (stop, statuses, url) = (Arc::clone(&stop), Arc::clone(&statuses), url.clone());
-                tokio::spawn(async move {
-                    let client = common::client();
-                    let started = Instant::now();
-                    while !stop.load(Ordering::Relaxed)
-                        && started.elapsed() < Duration::from_secs(120)
-                    {
-                        let request = Request::get(&url).body(Full::default()).unwrap();
-                        let status = common::try_send(&client, request)
-                            .await
-                            .map_or(0, |(s, _)| s);
-                        statuses.lock().unwrap().push(status);
-                        tokio::time::sleep(Duration::from_millis(4)).await;
-                    }
-                })
-            })
-            .collect();
-        Traffic {
-            stop,
-            statuses,
-            tasks,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.statuses.lock().unwrap().len()
-    }
-
-    /// Waits until at least `n` more requests finished (30 s at most).
-    async fn wait_for(&self, n: usize) {
-        let target = self.count() + n;
-        let started = Instant::now();
-        while self.count() < target {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "traffic too slow: {} of {target} requests",
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(self) -> Vec<u16> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        Arc::try_unwrap(self.statuses)
-            .unwrap()
-            .into_inner()
-            .unwrap()
-    }
 }
 
 /// Waits for the guard of `node` to reach a verdict (`limit` at most) and

@@ -304,3 +304,4 @@ pub mod etcd;
 pub mod flippable;
 pub mod openapi;
 pub mod raw;
+pub mod traffic;
