@@ -510,16 +510,7 @@ impl Reloader {
                 .await;
         };
         let config = config::parse(&text).map_err(ReloadError::Invalid)?;
-        let unknown: Vec<String> = spec
-            .checks
-            .iter()
-            .filter_map(|c| c.service.as_ref())
-            .filter(|s| !config.services.contains_key(*s))
-            .map(|s| format!("guard names service `{s}`, which the new config does not have"))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ReloadError::BadGuard(unknown.join("; ")));
-        }
+        guard_services_exist(&spec, &config)?;
         let previous = lock(&self.status).current_version;
         let Some(previous) = previous.filter(|_| self.history.available()) else {
             return Err(ReloadError::BadGuard(
@@ -1074,6 +1065,25 @@ fn watch_more(
     }
     *lock(files) = wanted;
     Ok(added)
+}
+
+/// A guard may only name services the config it judges has.
+pub(crate) fn guard_services_exist(
+    spec: &GuardSpec,
+    config: &config::Config,
+) -> Result<(), ReloadError> {
+    let unknown: Vec<String> = spec
+        .checks
+        .iter()
+        .filter_map(|c| c.service.as_ref())
+        .filter(|s| !config.services.contains_key(*s))
+        .map(|s| format!("guard names service `{s}`, which the new config does not have"))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ReloadError::BadGuard(unknown.join("; ")))
+    }
 }
 
 #[cfg(test)]

@@ -597,39 +597,34 @@ impl Store {
             return Err(FleetError::Conflict(now_current.unwrap_or(next)));
         }
         if let Some(oldest_kept) = next.0.checked_sub(retention.max(1) as u64) {
-            // Versions 1..=oldest_kept go; a failure only leaves extra history.
-            let from = self.keys.version(ConfigVersion(0));
-            let to = self
-                .keys
-                .version(ConfigVersion(oldest_kept.saturating_add(1)));
-            let dropped = self
-                .call(|mut c| {
-                    let (from, to) = (from.clone(), to.clone());
-                    async move {
-                        c.delete(from, Some(DeleteOptions::new().with_range(to)))
-                            .await
-                    }
-                })
-                .await;
-            if let Err(error) = dropped {
-                tracing::warn!(%error, "cannot drop fleet config versions beyond retention");
-            }
-            // Their guard records go with them.
-            let from = self.keys.guard(ConfigVersion(0));
-            let to = self
-                .keys
-                .guard(ConfigVersion(oldest_kept.saturating_add(1)));
-            let dropped = self
-                .call(|mut c| {
-                    let (from, to) = (from.clone(), to.clone());
-                    async move {
-                        c.delete(from, Some(DeleteOptions::new().with_range(to)))
-                            .await
-                    }
-                })
-                .await;
-            if let Err(error) = dropped {
-                tracing::warn!(%error, "cannot drop fleet guard records beyond retention");
+            // Versions 1..=oldest_kept go, and their guard records with
+            // them; a failure only leaves extra history.
+            let end = ConfigVersion(oldest_kept.saturating_add(1));
+            let ranges = [
+                (
+                    self.keys.version(ConfigVersion(0)),
+                    self.keys.version(end),
+                    "versions",
+                ),
+                (
+                    self.keys.guard(ConfigVersion(0)),
+                    self.keys.guard(end),
+                    "guard records",
+                ),
+            ];
+            for (from, to, what) in ranges {
+                let dropped = self
+                    .call(|mut c| {
+                        let (from, to) = (from.clone(), to.clone());
+                        async move {
+                            c.delete(from, Some(DeleteOptions::new().with_range(to)))
+                                .await
+                        }
+                    })
+                    .await;
+                if let Err(error) = dropped {
+                    tracing::warn!(%error, "cannot drop fleet config {what} beyond retention");
+                }
             }
         }
         Ok(PushOutcome::Pushed(next))

@@ -30,7 +30,7 @@ use crate::config::guard::GuardSpec;
 use crate::config::history::{ChangeSource, ConfigVersion};
 use crate::fleet::traffic::{self, FleetTraffic, RecentTraffic, ALL};
 use crate::fleet::{Fleet, PushOutcome, StoredGuard};
-use crate::reload::{ReloadError, ReloadOutcome, Reloader};
+use crate::reload::{guard_services_exist, ReloadError, ReloadOutcome, Reloader};
 use crate::stats_window;
 
 /// Longest baseline in fleet mode. Nodes publish their last 90 s; a node's
@@ -107,16 +107,7 @@ impl Reloader {
         let Some(spec) = guard else {
             return self.push(text, cause, base).await;
         };
-        let unknown: Vec<String> = spec
-            .checks
-            .iter()
-            .filter_map(|c| c.service.as_ref())
-            .filter(|s| !config.services.contains_key(*s))
-            .map(|s| format!("guard names service `{s}`, which the new config does not have"))
-            .collect();
-        if !unknown.is_empty() {
-            return Err(ReloadError::BadGuard(unknown.join("; ")));
-        }
+        guard_services_exist(&spec, &config)?;
         let Some(fleet) = self.fleet().cloned() else {
             return Err(ReloadError::NotFleet);
         };
