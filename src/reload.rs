@@ -1091,6 +1091,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_guard_may_name_only_services_the_config_has() {
+        let config = config::parse(
+            "listeners: [{address: 127.0.0.1:1000}]\nroutes: [{service: a}]\nservices:\n  a: {instances: [{id: x, address: 127.0.0.1:1}]}\n",
+        )
+        .unwrap();
+        let spec = |lines: &[&str]| GuardSpec {
+            checks: lines
+                .iter()
+                .map(|l| config::guard::parse_check(l).unwrap())
+                .collect(),
+            window: Duration::from_secs(10),
+            min_requests: 100,
+        };
+        assert!(
+            guard_services_exist(&spec(&["a: error_rate < 1%", "p99 < 300ms"]), &config).is_ok()
+        );
+        let refused =
+            guard_services_exist(&spec(&["a: error_rate < 1%", "web: p99 < 300ms"]), &config);
+        match refused {
+            Err(ReloadError::BadGuard(why)) => {
+                assert_eq!(
+                    why,
+                    "guard names service `web`, which the new config does not have"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn describes_what_changed() {
         let old = config::parse(
             "listeners: [{address: 127.0.0.1:1000}]\nroutes: [{service: a}]\nservices:\n  a: {instances: [{id: x, address: 127.0.0.1:1}, {id: y, address: 127.0.0.1:2}]}\n  b: {}\n",
