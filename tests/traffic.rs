@@ -36,6 +36,10 @@ async fn who(proxy: &Running, method: Method, path: &str, headers: &[(&str, &str
     got.served_by()
 }
 
+/// A request (method, path with query, extra header fields) and the
+/// service whose route must win.
+type RouteCase<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_condition_matches_and_precedence_is_host_then_path_then_conditions() {
     let mut services = String::from("services:\n");
@@ -70,106 +74,52 @@ async fn each_condition_matches_and_precedence_is_host_then_path_then_conditions
     let proxy = proxy(&format!("{routes}{services}")).await;
     let get = Method::GET;
 
-    // Methods.
-    assert_eq!(who(&proxy, Method::POST, "/m", &[]).await, "post");
-    assert_eq!(who(&proxy, Method::PUT, "/m/x", &[]).await, "post");
-    assert_eq!(who(&proxy, get.clone(), "/m", &[]).await, "any");
-
-    // Headers: exact, prefix, regex (whole value), present, absent.
-    assert_eq!(
-        who(
-            &proxy,
+    // Each request and the service whose route must win.
+    let legacy = ("x-legacy", "1");
+    let cases: &[RouteCase] = &[
+        // Methods.
+        (Method::POST, "/m", &[], "post"),
+        (Method::PUT, "/m/x", &[], "post"),
+        (get.clone(), "/m", &[], "any"),
+        // Headers: exact, prefix, regex (whole value), present, absent.
+        (get.clone(), "/h", &[("x-env", "staging"), legacy], "exact"),
+        (get.clone(), "/h", &[("x-env", "staging2"), legacy], "any"),
+        (
             get.clone(),
             "/h",
-            &[("x-env", "staging"), ("x-legacy", "1")]
-        )
-        .await,
-        "exact"
-    );
-    assert_eq!(
-        who(
-            &proxy,
+            &[("x-user", "beta-17"), legacy],
+            "prefix",
+        ),
+        (
             get.clone(),
             "/h",
-            &[("x-env", "staging2"), ("x-legacy", "1")]
-        )
-        .await,
-        "any"
-    );
-    assert_eq!(
-        who(
-            &proxy,
-            get.clone(),
-            "/h",
-            &[("x-user", "beta-17"), ("x-legacy", "1")]
-        )
-        .await,
-        "prefix"
-    );
-    assert_eq!(
-        who(
-            &proxy,
-            get.clone(),
-            "/h",
-            &[("x-user", "alpha-beta-"), ("x-legacy", "1")]
-        )
-        .await,
-        "any"
-    );
-    assert_eq!(
-        who(
-            &proxy,
-            get.clone(),
-            "/h",
-            &[("x-build", "2.10"), ("x-legacy", "1")]
-        )
-        .await,
-        "regex"
-    );
-    assert_eq!(
-        who(
-            &proxy,
-            get.clone(),
-            "/h",
-            &[("x-build", "v2.10"), ("x-legacy", "1")]
-        )
-        .await,
-        "any"
-    );
-    assert_eq!(
-        who(
-            &proxy,
-            get.clone(),
-            "/h",
-            &[("x-debug", ""), ("x-legacy", "1")]
-        )
-        .await,
-        "present"
-    );
-    assert_eq!(who(&proxy, get.clone(), "/h", &[]).await, "absent");
-    assert_eq!(
-        who(&proxy, get.clone(), "/h", &[("x-legacy", "1")]).await,
-        "any"
-    );
-
-    // Query: exact (percent- and plus-decoded), present (with or without a value).
-    assert_eq!(
-        who(&proxy, get.clone(), "/q?a=1&v=2+b", &[]).await,
-        "qexact"
-    );
-    assert_eq!(who(&proxy, get.clone(), "/q?v=2%20b", &[]).await, "qexact");
-    assert_eq!(who(&proxy, get.clone(), "/q?v=2", &[]).await, "qnone");
-    assert_eq!(who(&proxy, get.clone(), "/q?debug", &[]).await, "qpresent");
-    assert_eq!(
-        who(&proxy, get.clone(), "/q?debug=0", &[]).await,
-        "qpresent"
-    );
-    assert_eq!(who(&proxy, get.clone(), "/q?debugx=1", &[]).await, "qnone");
-
-    // A path pattern is tried before prefixes and must match the whole path.
-    assert_eq!(who(&proxy, get.clone(), "/items/42", &[]).await, "pattern");
-    assert_eq!(who(&proxy, get.clone(), "/items/42/x", &[]).await, "items");
-    assert_eq!(who(&proxy, get.clone(), "/items/abc", &[]).await, "items");
+            &[("x-user", "alpha-beta-"), legacy],
+            "any",
+        ),
+        (get.clone(), "/h", &[("x-build", "2.10"), legacy], "regex"),
+        (get.clone(), "/h", &[("x-build", "v2.10"), legacy], "any"),
+        (get.clone(), "/h", &[("x-debug", ""), legacy], "present"),
+        (get.clone(), "/h", &[], "absent"),
+        (get.clone(), "/h", &[legacy], "any"),
+        // Query: exact (percent- and plus-decoded), present (with or without a value).
+        (get.clone(), "/q?a=1&v=2+b", &[], "qexact"),
+        (get.clone(), "/q?v=2%20b", &[], "qexact"),
+        (get.clone(), "/q?v=2", &[], "qnone"),
+        (get.clone(), "/q?debug", &[], "qpresent"),
+        (get.clone(), "/q?debug=0", &[], "qpresent"),
+        (get.clone(), "/q?debugx=1", &[], "qnone"),
+        // A path pattern is tried before prefixes and must match the whole path.
+        (get.clone(), "/items/42", &[], "pattern"),
+        (get.clone(), "/items/42/x", &[], "items"),
+        (get.clone(), "/items/abc", &[], "items"),
+    ];
+    for (method, path, headers, expected) in cases {
+        assert_eq!(
+            who(&proxy, method.clone(), path, headers).await,
+            *expected,
+            "{method} {path} {headers:?}"
+        );
+    }
 
     // Same host and path: more conditions first, whatever the config order.
     assert_eq!(
