@@ -351,56 +351,40 @@ async fn a_small_body_nobody_read_is_discarded_and_the_connection_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_unread_body_or_an_unanswered_expect_is_announced_as_a_close() {
     let (_proxy, admin) = token_proxy().await;
-    // 10 MB announced, a little sent: too much to read and throw away.
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 10000000\r\n\r\n{\"address\":")
-        .await
-        .unwrap();
-    let answer = read_response(&mut stream).await;
-    assert_eq!(answer.status, 401, "{answer:?}");
-    assert!(
-        answer
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "a client must not reuse this connection: {answer:?}"
-    );
-    assert!(closed(&mut stream).await);
-
-    // A small body that stops coming: thrown away for a second at most,
-    // then the connection ends with the answer.
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\n\r\n{\"a\":")
-        .await
-        .unwrap();
-    let answer = read_response(&mut stream).await;
-    assert_eq!(answer.status, 401, "{answer:?}");
-    assert!(
-        answer
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "{answer:?}"
-    );
-    assert!(closed(&mut stream).await);
-
-    // The client waits for 100 Continue, which never comes: its body may
-    // follow later or never, so the connection ends with the answer.
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    stream
-        .write_all(b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\nexpect: 100-continue\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_response(&mut stream).await;
-    assert_eq!(answer.status, 401, "{answer:?}");
-    assert!(
-        answer
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "{answer:?}"
-    );
-    assert!(closed(&mut stream).await);
+    let cases: [(&str, &[u8]); 3] = [
+        // 10 MB announced, a little sent: too much to read and throw away.
+        (
+            "large body",
+            b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 10000000\r\n\r\n{\"address\":",
+        ),
+        // A small body that stops coming: thrown away for a second at
+        // most, then the connection ends with the answer.
+        (
+            "stalled body",
+            b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\n\r\n{\"a\":",
+        ),
+        // The client waits for 100 Continue, which never comes: its body
+        // may follow later or never, so the connection ends with the answer.
+        (
+            "unanswered expect",
+            b"POST /admin/services/s/instances HTTP/1.1\r\nhost: a\r\ncontent-length: 20\r\nexpect: 100-continue\r\n\r\n",
+        ),
+    ];
+    for (case, request) in cases {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        assert_eq!(answer.status, 401, "{case}: {answer:?}");
+        assert!(
+            answer
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{case}: a client must not reuse this connection: {answer:?}"
+        );
+        assert!(
+            closed(&mut stream).await,
+            "{case}: the connection stays open"
+        );
+    }
 }
