@@ -489,15 +489,19 @@ impl Store {
         }
     }
 
+    /// Every key under `prefix`, with its value.
+    async fn read_prefix(&self, prefix: &str) -> Result<etcd_client::GetResponse, FleetError> {
+        self.call(|mut c| {
+            let prefix = prefix.to_string();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+    }
+
     /// Every readable version, oldest first, and the unreadable ones.
     pub async fn versions(&self) -> Result<(Vec<VersionInfo>, Vec<(String, String)>), FleetError> {
         let prefix = self.keys.versions();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.read_prefix(&prefix).await?;
         let mut versions = Vec::new();
         let mut broken = Vec::new();
         for kv in response.kvs() {
@@ -887,12 +891,7 @@ impl Store {
     /// Every readable guard record.
     pub async fn guard_records(&self) -> Result<Vec<StoredGuard>, FleetError> {
         let prefix = self.keys.guards();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.read_prefix(&prefix).await?;
         Ok(response
             .kvs()
             .iter()
@@ -911,12 +910,7 @@ impl Store {
     /// node name.
     pub async fn node_records(&self) -> Result<BTreeMap<String, NodeRecord>, FleetError> {
         let prefix = self.keys.nodes();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.read_prefix(&prefix).await?;
         Ok(response
             .kvs()
             .iter()
@@ -937,12 +931,7 @@ impl Store {
     /// Every node's status value.
     pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, FleetError> {
         let prefix = self.keys.nodes();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
+        let response = self.read_prefix(&prefix).await?;
         Ok(response
             .kvs()
             .iter()
