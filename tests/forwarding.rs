@@ -177,8 +177,13 @@ services:
     }
 }
 
-#[tokio::test]
-async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
+/// A proxy over two instances in round robin: one that reads a request and
+/// closes without answering (how many connections it accepted is counted),
+/// and an echo named `good`.
+async fn rude_and_good() -> (
+    switchyard::server::Running,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     // Reads the request, then closes without answering.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rude = listener.local_addr().unwrap();
@@ -198,6 +203,12 @@ async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
         "routes:\n  - service: s\nservices:\n  s: {{strategy: round_robin, instances: [{{address: \"{rude}\"}}, {{address: \"{good}\"}}]}}\n"
     ))
     .await;
+    (proxy, accepted)
+}
+
+#[tokio::test]
+async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
+    let (proxy, accepted) = rude_and_good().await;
     // A POST may have had its effect: never sent again.
     let post = http::Request::post(format!("{}/", base(&proxy)))
         .body(http_body_util::Full::default())
@@ -222,25 +233,7 @@ async fn a_reset_after_sending_is_a_502_for_a_post_and_a_retry_for_a_get() {
 
 #[tokio::test]
 async fn a_post_without_a_body_but_with_an_idempotency_key_is_retried_after_a_reset() {
-    // Reads the request, then closes without answering.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let rude = listener.local_addr().unwrap();
-    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = std::sync::Arc::clone(&accepted);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf).await;
-            drop(stream);
-        }
-    });
-    let good = echo("good").await;
-    let proxy = proxy(&format!(
-        "routes:\n  - service: s\nservices:\n  s: {{strategy: round_robin, instances: [{{address: \"{rude}\"}}, {{address: \"{good}\"}}]}}\n"
-    ))
-    .await;
+    let (proxy, accepted) = rude_and_good().await;
     // The key, read from the head as received (the lean path), makes the
     // POST as safe to send again as a GET: whichever instance the rotation
     // starts at, the good one answers both.
