@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::binary::config_cli;
 use common::etcd::{self, Etcd};
 use common::traffic::Traffic;
 use http::{Method, Response};
@@ -164,26 +165,6 @@ async fn versions(node: &Node) -> Vec<Value> {
     json["versions"].as_array().unwrap().clone()
 }
 
-/// Runs `switchyard config --admin ADMIN ARGS…` off the runtime; its exit
-/// code and everything it printed.
-async fn config_cli(admin: SocketAddr, args: Vec<String>) -> (i32, String) {
-    tokio::task::spawn_blocking(move || {
-        let output = common::binary::command()
-            .env_remove("SWITCHYARD_ADMIN_TOKEN")
-            .args(["config", "--admin", &admin.to_string()])
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 async fn get(url: &str) -> common::Got {
     common::get(&common::client(), url, &[]).await
 }
@@ -210,7 +191,7 @@ async fn a_guarded_push_to_an_upstream_answering_500_is_rolled_back_on_every_nod
     let pushed = Instant::now();
     let (code, out) = config_cli(
         a.admin(),
-        [
+        &[
             "apply",
             file.to_str().unwrap(),
             "--guard",
@@ -219,9 +200,7 @@ async fn a_guarded_push_to_an_upstream_answering_500_is_rolled_back_on_every_nod
             "20s",
             "--min-requests",
             "50",
-        ]
-        .map(String::from)
-        .to_vec(),
+        ],
     )
     .await;
     let took = pushed.elapsed();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::admin::{call, call_raw};
-use common::binary::{command, temp_dir};
+use common::binary::{config_cli, temp_dir};
 use common::traffic::Traffic;
 use common::*;
 use http::{Method, Request, Response};
@@ -55,27 +55,6 @@ async fn answering(status: u16, delay: Duration) -> SocketAddr {
             .unwrap()
     })
     .await
-}
-
-/// Runs `switchyard config --admin ADMIN ARGS…` off the runtime; its exit
-/// code and everything it printed.
-async fn config_cli(admin: SocketAddr, args: &[&str]) -> (i32, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let output = command()
-            .env_remove("SWITCHYARD_ADMIN_TOKEN")
-            .args(["config", "--admin", &admin.to_string()])
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    })
-    .await
-    .unwrap()
 }
 
 async fn admin_json(running: &Running, method: Method, path: &str) -> (u16, serde_json::Value) {

@@ -137,3 +137,24 @@ impl Process {
         None
     }
 }
+
+/// Runs `switchyard config --admin ADMIN ARGS…` off the runtime; its exit
+/// code and everything it printed.
+pub async fn config_cli(admin: SocketAddr, args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let output = command()
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .args(["config", "--admin", &admin.to_string()])
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
