@@ -392,3 +392,29 @@ async fn a_guarded_push_with_too_little_traffic_is_kept_as_not_enough_traffic() 
     let listed = versions(&a).await;
     assert_eq!(listed[1]["guard"]["state"], "not_enough_traffic");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_push_from_another_node_ends_a_running_fleet_guard_as_kept() {
+    need_etcd!();
+    let etcd = Etcd::start().await;
+    let good = common::echo("good").await;
+    let [a, b] = nodes(&etcd, "fleet-guard-forced", ["a", "b"]).await;
+    let (status, _) = push(&a, "", &shared(good, 1)).await;
+    assert_eq!(status, 200);
+    all_apply(&[&a, &b], ConfigVersion(1)).await;
+    // A long window: only the forced push can end it within the test.
+    let query = "?guard=error_rate%20%3C%201%25&for=120s";
+    let (status, answer) = push(&a, query, &shared(good, 2)).await;
+    assert_eq!(status, 200, "{answer}");
+    all_apply(&[&a, &b], ConfigVersion(2)).await;
+    let (status, answer) = push(&b, "?force=true", &shared(good, 3)).await;
+    assert_eq!(status, 200, "{answer}");
+    all_apply(&[&a, &b], ConfigVersion(3)).await;
+    let report = verdict(&a, EVENTUALLY).await;
+    assert_eq!(report["state"], "ended_by_force", "{report}");
+    let text = report["verdict"].as_str().unwrap();
+    assert!(text.contains("version 3 was pushed meanwhile"), "{text}");
+    // The forced version serves: nothing was rolled back.
+    assert_eq!(a.version(), Some(ConfigVersion(3)));
+    assert_eq!(b.version(), Some(ConfigVersion(3)));
+}
