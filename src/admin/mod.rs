@@ -77,15 +77,6 @@ pub async fn handle(
     mut request: Request<ClientBody>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
-    // The owned HTTP/1.1 server hands a request without a body over as its
-    // head as received, with an empty map; the admin API reads the map.
-    let received = match request.body_mut() {
-        ClientBody::Owned(owned) => owned.take_head(),
-        _ => None,
-    };
-    if let Some(head) = received {
-        *request.headers_mut() = head.to_header_map();
-    }
     if let Some(refusal) = authorize(state, &request, peer) {
         return refusal;
     }

@@ -66,6 +66,9 @@ pub(super) struct Settings {
     /// Whether the first bytes may be an HTTP/2 preface (cleartext only;
     /// on TLS, ALPN decided).
     pub(super) detect_h2: bool,
+    /// Whether a request without a body or upgrade goes to the handler
+    /// with its head as received and an empty map (see `exchange`).
+    pub(super) keep_heads: bool,
 }
 
 /// How a connection's HTTP/1.1 service ended.
@@ -153,6 +156,12 @@ where
         };
         first = false;
         buf.advance(head.len);
+        let mut head = head;
+        if !settings.keep_heads {
+            // A handler that reads maps only gets no head as received.
+            head.headers = head.take_headers();
+            head.raw = None;
+        }
         // Boxed: the exchange's state (request, response, body) exists
         // only while a request is served, not in every idle connection.
         let keep_alive = Box::pin(exchange(

@@ -312,6 +312,7 @@ impl Listeners {
                 open: Arc::clone(&open),
                 per_ip: Arc::clone(&per_ip),
                 pressure: Arc::clone(&self.pressure),
+                keeps_heads: true,
             };
             let task = move |listener: TcpListener| -> ServeFuture {
                 Box::pin(serve(
@@ -760,6 +761,7 @@ async fn launch(
         open: Arc::new(AtomicUsize::new(0)),
         per_ip: Arc::default(),
         pressure: Arc::clone(&listeners.pressure),
+        keeps_heads: false,
     };
     let admin_task = tokio::spawn(serve(
         admin_listener,
@@ -849,6 +851,10 @@ struct Guard {
     /// Open connections by client IP, over all workers.
     per_ip: Arc<crate::limits::ConnectionsPerIp>,
     pressure: Arc<Pressure>,
+    /// Whether the owned HTTP/1.1 server may hand a request without a body
+    /// over as its head as received with an empty map: the proxy reads the
+    /// head, the admin API reads maps.
+    keeps_heads: bool,
 }
 
 /// The hyper server settings for `limits`.
@@ -962,6 +968,7 @@ async fn serve<H, F>(
             activity,
             progress: Arc::new(Progress::default()),
             limits,
+            keeps_heads: guard.keeps_heads,
             accepted: tokio::time::Instant::now(),
             _ip_slot: ip_slot,
         };
@@ -1166,6 +1173,8 @@ struct Connection {
     /// Requests and response bodies, for the other timeouts and shedding.
     progress: Arc<Progress>,
     limits: ListenerLimits,
+    /// See [`Guard::keeps_heads`].
+    keeps_heads: bool,
     accepted: tokio::time::Instant,
     /// Its place under `max_connections_per_ip`, if limited.
     _ip_slot: Option<crate::limits::connections::IpSlot>,
@@ -1239,6 +1248,7 @@ async fn serve_owned<I, H, F>(
         },
         header_read_timeout: limits.header_read_timeout,
         detect_h2: true,
+        keep_heads: connection.keeps_heads,
     };
     let progress = Arc::clone(&connection.progress);
     let (close, closing) = watch::channel(false);
